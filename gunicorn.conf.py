@@ -1,0 +1,54 @@
+"""Gunicorn settings for wes-gateway. Every value can be overridden by environment variables.
+
+The master also owns the run supervisor: a separate process started when Gunicorn is ready
+and stopped when it exits. Web workers only read and write the store, so recycling,
+timing out or reloading them (HUP) never touches a running workflow.
+"""
+
+import multiprocessing
+import os
+import subprocess
+import sys
+
+bind = os.environ.get("WES_GATEWAY_BIND", "127.0.0.1:8080")
+workers = int(os.environ.get("WES_GATEWAY_WORKERS", str(min(2 * multiprocessing.cpu_count() + 1, 8))))
+worker_class = os.environ.get("WES_GATEWAY_WORKER_CLASS", "wes_gateway.serving.UvicornWorker")
+wsgi_app = os.environ.get("WES_GATEWAY_APP", "wes_gateway.asgi:app")
+# Large uploads over slow links: be patient with requests, quick to restart on HUP.
+timeout = int(os.environ.get("WES_GATEWAY_TIMEOUT", "300"))
+graceful_timeout = int(os.environ.get("WES_GATEWAY_GRACEFUL_TIMEOUT", "30"))
+keepalive = int(os.environ.get("WES_GATEWAY_KEEPALIVE", "5"))
+max_requests = int(os.environ.get("WES_GATEWAY_MAX_REQUESTS", "0"))
+max_requests_jitter = int(os.environ.get("WES_GATEWAY_MAX_REQUESTS_JITTER", "0"))
+forwarded_allow_ips = os.environ.get("WES_GATEWAY_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+accesslog = os.environ.get("WES_GATEWAY_ACCESS_LOG", "-")
+errorlog = os.environ.get("WES_GATEWAY_ERROR_LOG", "-")
+loglevel = os.environ.get("WES_GATEWAY_LOG_LEVEL", "info")
+access_log_format = '%(h)s %({x-remote-user}i)s %(u)s [%(t)s] "%(r)s" %(s)s %(b)s %(M)sms "%({x-request-id}i)s"'
+# Start the supervisor unless a deployment runs it separately (`wes-gateway supervise`).
+run_supervisor = os.environ.get("WES_GATEWAY_SUPERVISOR", "embedded") == "embedded"
+
+
+def on_starting(server):
+    # Migrate once, here, rather than racing in every worker.
+    from wes_gateway.cli import main
+
+    main(["db", "upgrade"])
+
+
+def when_ready(server):
+    if run_supervisor:
+        server.wes_supervisor = subprocess.Popen(
+            [sys.executable, "-m", "wes_gateway.cli", "supervise", "--exit-with-parent"]
+        )
+        server.log.info("run supervisor started (pid %s)", server.wes_supervisor.pid)
+
+
+def on_exit(server):
+    supervisor = getattr(server, "wes_supervisor", None)
+    if supervisor is not None and supervisor.poll() is None:
+        supervisor.terminate()
+        try:
+            supervisor.wait(15)
+        except subprocess.TimeoutExpired:
+            supervisor.kill()

@@ -1,0 +1,132 @@
+"""The application factory and the error handlers that turn every failure into ErrorResponse."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import connexion
+from connexion.exceptions import ProblemException
+from connexion.lifecycle import ConnexionRequest, ConnexionResponse
+from connexion.middleware import MiddlewarePosition
+from connexion.resolver import Resolver
+from starlette.exceptions import HTTPException
+
+from . import store
+from .config import Settings, load_settings
+from .errors import ApiError
+
+log = logging.getLogger(__name__)
+
+SPEC_DIR = Path(__file__).resolve().parent.parent / "openapi"
+SPEC_FILE = "wes.yaml"
+SETTINGS_KEY = "WES_GATEWAY_SETTINGS"
+
+_REASONS = {400: "bad request", 401: "unauthorized", 403: "forbidden", 404: "not found",
+            405: "method not allowed", 406: "not acceptable", 413: "payload too large",
+            415: "unsupported media type", 429: "too many requests", 500: "internal error"}
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=level, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+        )
+
+
+class OperationResolver(Resolver):
+    """Bind operationIds (GetServiceInfo, ...) to snake_case functions in handlers.py."""
+
+    def resolve_operation_id(self, operation: Any) -> str:
+        name = re.sub(r"(?<!^)(?=[A-Z])", "_", operation.operation_id).lower()
+        return f"wes_gateway.handlers.{name}"
+
+
+def error_response(status: int, msg: str, headers: dict[str, str] | None = None) -> ConnexionResponse:
+    return ConnexionResponse(
+        status_code=status,
+        mimetype="application/json",
+        content_type="application/json",
+        body=json.dumps({"msg": msg, "status_code": status}),
+        headers=headers or {},
+    )
+
+
+def _problem(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    assert isinstance(exc, ProblemException)
+    detail = str(exc.detail or exc.title or _REASONS.get(exc.status, "error"))
+    # jsonschema appends the whole schema and instance; the first paragraph says it all.
+    return error_response(exc.status, detail.split("\n\n")[0], dict(exc.headers or {}))
+
+
+def _http(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if exc.detail and exc.detail != "Not Found" else None
+    msg = detail or _REASONS.get(exc.status_code, "error")
+    if exc.status_code == 404 and detail is None:
+        msg = "no such route"
+    return error_response(exc.status_code, str(msg), dict(exc.headers or {}))
+
+
+def _api(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status_code, exc.msg, exc.headers)
+
+
+def _unexpected(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal error; the server log has the details")
+
+
+class RequireMultipart:
+    """Answer a form POST without a usable multipart body with 400 before Connexion's form
+    parser sees it (it fails with a KeyError, i.e. a 500, on a missing Content-Type)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/runs"):
+            headers = dict(scope.get("headers") or [])
+            content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
+            if not content_type.startswith("multipart/form-data") or "boundary=" not in content_type:
+                body = json.dumps({
+                    "msg": "POST /runs takes a multipart/form-data body (RunRequest fields and workflow_attachment files)",
+                    "status_code": 400,
+                }).encode()
+                await send({"type": "http.response.start", "status": 400,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, validate_responses: bool | None = None) -> connexion.FlaskApp:
+    """Build the app. Opens (and if needed migrates) the store; starts no threads or processes."""
+    settings = settings or load_settings()
+    setup_logging()
+    settings.runs_dir.mkdir(parents=True, exist_ok=True)
+    db = store.open_database(settings.effective_database_url)
+    if store.current_version(db) != store.SCHEMA_VERSION:
+        store.upgrade(db)
+    db.close()
+
+    app = connexion.FlaskApp(__name__, specification_dir=str(SPEC_DIR))
+    app.app.config[SETTINGS_KEY] = settings
+    app.add_api(
+        SPEC_FILE,
+        resolver=OperationResolver(),
+        strict_validation=True,
+        validate_responses=settings.response_validation if validate_responses is None else validate_responses,
+    )
+    app.add_middleware(RequireMultipart, position=MiddlewarePosition.BEFORE_VALIDATION)
+    app.add_error_handler(ProblemException, _problem)
+    app.add_error_handler(HTTPException, _http)
+    app.add_error_handler(ApiError, _api)
+    app.add_error_handler(Exception, _unexpected)
+    return app

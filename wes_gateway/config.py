@@ -1,0 +1,106 @@
+"""The one typed settings object, read from an optional TOML file and WES_GATEWAY_* variables.
+
+Precedence: explicit keyword overrides > environment > file > defaults. Every field can be
+set as ``WES_GATEWAY_<FIELD>`` (upper case); lists accept JSON or comma-separated text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ENV_PREFIX = "WES_GATEWAY_"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path = Field(Path("var"), description="Root for the SQLite file and run directories.")
+    database_url: str = Field(
+        "", description="Peewee db_url; empty means SQLite at <data_dir>/wes.sqlite3."
+    )
+    max_concurrent_runs: int = Field(2, ge=1, description="Runs whose leaders may run at once.")
+    run_max_cores: int = Field(
+        0, ge=0, description="--maxCores for each run; 0 means the machine's core count."
+    )
+    run_max_memory: str = Field("4G", description="--maxMemory for each run.")
+    default_page_size: int = Field(50, ge=1)
+    max_page_size: int = Field(1000, ge=1)
+    poll_interval: float = Field(0.5, gt=0, description="Seconds between supervisor store polls.")
+    lease_seconds: float = Field(
+        30.0, gt=0, description="A supervisor that has not renewed its lease for this long is dead."
+    )
+    cancel_grace_seconds: float = Field(
+        10.0, ge=0, description="Wait after the kill flag before SIGTERM, and after SIGTERM before SIGKILL."
+    )
+    service_id: str = "org.example.wes-gateway"
+    service_name: str = "wes-gateway"
+    service_description: str = "GA4GH WES 1.1 for CWL and WDL on Toil"
+    organization_name: str = "Example Research Computing"
+    organization_url: str = "https://example.org"
+    environment: str = "dev"
+    auth_instructions_url: str = "https://example.org/wes-gateway/auth"
+    contact_url: str = ""
+    documentation_url: str = ""
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Peers whose X-Forwarded-Proto/-Host/-Prefix headers are honoured.",
+    )
+    extra_path: list[str] = Field(
+        default_factory=list,
+        description="Directories put first on the leaders' PATH (helper tools, container engines).",
+    )
+    wdl_container: str = Field(
+        "singularity", description="Toil's --container for WDL: singularity, docker or auto."
+    )
+    allowed_file_roots: list[Path] = Field(
+        default_factory=list,
+        description="Directories that file:// inputs may point into; none by default.",
+    )
+    max_attachment_bytes: int = Field(2 * 1024**3, ge=1, description="Total attachment size per run.")
+    max_attachment_count: int = Field(1000, ge=1)
+    response_validation: bool = Field(False, description="Validate responses against the YAML.")
+
+    @field_validator("trusted_proxies", "extra_path", "allowed_file_roots", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir.resolve() / "runs"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir.resolve() / 'wes.sqlite3'}"
+
+    @property
+    def effective_max_cores(self) -> int:
+        return self.run_max_cores or (os.cpu_count() or 1)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    config_file = env.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        with open(config_file, "rb") as handle:
+            values.update(tomllib.load(handle))
+    for name in Settings.model_fields:
+        key = ENV_PREFIX + name.upper()
+        if key in env:
+            values[name] = env[key]
+    values.update(overrides)
+    return Settings(**values)

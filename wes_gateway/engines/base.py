@@ -1,0 +1,102 @@
+"""What every workflow language provides, and the per-run file layout they share."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..config import Settings
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where everything of one run lives. The directory is the unit of retention."""
+
+    root: Path
+
+    @property
+    def attachments(self) -> Path:
+        return self.root / "attachments"
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.json"
+
+    @property
+    def jobstore(self) -> Path:
+        return self.root / "jobstore"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def outdir(self) -> Path:
+        return self.root / "outputs"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def stdout(self) -> Path:
+        return self.root / "stdout.log"
+
+    @property
+    def stderr(self) -> Path:
+        return self.root / "stderr.log"
+
+    @property
+    def messages(self) -> Path:
+        return self.root / "messages.tsv"
+
+    @property
+    def outputs_json(self) -> Path:
+        return self.root / "outputs.json"
+
+    @property
+    def result(self) -> Path:
+        return self.root / "result.json"
+
+    def read_result(self) -> int | None:
+        """The leader's exit code as it recorded it, or None if it never finished."""
+        try:
+            return int(json.loads(self.result.read_text())["exit_code"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def read_outputs(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.outputs_json.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+
+@dataclass(frozen=True)
+class LeaderSpec:
+    """Everything the leader's child process needs; pickled across the forkserver."""
+
+    run_id: str
+    workflow_type: str
+    argv: list[str]
+    env: dict[str, str]
+    root: str
+
+
+class Engine(Protocol):
+    workflow_type: str
+
+    def versions(self) -> list[str]: ...
+
+    def validate(self, workflow: str, params: dict[str, Any], version: str) -> None:
+        """Raise BadRequest when the document (or the inputs, where possible) is invalid."""
+
+    def argv(self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings,
+             restart: bool) -> list[str]: ...

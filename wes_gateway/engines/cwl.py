@@ -1,0 +1,67 @@
+"""CWL through toil.cwl.cwltoil: validation with cwltool at submission, leader argv."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..config import Settings
+from ..errors import BadRequest
+from .base import RunPaths
+
+log = logging.getLogger(__name__)
+
+
+class CwlEngine:
+    workflow_type = "CWL"
+
+    def versions(self) -> list[str]:
+        from cwltool.update import UPDATES
+
+        return sorted(UPDATES)
+
+    def validate(self, workflow: str, params: dict[str, Any], version: str) -> None:
+        # cwltool is imported lazily: web workers that never validate never pay for it.
+        from cwltool.context import LoadingContext
+        from cwltool.load_tool import load_tool
+        from cwltool.workflow import default_make_tool
+        from schema_salad.exceptions import ValidationException
+
+        context = LoadingContext(
+            {"do_update": True, "strict": True, "relax_path_checks": True,
+             "construct_tool_object": default_make_tool}
+        )
+        # Quiet cwltool's own logger: its complaints become our 400 message instead.
+        cwl_logger = logging.getLogger("cwltool")
+        previous = cwl_logger.level
+        cwl_logger.setLevel(logging.CRITICAL)
+        try:
+            load_tool(workflow, context)
+        except ValidationException as exc:
+            raise BadRequest(f"invalid CWL document: {exc}") from None
+        except Exception as exc:  # cwltool raises many types for unreadable documents
+            raise BadRequest(f"CWL document could not be loaded: {type(exc).__name__}: {exc}") from None
+        finally:
+            cwl_logger.setLevel(previous)
+
+    def argv(self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings,
+             restart: bool) -> list[str]:
+        argv = [
+            workflow,
+            str(paths.params),
+            "--jobStore", f"file:{paths.jobstore}",
+            "--workDir", str(paths.work),
+            "--outdir", str(paths.outdir),
+            "--tmpdir-prefix", f"{paths.tmp}/",
+            "--tmp-outdir-prefix", f"{paths.tmp}/",
+            "--writeMessages", str(paths.messages),
+            "--batchSystem", "single_machine",
+            "--maxCores", str(settings.effective_max_cores),
+            "--maxMemory", settings.run_max_memory,
+            "--disableProgress",
+            "--no-container",
+        ]
+        argv.extend(user_args)
+        if restart:
+            argv.append("--restart")
+        return argv

@@ -1,0 +1,146 @@
+"""The WES operations (and the extension routes): parse, call, build the model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Any
+
+import flask
+
+from . import service_info, staging, store
+from .config import Settings
+from .errors import ApiError, BadRequest, NotFound
+from .executor import run_paths
+from .models import Log, RunId, RunListResponse, RunLog, RunRequest, RunStatus, RunSummary, TaskListResponse
+from .urls import external_url
+
+Json = dict[str, Any]
+
+
+def _settings() -> Settings:
+    return flask.current_app.config["WES_GATEWAY_SETTINGS"]
+
+
+def _page_size(page_size: int | None) -> int:
+    settings = _settings()
+    if page_size is None:
+        return settings.default_page_size
+    if page_size < 1:
+        raise BadRequest("page_size must be at least 1")
+    return min(page_size, settings.max_page_size)
+
+
+def _visible_run(run_id: str) -> store.Run:
+    run = store.get_run(run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    return run
+
+
+def get_service_info() -> Json:
+    return service_info.build(_settings(), service_info.state_counts()).to_json()
+
+
+def list_runs(page_size: int | None = None, page_token: str | None = None) -> Json:
+    try:
+        rows, next_token = store.list_runs(_page_size(page_size), page_token)
+    except store.BadPageToken as exc:
+        raise BadRequest(str(exc)) from None
+    runs = [
+        RunSummary(
+            run_id=row.run_id,
+            state=row.state,
+            start_time=row.start_time,
+            end_time=row.end_time,
+            tags=json.loads(row.tags),
+        )
+        for row in rows
+    ]
+    return RunListResponse(runs=runs, next_page_token=next_token).to_json()
+
+
+def run_workflow(**_fields: Any) -> Json:
+    # Connexion has validated the form; read it from Flask to keep attachment names verbatim.
+    request = flask.request
+    form = {key: request.form.get(key, "") for key in request.form}
+    attachments = [
+        staging.Attachment(filename=storage.filename or "", stream=storage.stream)
+        for storage in request.files.getlist("workflow_attachment")
+    ]
+    staged = staging.stage(form, attachments, _settings(), owner="")
+    try:
+        store.create_run(staged.new_run)
+    except Exception:
+        shutil.rmtree(staged.paths.root, ignore_errors=True)
+        raise
+    return RunId(run_id=staged.new_run.run_id).to_json()
+
+
+def get_run_log(run_id: str) -> Json:
+    run = _visible_run(run_id)
+    outputs = json.loads(run.outputs) if run.outputs else {}
+    log = Log(
+        name=run.workflow_type.lower() + ":" + json.loads(run.request)["workflow_url"],
+        cmd=json.loads(run.cmd) if run.cmd else None,
+        start_time=run.start_time,
+        end_time=run.end_time,
+        stdout=external_url(f"/runs/{run_id}/logs/stdout"),
+        stderr=external_url(f"/runs/{run_id}/logs/stderr"),
+        exit_code=run.exit_code,
+        system_logs=json.loads(run.system_logs),
+    )
+    return RunLog(
+        run_id=run.run_id,
+        request=RunRequest(**json.loads(run.request)),
+        state=run.state,
+        run_log=log,
+        task_logs_url=external_url(f"/runs/{run_id}/tasks"),
+        outputs=outputs,
+    ).to_json()
+
+
+def get_run_status(run_id: str) -> Json:
+    run = _visible_run(run_id)
+    return RunStatus(run_id=run.run_id, state=run.state).to_json()
+
+
+def cancel_run(run_id: str) -> Json:
+    _visible_run(run_id)
+    store.request_cancel(run_id)
+    return RunId(run_id=run_id).to_json()
+
+
+def list_tasks(run_id: str, page_size: int | None = None, page_token: str | None = None) -> Json:
+    _visible_run(run_id)
+    _page_size(page_size)
+    if page_token:
+        raise BadRequest("page_token is not one this service issued")
+    return TaskListResponse(task_logs=[], next_page_token="").to_json()
+
+
+def get_task(run_id: str, task_id: str) -> Json:
+    _visible_run(run_id)
+    raise NotFound(f"task {task_id} not found in run {run_id}")
+
+
+def get_run_log_file(run_id: str, stream: str) -> flask.Response:
+    _visible_run(run_id)
+    paths = run_paths(_settings(), run_id)
+    path = paths.stdout if stream == "stdout" else paths.stderr
+    if not path.exists():
+        return flask.Response("", mimetype="text/plain")
+    return flask.send_file(path, mimetype="text/plain", conditional=False, etag=False, max_age=0)
+
+
+def get_task_log_file(run_id: str, task_id: str, stream: str) -> flask.Response:
+    _visible_run(run_id)
+    raise NotFound(f"task {task_id} not found in run {run_id}")
+
+
+def get_health() -> Json:
+    try:
+        store.Run.select(store.Run.id).limit(1).execute()
+    except Exception as exc:
+        raise ApiError(f"store unreachable: {type(exc).__name__}") from None
+    return {"status": "ok"}

@@ -1,0 +1,79 @@
+"""GET /service-info: static facts computed once per process, plus live state counts."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib.metadata import version as package_version
+
+from . import __version__, store
+from .config import Settings
+from .engines import ENGINES
+from .models import (
+    DefaultWorkflowEngineParameter,
+    Organization,
+    ServiceInfo,
+    WorkflowEngineVersion,
+    WorkflowTypeVersion,
+)
+from .policy import OPTIONS, default_of
+
+
+@lru_cache(maxsize=1)
+def toil_version() -> str:
+    return package_version("toil")
+
+
+@lru_cache(maxsize=1)
+def _type_versions() -> dict[str, WorkflowTypeVersion]:
+    return {
+        name: WorkflowTypeVersion(workflow_type_version=engine.versions())
+        for name, engine in ENGINES.items()
+    }
+
+
+def filesystem_protocols(settings: Settings) -> list[str]:
+    # What a submission may reference and Toil here can fetch: http(s) always,
+    # local files only when the deployment opened some directories to runs.
+    protocols = ["http", "https"]
+    if settings.allowed_file_roots:
+        protocols.append("file")
+    return protocols
+
+
+def build(settings: Settings, counts: dict[str, int]) -> ServiceInfo:
+    return ServiceInfo(
+        id=settings.service_id,
+        name=settings.service_name,
+        description=settings.service_description,
+        organization=Organization(name=settings.organization_name, url=settings.organization_url),
+        contactUrl=settings.contact_url or None,
+        documentationUrl=settings.documentation_url or None,
+        environment=settings.environment,
+        version=__version__,
+        workflow_type_versions=_type_versions(),
+        supported_wes_versions=["1.1.0"],
+        supported_filesystem_protocols=filesystem_protocols(settings),
+        workflow_engine_versions={"toil": WorkflowEngineVersion(workflow_engine_version=[toil_version()])},
+        default_workflow_engine_parameters=[
+            DefaultWorkflowEngineParameter(name=option.name, type=option.type, default_value=default_of(option, settings))
+            for option in OPTIONS.values()
+        ],
+        system_state_counts=counts,
+        auth_instructions_url=settings.auth_instructions_url,
+        tags={
+            "max_concurrent_runs": str(settings.max_concurrent_runs),
+            "run_max_cores": str(settings.effective_max_cores),
+            "run_max_memory": settings.run_max_memory,
+            "default_page_size": str(settings.default_page_size),
+            "max_page_size": str(settings.max_page_size),
+        },
+    )
+
+
+def state_counts(owner: str | None = None) -> dict[str, int]:
+    counts = {state: 0 for state in (
+        "UNKNOWN", "QUEUED", "INITIALIZING", "RUNNING", "PAUSED", "COMPLETE",
+        "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "CANCELING", "PREEMPTED",
+    )}
+    counts.update(store.state_counts(owner))
+    return counts

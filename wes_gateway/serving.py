@@ -1,0 +1,9 @@
+"""Gunicorn worker classes for the ASGI app."""
+
+from uvicorn_worker import UvicornWorker as _UvicornWorker
+
+
+class UvicornWorker(_UvicornWorker):
+    # X-Forwarded-* are interpreted by wes_gateway.urls against trusted_proxies; uvicorn
+    # rewriting the client address first would hide which peer actually sent them.
+    CONFIG_KWARGS = {**_UvicornWorker.CONFIG_KWARGS, "proxy_headers": False}

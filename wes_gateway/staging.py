@@ -1,0 +1,266 @@
+"""Turn a RunWorkflow form into a staged run directory, or refuse it without leaving a trace.
+
+Everything is written under ``runs/.staging/<run_id>`` and renamed into place only once the
+request has passed every check, so a refused or interrupted submission never leaves a
+half-written run directory behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Any, Iterable, Mapping
+from urllib.parse import unquote, urlparse
+
+from . import store
+from .config import Settings
+from .engines import RunPaths, engine_for
+from .errors import BadRequest, PayloadTooLarge
+from .models import RunRequest
+from .policy import engine_argv
+
+REMOTE_SCHEMES = ("http", "https")
+COPY_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    stream: IO[bytes]
+
+
+def _json_object(form: Mapping[str, str], field: str) -> dict[str, Any]:
+    text = form.get(field)
+    if text is None or text.strip() == "":
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise BadRequest(f"{field} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"{field} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _required(form: Mapping[str, str], field: str) -> str:
+    value = (form.get(field) or "").strip()
+    if not value:
+        raise BadRequest(f"{field} is required")
+    return value
+
+
+def parse_request(form: Mapping[str, str]) -> RunRequest:
+    """Check the form's text fields; nothing is written."""
+    workflow_url = _required(form, "workflow_url")
+    workflow_type = _required(form, "workflow_type").upper()
+    version = _required(form, "workflow_type_version")
+    engine = engine_for(workflow_type)
+    if engine is None:
+        raise BadRequest(f"workflow_type {form.get('workflow_type')!r} is not supported; use CWL")
+    if version not in engine.versions():
+        raise BadRequest(
+            f"workflow_type_version {version!r} is not supported for {workflow_type}; "
+            f"supported: {', '.join(engine.versions())}"
+        )
+    workflow_engine = (form.get("workflow_engine") or "").strip() or None
+    if workflow_engine is not None and workflow_engine.lower() != "toil":
+        raise BadRequest(f"workflow_engine {workflow_engine!r} is not supported; use toil")
+    engine_version = (form.get("workflow_engine_version") or "").strip() or None
+    if engine_version is not None:
+        from .service_info import toil_version
+
+        if engine_version != toil_version():
+            raise BadRequest(
+                f"workflow_engine_version {engine_version!r} is not available; this service runs toil {toil_version()}"
+            )
+    tags = _json_object(form, "tags")
+    for key, value in tags.items():
+        if not isinstance(value, str):
+            raise BadRequest(f"tags: the value of {key!r} must be a string")
+    engine_params = _json_object(form, "workflow_engine_parameters")
+    for key, value in engine_params.items():
+        if isinstance(value, (dict, list)):
+            raise BadRequest(f"workflow_engine_parameters: {key} must have a string or null value")
+        if value is not None and not isinstance(value, str):
+            engine_params[key] = json.dumps(value)
+    return RunRequest(
+        workflow_params=_json_object(form, "workflow_params"),
+        workflow_type=workflow_type,
+        workflow_type_version=version,
+        tags=tags,
+        workflow_engine_parameters=engine_params,
+        workflow_engine=workflow_engine,
+        workflow_engine_version=engine_version,
+        workflow_url=workflow_url,
+    )
+
+
+def safe_relative_name(name: str) -> PurePosixPath:
+    """An attachment name as a relative path inside the run, verbatim but for '.' parts."""
+    if not name or "\0" in name:
+        raise BadRequest("workflow_attachment: every part needs a non-empty filename")
+    if name.startswith("/") or name.startswith("\\") or (len(name) > 1 and name[1] == ":" and name[0].isalpha() and name[2:3] in ("/", "\\")):
+        raise BadRequest(f"workflow_attachment: absolute file name {name!r} is not allowed")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if any(part == ".." for part in parts) or not parts:
+        raise BadRequest(f"workflow_attachment: file name {name!r} would land outside the run directory")
+    return PurePosixPath(*parts)
+
+
+def write_attachments(target: Path, attachments: Iterable[Attachment], settings: Settings) -> list[str]:
+    target.mkdir(parents=True)
+    written: list[str] = []
+    total = 0
+    for attachment in attachments:
+        relative = safe_relative_name(attachment.filename)
+        if len(written) >= settings.max_attachment_count:
+            raise PayloadTooLarge(
+                f"workflow_attachment: more than {settings.max_attachment_count} files"
+            )
+        destination = target.joinpath(*relative.parts)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        try:
+            fd = os.open(destination, flags, 0o644)
+        except FileExistsError:
+            raise BadRequest(f"workflow_attachment: {attachment.filename!r} is sent twice") from None
+        except (IsADirectoryError, NotADirectoryError):
+            raise BadRequest(
+                f"workflow_attachment: {attachment.filename!r} clashes with another attachment's directory"
+            ) from None
+        with os.fdopen(fd, "wb") as out:
+            while chunk := attachment.stream.read(COPY_CHUNK):
+                total += len(chunk)
+                if total > settings.max_attachment_bytes:
+                    raise PayloadTooLarge(
+                        f"workflow_attachment: more than {settings.max_attachment_bytes} bytes in total"
+                    )
+                out.write(chunk)
+        written.append(str(relative))
+    return written
+
+
+def _attachment_path(root: Path, reference: str) -> Path | None:
+    """The attached file a relative reference names, trying it verbatim and URL-unquoted."""
+    for candidate in dict.fromkeys((reference, unquote(reference))):
+        try:
+            relative = safe_relative_name(candidate)
+        except BadRequest:
+            continue
+        path = root.joinpath(*relative.parts)
+        if path.exists() and not path.is_symlink():
+            return path
+    return None
+
+
+def _check_file_url(path_text: str, settings: Settings, what: str) -> Path:
+    path = Path(os.path.normpath(path_text))
+    for root in settings.allowed_file_roots:
+        resolved_root = Path(os.path.realpath(root))
+        if Path(os.path.realpath(path)).is_relative_to(resolved_root):
+            return path
+    raise BadRequest(f"{what}: local path {path_text!r} is outside the directories this service may read")
+
+
+def resolve_workflow_url(url: str, attachments: Path, settings: Settings) -> str:
+    """What the leader is given: an absolute local path (with fragment) or an http(s) URL."""
+    found = _attachment_path(attachments, url)
+    if found is not None:
+        return str(found)
+    base, _, fragment = url.partition("#")
+    suffix = f"#{fragment}" if fragment else ""
+    scheme = urlparse(base).scheme.lower()
+    if scheme in REMOTE_SCHEMES:
+        return url
+    if scheme == "file":
+        return str(_check_file_url(unquote(urlparse(base).path), settings, "workflow_url")) + suffix
+    found = _attachment_path(attachments, base)
+    if found is not None:
+        return str(found) + suffix
+    if base.startswith("/"):
+        _check_file_url(base, settings, "workflow_url")
+        return base + suffix
+    raise BadRequest(f"workflow_url {url!r} is neither an attachment nor an http(s) URL")
+
+
+def rewrite_cwl_locations(value: Any, attachments: Path, settings: Settings) -> Any:
+    """Make File/Directory locations absolute: attachments by path, others checked by policy."""
+    if isinstance(value, list):
+        return [rewrite_cwl_locations(item, attachments, settings) for item in value]
+    if not isinstance(value, dict):
+        return value
+    result = {key: rewrite_cwl_locations(item, attachments, settings) for key, item in value.items()}
+    if result.get("class") not in ("File", "Directory"):
+        return result
+    for key in ("location", "path"):
+        reference = result.get(key)
+        if isinstance(reference, str):
+            result[key] = _resolve_input(reference, attachments, settings)
+    return result
+
+
+def _resolve_input(reference: str, attachments: Path, settings: Settings) -> str:
+    found = _attachment_path(attachments, reference)
+    if found is not None:
+        return found.as_uri()
+    parsed = urlparse(reference)
+    scheme = parsed.scheme.lower()
+    if scheme in REMOTE_SCHEMES:
+        return reference
+    if scheme == "file":
+        return _check_file_url(unquote(parsed.path), settings, "workflow_params").as_uri()
+    if reference.startswith("/"):
+        return _check_file_url(reference, settings, "workflow_params").as_uri()
+    if scheme and len(scheme) > 1 and "/" not in scheme:
+        raise BadRequest(f"workflow_params: {scheme}:// inputs are not supported here: {reference!r}")
+    raise BadRequest(f"workflow_params: input {reference!r} is not among the attachments")
+
+
+@dataclass(frozen=True)
+class Staged:
+    new_run: store.NewRun
+    paths: RunPaths
+
+
+def stage(form: Mapping[str, str], attachments: Iterable[Attachment], settings: Settings, owner: str) -> Staged:
+    request = parse_request(form)
+    user_args = engine_argv(request.workflow_engine_parameters, settings)
+    engine = engine_for(request.workflow_type)
+    assert engine is not None  # parse_request checked it
+    run_id = store.new_run_id()
+    staging_root = settings.runs_dir / ".staging"
+    staging_root.mkdir(parents=True, exist_ok=True)
+    staged = RunPaths(root=staging_root / run_id)
+    final = RunPaths(root=settings.runs_dir / run_id)
+    try:
+        write_attachments(staged.attachments, attachments, settings)
+        workflow = resolve_workflow_url(request.workflow_url, staged.attachments, settings)
+        params = rewrite_cwl_locations(request.workflow_params, staged.attachments, settings)
+        engine.validate(workflow, params, request.workflow_type_version)
+        # Paths were resolved inside the staging directory; point them at the final one.
+        staged_prefix, final_prefix = str(staged.root), str(final.root)
+        workflow = workflow.replace(staged_prefix, final_prefix, 1)
+        params_text = json.dumps(params).replace(
+            json.dumps(staged.root.as_uri())[1:-1], json.dumps(final.root.as_uri())[1:-1]
+        )
+        staged.params.write_text(params_text)
+        os.rename(staged.root, final.root)
+    except BaseException:
+        shutil.rmtree(staged.root, ignore_errors=True)
+        raise
+    return Staged(
+        new_run=store.NewRun(
+            run_id=run_id,
+            owner=owner,
+            workflow_type=request.workflow_type,
+            request=request.to_json(),
+            engine_args=user_args,
+            workflow_path=workflow,
+            params_path=str(final.params),
+            tags=request.tags,
+        ),
+        paths=final,
+    )

@@ -1,0 +1,341 @@
+"""Peewee tables, schema migrations and every query the service makes.
+
+Writes that race (claims, state changes, cancels) are single compare-and-set UPDATE
+statements, so they are atomic on SQLite and PostgreSQL alike without explicit locking.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+import peewee
+from playhouse.db_url import connect as connect_url
+
+log = logging.getLogger(__name__)
+
+database = peewee.DatabaseProxy()
+
+QUEUED = "QUEUED"
+INITIALIZING = "INITIALIZING"
+RUNNING = "RUNNING"
+COMPLETE = "COMPLETE"
+EXECUTOR_ERROR = "EXECUTOR_ERROR"
+SYSTEM_ERROR = "SYSTEM_ERROR"
+CANCELING = "CANCELING"
+CANCELED = "CANCELED"
+
+TERMINAL = frozenset({COMPLETE, EXECUTOR_ERROR, SYSTEM_ERROR, CANCELED})
+ACTIVE = frozenset({INITIALIZING, RUNNING, CANCELING})
+
+# The only legal moves. Everything that changes a run's state goes through transition(),
+# which checks against this table inside the UPDATE itself.
+ALLOWED_FROM: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({INITIALIZING}),  # re-queue of a run whose leader never started
+    INITIALIZING: frozenset({QUEUED}),
+    RUNNING: frozenset({INITIALIZING}),
+    COMPLETE: frozenset({INITIALIZING, RUNNING}),
+    EXECUTOR_ERROR: frozenset({INITIALIZING, RUNNING}),
+    SYSTEM_ERROR: frozenset({QUEUED, INITIALIZING, RUNNING, CANCELING}),
+    CANCELING: frozenset({INITIALIZING, RUNNING}),
+    CANCELED: frozenset({QUEUED, INITIALIZING, RUNNING, CANCELING}),
+}
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database
+
+
+class SchemaVersion(BaseModel):
+    version = peewee.IntegerField()
+
+    class Meta:
+        table_name = "schema_version"
+
+
+class Run(BaseModel):
+    id = peewee.AutoField()
+    run_id = peewee.CharField(max_length=64, unique=True)
+    owner = peewee.CharField(max_length=255, default="")
+    state = peewee.CharField(max_length=32, index=True)
+    workflow_type = peewee.CharField(max_length=16)
+    request = peewee.TextField()  # the RunRequest echo, JSON
+    engine_args = peewee.TextField(default="[]")  # validated engine flags, JSON list
+    workflow_path = peewee.TextField()  # what the leader is given: a local path or URL
+    params_path = peewee.TextField()
+    tags = peewee.TextField(default="{}")
+    submitted_at = peewee.CharField(max_length=32)
+    start_time = peewee.CharField(max_length=32, null=True)
+    end_time = peewee.CharField(max_length=32, null=True)
+    exit_code = peewee.IntegerField(null=True)
+    outputs = peewee.TextField(null=True)
+    cmd = peewee.TextField(null=True)
+    system_logs = peewee.TextField(default="[]")
+    claimed_by = peewee.CharField(max_length=128, null=True)
+    lease_until = peewee.FloatField(null=True)
+    leader_pid = peewee.IntegerField(null=True)
+    cancel_requested = peewee.BooleanField(default=False)
+    attempts = peewee.IntegerField(default=0)
+
+    class Meta:
+        table_name = "run"
+        indexes = ((("owner", "id"), False),)
+
+
+# ---------------------------------------------------------------- connection & schema
+
+
+def open_database(url: str) -> peewee.Database:
+    """Bind the proxy to the database at ``url`` and return it (not yet connected)."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        db: peewee.Database = peewee.SqliteDatabase(
+            path,
+            pragmas={
+                "journal_mode": "wal",
+                # Several Gunicorn workers and the supervisor write at once; wait, don't fail.
+                "busy_timeout": 30000,
+                "synchronous": "normal",
+                "foreign_keys": 1,
+            },
+            check_same_thread=False,
+        )
+    else:
+        db = connect_url(url)
+    database.initialize(db)
+    return db
+
+
+def _migration_1(db: peewee.Database) -> None:
+    db.create_tables([Run])
+
+
+# Append, never edit: deployed databases have run the earlier entries.
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [_migration_1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def current_version(db: peewee.Database) -> int:
+    if not db.table_exists(SchemaVersion._meta.table_name):
+        return 0
+    row = SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar()
+    return int(row or 0)
+
+
+def upgrade(db: peewee.Database) -> list[int]:
+    """Apply pending migrations in order; return the versions applied."""
+    applied: list[int] = []
+    with db.atomic():
+        db.create_tables([SchemaVersion])
+        version = current_version(db)
+        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+            log.info("applying schema migration %d", number)
+            migration(db)
+            SchemaVersion.create(version=number)
+            applied.append(number)
+    return applied
+
+
+# ---------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class NewRun:
+    run_id: str
+    owner: str
+    workflow_type: str
+    request: dict[str, Any]
+    engine_args: list[str]
+    workflow_path: str
+    params_path: str
+    tags: dict[str, str]
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def create_run(new: NewRun) -> Run:
+    return Run.create(
+        run_id=new.run_id,
+        owner=new.owner,
+        state=QUEUED,
+        workflow_type=new.workflow_type,
+        request=json.dumps(new.request),
+        engine_args=json.dumps(new.engine_args),
+        workflow_path=new.workflow_path,
+        params_path=new.params_path,
+        tags=json.dumps(new.tags),
+        submitted_at=utc_now(),
+    )
+
+
+def get_run(run_id: str) -> Run | None:
+    return Run.get_or_none(Run.run_id == run_id)
+
+
+def transition(run_id: str, new_state: str, **fields: Any) -> bool:
+    """Move ``run_id`` to ``new_state`` if the table allows it from its current state.
+
+    Returns False (and changes nothing) when the run is not in a legal predecessor state,
+    which is how terminal states stay terminal and concurrent writers stay consistent.
+    """
+    allowed = ALLOWED_FROM[new_state]
+    updates: dict[Any, Any] = {Run.state: new_state}
+    for name, value in fields.items():
+        updates[getattr(Run, name)] = value
+    if new_state in TERMINAL:
+        updates.setdefault(Run.end_time, utc_now())
+        updates[Run.lease_until] = None
+    query = Run.update(updates).where((Run.run_id == run_id) & (Run.state.in_(list(allowed))))
+    changed = query.execute() == 1
+    if changed:
+        log.info("run %s -> %s", run_id, new_state)
+    return changed
+
+
+def append_system_log(run_id: str, line: str) -> None:
+    run = get_run(run_id)
+    if run is None:
+        return
+    lines = json.loads(run.system_logs)
+    lines.append(line)
+    Run.update(system_logs=json.dumps(lines)).where(Run.run_id == run_id).execute()
+
+
+def request_cancel(run_id: str) -> str:
+    """Record a cancel; return the state the run is in afterwards."""
+    for _ in range(5):
+        run = get_run(run_id)
+        if run is None:
+            raise KeyError(run_id)
+        if run.state in TERMINAL or run.state == CANCELING:
+            return run.state
+        if run.state == QUEUED:
+            if transition(run_id, CANCELED):
+                return CANCELED
+        elif transition(run_id, CANCELING, cancel_requested=True):
+            return CANCELING
+    # The run kept changing under us; whatever it is now is the honest answer.
+    run = get_run(run_id)
+    return run.state if run else CANCELED
+
+
+def claim_next(worker_id: str, lease_seconds: float) -> Run | None:
+    """Atomically take the oldest QUEUED run for ``worker_id``, or return None."""
+    for _ in range(10):
+        candidate = (
+            Run.select(Run.id, Run.run_id).where(Run.state == QUEUED).order_by(Run.id).first()
+        )
+        if candidate is None:
+            return None
+        taken = (
+            Run.update(
+                state=INITIALIZING,
+                claimed_by=worker_id,
+                lease_until=time.time() + lease_seconds,
+                attempts=Run.attempts + 1,
+            )
+            .where((Run.id == candidate.id) & (Run.state == QUEUED))
+            .execute()
+        )
+        if taken == 1:
+            log.info("run %s claimed by %s", candidate.run_id, worker_id)
+            return get_run(candidate.run_id)
+    return None
+
+
+def renew_lease(run_id: str, worker_id: str, lease_seconds: float) -> bool:
+    return (
+        Run.update(lease_until=time.time() + lease_seconds)
+        .where((Run.run_id == run_id) & (Run.claimed_by == worker_id) & Run.state.in_(list(ACTIVE)))
+        .execute()
+        == 1
+    )
+
+
+def take_over_expired(worker_id: str, lease_seconds: float) -> list[Run]:
+    """Claim active runs whose supervisor stopped renewing its lease."""
+    now = time.time()
+    stale = list(
+        Run.select().where(
+            Run.state.in_(list(ACTIVE)) & ((Run.lease_until.is_null()) | (Run.lease_until < now))
+        )
+    )
+    taken: list[Run] = []
+    for run in stale:
+        changed = (
+            Run.update(claimed_by=worker_id, lease_until=now + lease_seconds)
+            .where(
+                (Run.id == run.id)
+                & Run.state.in_(list(ACTIVE))
+                & ((Run.lease_until.is_null()) | (Run.lease_until < now))
+            )
+            .execute()
+        )
+        if changed == 1:
+            taken.append(get_run(run.run_id))
+    return [run for run in taken if run is not None]
+
+
+def cancel_requested(run_id: str) -> bool:
+    value = Run.select(Run.cancel_requested).where(Run.run_id == run_id).scalar()
+    return bool(value)
+
+
+def state_counts(owner: str | None = None) -> dict[str, int]:
+    query = Run.select(Run.state, peewee.fn.COUNT(Run.id).alias("n"))
+    if owner is not None:
+        query = query.where(Run.owner == owner)
+    return {row.state: row.n for row in query.group_by(Run.state)}
+
+
+# ---------------------------------------------------------------- paging
+
+
+class BadPageToken(ValueError):
+    pass
+
+
+def encode_token(key: int) -> str:
+    return base64.urlsafe_b64encode(f"k1:{key}".encode()).decode().rstrip("=")
+
+
+def decode_token(token: str) -> int:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
+        prefix, _, number = text.partition(":")
+        if prefix != "k1":
+            raise ValueError(text)
+        return int(number)
+    except (ValueError, UnicodeError, binascii.Error) as exc:
+        raise BadPageToken("page_token is not one this service issued") from exc
+
+
+def list_runs(page_size: int, page_token: str | None, owner: str | None = None) -> tuple[list[Run], str]:
+    """Newest first, keyset-paged on the primary key so concurrent inserts never shift pages."""
+    query = Run.select(Run.id, Run.run_id, Run.state, Run.start_time, Run.end_time, Run.tags)
+    if owner is not None:
+        query = query.where(Run.owner == owner)
+    if page_token:
+        query = query.where(Run.id < decode_token(page_token))
+    rows = list(query.order_by(Run.id.desc()).limit(page_size + 1))
+    next_token = encode_token(rows[page_size - 1].id) if len(rows) > page_size else ""
+    return rows[:page_size], next_token
+
+
+def iter_runs(states: Iterable[str]) -> list[Run]:
+    return list(Run.select().where(Run.state.in_(list(states))).order_by(Run.id))
