@@ -60,6 +60,8 @@ class CwlEngine:
             "--maxMemory", settings.run_max_memory,
             "--disableProgress",
             "--no-container",
+            # Attachment names are kept verbatim; spaces and "#" are legitimate in them.
+            "--relax-path-checks",
         ]
         argv.extend(user_args)
         if restart:

@@ -1,0 +1,160 @@
+"""Fixtures that start the real thing: Gunicorn on a free loopback port, the supervisor, Toil."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+API = "/ga4gh/wes/v1"
+TERMINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    base: str
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def api(self) -> str:
+        return self.base + API
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.get(self.api + path, timeout=30, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.post(self.api + path, timeout=120, **kwargs)
+
+    def submit(self, attachments: dict[str, bytes | Path] | None = None, **fields: Any) -> requests.Response:
+        data = {key: (json.dumps(value) if isinstance(value, (dict, list)) else value) for key, value in fields.items()}
+        files = []
+        for name, content in (attachments or {}).items():
+            body = content.read_bytes() if isinstance(content, Path) else content
+            files.append(("workflow_attachment", (name, body)))
+        return self.post("/runs", data=data, files=files or None)
+
+    def submit_ok(self, attachments: dict[str, bytes | Path] | None = None, **fields: Any) -> str:
+        response = self.submit(attachments, **fields)
+        assert response.status_code == 200, response.text
+        return str(response.json()["run_id"])
+
+    def wait(self, run_id: str, states: set[str] = TERMINAL, timeout: float = 180) -> str:
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            state = self.get(f"/runs/{run_id}/status").json()["state"]
+            if state in states:
+                return state
+            time.sleep(0.3)
+        raise AssertionError(f"run {run_id} still {state} after {timeout}s\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def start_server(data_dir: Path, extra_env: dict[str, str] | None = None, workers: int = 2,
+                 app: str | None = None, worker_class: str | None = None) -> Server:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WES_GATEWAY_")}
+    env.update(
+        {
+            "WES_GATEWAY_DATA_DIR": str(data_dir),
+            "WES_GATEWAY_BIND": f"127.0.0.1:{port}",
+            "WES_GATEWAY_WORKERS": str(workers),
+            "WES_GATEWAY_RESPONSE_VALIDATION": "true",
+            "WES_GATEWAY_POLL_INTERVAL": "0.2",
+            "WES_GATEWAY_CANCEL_GRACE_SECONDS": "3",
+            "WES_GATEWAY_MAX_CONCURRENT_RUNS": "4",
+            "WES_GATEWAY_RUN_MAX_CORES": "2",
+        }
+    )
+    if app:
+        env["WES_GATEWAY_APP"] = app
+    if worker_class:
+        env["WES_GATEWAY_WORKER_CLASS"] = worker_class
+    env.update(extra_env or {})
+    log_path = data_dir / "gunicorn.log"
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")],
+        cwd=ROOT, env=env, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    server = Server(base=f"http://127.0.0.1:{port}", data_dir=data_dir, process=process, log_path=log_path, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited early:\n{server.log_tail()}")
+        try:
+            if requests.get(server.api + "/health", timeout=2).status_code == 200:
+                return server
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    stop_server(server)
+    raise RuntimeError(f"gunicorn did not answer:\n{server.log_tail()}")
+
+
+def stop_server(server: Server) -> None:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait(10)
+
+
+def leftover_processes(run_id: str) -> list[int]:
+    from wes_gateway.executor import processes_of_run
+
+    return processes_of_run(run_id)
+
+
+def kill_all_leaders() -> None:
+    needle = b"WES_GATEWAY_RUN_ID="
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/environ", "rb") as handle:
+                    if needle in handle.read():
+                        os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_server(tmp_path_factory.mktemp("wes"))
+    yield running
+    stop_server(running)
+    kill_all_leaders()
+
+
+@pytest.fixture
+def data() -> Path:
+    return DATA
