@@ -1,0 +1,108 @@
+"""Bad requests get a precise 4xx ErrorResponse, and leave nothing behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import Server
+
+ECHO = (Path(__file__).parent / "data" / "echo.cwl").read_bytes()
+GOOD = {"workflow_url": "echo.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2",
+        "workflow_params": '{"message": "x"}'}
+
+
+def assert_error(response: requests.Response, status: int, *fragments: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"msg", "status_code"} and body["status_code"] == status
+    for fragment in fragments:
+        assert fragment in body["msg"], body["msg"]
+    assert "Traceback" not in body["msg"]
+
+
+def run_dirs(server: Server) -> set[str]:
+    runs = server.data_dir / "runs"
+    staging = runs / ".staging"
+    leftovers = {p.name for p in staging.iterdir()} if staging.exists() else set()
+    assert leftovers == set(), f"half-written staging directories: {leftovers}"
+    return {p.name for p in runs.iterdir() if p.name != ".staging"}
+
+
+@pytest.mark.parametrize(
+    "fields, fragment",
+    [
+        ({k: v for k, v in GOOD.items() if k != "workflow_url"}, "workflow_url is required"),
+        ({k: v for k, v in GOOD.items() if k != "workflow_type"}, "workflow_type is required"),
+        ({k: v for k, v in GOOD.items() if k != "workflow_type_version"}, "workflow_type_version is required"),
+        ({**GOOD, "workflow_params": "{not json"}, "workflow_params is not valid JSON"),
+        ({**GOOD, "workflow_params": "[1, 2]"}, "workflow_params must be a JSON object"),
+        ({**GOOD, "tags": '"text"'}, "tags must be a JSON object"),
+        ({**GOOD, "tags": '{"n": 1}'}, "tags: the value of 'n' must be a string"),
+        ({**GOOD, "workflow_engine_parameters": "{"}, "workflow_engine_parameters is not valid JSON"),
+        ({**GOOD, "workflow_engine_parameters": '{"--setEnv": "A=1"}'}, "--setEnv is not allowed"),
+        ({**GOOD, "workflow_engine_parameters": '{"--jobStore": "/tmp/x"}'}, "--jobStore is not allowed"),
+        ({**GOOD, "workflow_engine_parameters": '{"--maxCores": "9999"}'}, "--maxCores must be between"),
+        ({**GOOD, "workflow_type": "nextflow"}, "workflow_type 'nextflow' is not supported"),
+        ({**GOOD, "workflow_type_version": "v9.9"}, "workflow_type_version 'v9.9' is not supported"),
+        ({**GOOD, "workflow_engine": "cromwell"}, "workflow_engine 'cromwell' is not supported"),
+        ({**GOOD, "workflow_engine_version": "0.1"}, "workflow_engine_version '0.1' is not available"),
+        ({**GOOD, "workflow_url": "missing.cwl"}, "is neither an attachment nor an http(s) URL"),
+        ({**GOOD, "workflow_url": "file:///etc/passwd"}, "outside the directories this service may read"),
+        ({**GOOD, "workflow_params": '{"f": {"class": "File", "location": "file:///etc/passwd"}}'},
+         "outside the directories this service may read"),
+        ({**GOOD, "workflow_params": '{"f": {"class": "File", "path": "/etc/passwd"}}'},
+         "outside the directories this service may read"),
+        ({**GOOD, "workflow_params": '{"f": {"class": "File", "location": "nothere.txt"}}'},
+         "is not among the attachments"),
+        ({**GOOD, "unexpected_field": "x"}, "unexpected_field"),
+    ],
+)
+def test_bad_fields(server: Server, fields: dict[str, str], fragment: str) -> None:
+    before = run_dirs(server)
+    response = server.post("/runs", data=fields, files=[("workflow_attachment", ("echo.cwl", ECHO))])
+    assert_error(response, 400, fragment)
+    assert run_dirs(server) == before
+
+
+@pytest.mark.parametrize("name", ["../escape.cwl", "a/../../escape.cwl", "/etc/cron.d/evil", "..", "C:\\evil.cwl"])
+def test_traversal_attachment_names(server: Server, name: str) -> None:
+    before = run_dirs(server)
+    response = server.post("/runs", data=GOOD, files=[("workflow_attachment", ("echo.cwl", ECHO)),
+                                                      ("workflow_attachment", (name, b"x"))])
+    assert_error(response, 400, "workflow_attachment")
+    assert run_dirs(server) == before
+    assert not (server.data_dir / "escape.cwl").exists()
+
+
+def test_invalid_cwl_names_the_problem(server: Server, data: Path) -> None:
+    before = run_dirs(server)
+    response = server.post("/runs", data={**GOOD, "workflow_url": "invalid.cwl"},
+                           files=[("workflow_attachment", ("invalid.cwl", (data / "invalid.cwl").read_bytes()))])
+    assert_error(response, 400, "invalid CWL document", "strnig")
+    assert run_dirs(server) == before
+
+
+def test_not_multipart(server: Server) -> None:
+    assert_error(server.post("/runs"), 400, "multipart/form-data")
+    assert_error(server.post("/runs", json=GOOD), 400, "multipart/form-data")
+
+
+def test_unknown_run_everywhere(server: Server) -> None:
+    for path in ("/runs/nope", "/runs/nope/status", "/runs/nope/tasks", "/runs/nope/tasks/t1",
+                 "/runs/nope/logs/stdout"):
+        assert_error(server.get(path), 404, "nope")
+    assert_error(server.post("/runs/nope/cancel"), 404, "nope")
+
+
+def test_routing_errors_are_error_responses(server: Server) -> None:
+    assert_error(requests.get(server.base + "/no/such/route", timeout=10), 404)
+    assert_error(requests.delete(server.api + "/runs", timeout=10), 405)
+    assert_error(server.get("/runs?page_size=abc"), 400, "integer")
+    assert_error(server.get("/runs?page_size=0"), 400, "page_size")
+    assert_error(server.get("/runs?page_token=garbage"), 400, "page_token")
+    assert_error(server.get("/runs?bogus=1"), 400, "bogus")
+    assert_error(server.get("/runs/x/logs/other"), 400)
