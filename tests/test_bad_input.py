@@ -68,7 +68,7 @@ def test_bad_fields(server: Server, fields: dict[str, str], fragment: str) -> No
     assert run_dirs(server) == before
 
 
-@pytest.mark.parametrize("name", ["../escape.cwl", "a/../../escape.cwl", "/etc/cron.d/evil", "..", "C:\\evil.cwl"])
+@pytest.mark.parametrize("name", ["../escape.cwl", "a/../../escape.cwl", "/etc/cron.d/evil", "..", "./../escape.cwl"])
 def test_traversal_attachment_names(server: Server, name: str) -> None:
     before = run_dirs(server)
     response = server.post("/runs", data=GOOD, files=[("workflow_attachment", ("echo.cwl", ECHO)),
