@@ -1,0 +1,105 @@
+"""Service-info, paging over HTTP, and the WSGI entry point, on servers with a seeded store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from importlib.metadata import version
+
+from conftest import Server, start_server, stop_server
+from wes_gateway import store
+
+
+def seed(data_dir: Path, count: int) -> list[str]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db = store.open_database(f"sqlite:///{data_dir / 'wes.sqlite3'}")
+    store.upgrade(db)
+    ids = []
+    with db.atomic():
+        for i in range(count):
+            run_id = store.new_run_id()
+            store.create_run(store.NewRun(run_id=run_id, owner="", workflow_type="CWL",
+                                          request={"workflow_url": "x.cwl", "workflow_type": "CWL",
+                                                   "workflow_type_version": "v1.2"},
+                                          engine_args=[], workflow_path="/x", params_path="/p",
+                                          tags={"i": str(i)}))
+            ids.append(run_id)
+    db.close()
+    return ids
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, list[str]]]:
+    data_dir = tmp_path_factory.mktemp("seeded")
+    ids = seed(data_dir, 23)
+    # No supervisor: the seeded runs stay QUEUED and nothing executes.
+    server = start_server(data_dir, {"WES_GATEWAY_SUPERVISOR": "off", "WES_GATEWAY_DEFAULT_PAGE_SIZE": "10",
+                                     "WES_GATEWAY_MAX_PAGE_SIZE": "20"})
+    yield server, ids
+    stop_server(server)
+
+
+def test_service_info_is_truthful(seeded: tuple[Server, list[str]]) -> None:
+    server, ids = seeded
+    info = server.get("/service-info").json()
+    assert info["type"] == {"group": "org.ga4gh", "artifact": "wes", "version": "1.1.0"}
+    assert info["supported_wes_versions"] == ["1.1.0"]
+    assert info["workflow_type_versions"]["CWL"]["workflow_type_version"] == ["v1.0", "v1.1", "v1.2"]
+    assert info["workflow_engine_versions"] == {"toil": {"workflow_engine_version": [version("toil")]}}
+    assert info["system_state_counts"]["QUEUED"] == len(ids)
+    assert info["system_state_counts"]["COMPLETE"] == 0
+    names = {p["name"] for p in info["default_workflow_engine_parameters"]}
+    assert {"--maxCores", "--retryCount", "--outdir"} <= names
+    assert "file" not in info["supported_filesystem_protocols"]
+    for key in ("id", "name", "organization", "version", "auth_instructions_url", "tags"):
+        assert key in info
+
+
+def test_paging_default_max_and_tokens(seeded: tuple[Server, list[str]]) -> None:
+    server, ids = seeded
+    first = server.get("/runs").json()
+    assert len(first["runs"]) == 10 and first["next_page_token"]
+    assert len(server.get("/runs?page_size=500").json()["runs"]) == 20
+    seen = []
+    token = ""
+    while True:
+        page = server.get("/runs", params={"page_size": 7, **({"page_token": token} if token else {})}).json()
+        seen += [run["run_id"] for run in page["runs"]]
+        for run in page["runs"]:
+            assert run["state"] == "QUEUED" and set(run["tags"]) == {"i"}
+        token = page["next_page_token"]
+        if not token:
+            break
+    assert seen == list(reversed(ids))
+
+
+def test_cancel_queued_run_is_immediate(seeded: tuple[Server, list[str]]) -> None:
+    server, ids = seeded
+    response = server.post(f"/runs/{ids[0]}/cancel")
+    assert response.status_code == 200 and response.json() == {"run_id": ids[0]}
+    assert server.get(f"/runs/{ids[0]}/status").json() == {"run_id": ids[0], "state": "CANCELED"}
+    run_log = server.get(f"/runs/{ids[0]}").json()
+    assert run_log["state"] == "CANCELED" and run_log["run_log"]["end_time"]
+
+
+def test_swagger_ui_and_spec_are_served(seeded: tuple[Server, list[str]]) -> None:
+    server, _ = seeded
+    assert server.get("/ui/").status_code == 200
+    spec = server.get("/openapi.json").json()
+    assert spec["info"]["version"] == "1.1.0"
+
+
+def test_wsgi_entry_point_keeps_validation(tmp_path: Path) -> None:
+    seed(tmp_path, 1)
+    server = start_server(tmp_path, {"WES_GATEWAY_SUPERVISOR": "off"}, workers=1,
+                          app="wes_gateway.wsgi:application", worker_class="gthread")
+    try:
+        assert server.get("/service-info").status_code == 200
+        bad = server.get("/runs?page_size=notanumber")
+        assert bad.status_code == 400 and bad.json()["status_code"] == 400
+        assert server.get("/runs/missing").json() == {"msg": "run missing not found", "status_code": 404}
+        assert "Using worker: gthread" in server.log_tail(200)
+    finally:
+        stop_server(server)

@@ -1,0 +1,94 @@
+"""Store: transitions, claims, keyset paging, migrations (SQLite file, no server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import peewee
+import pytest
+
+from wes_gateway import store
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> peewee.Database:
+    database = store.open_database(f"sqlite:///{tmp_path / 'wes.sqlite3'}")
+    store.upgrade(database)
+    return database
+
+
+def make_run(owner: str = "", tags: dict[str, str] | None = None) -> str:
+    run_id = store.new_run_id()
+    store.create_run(store.NewRun(run_id=run_id, owner=owner, workflow_type="CWL",
+                                  request={"workflow_url": "x.cwl"}, engine_args=[],
+                                  workflow_path="/x.cwl", params_path="/p.json", tags=tags or {}))
+    return run_id
+
+
+def test_wal_and_busy_timeout(db: peewee.Database) -> None:
+    assert db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute_sql("PRAGMA busy_timeout").fetchone()[0] >= 10000
+
+
+def test_upgrade_is_idempotent(db: peewee.Database) -> None:
+    assert store.current_version(db) == store.SCHEMA_VERSION
+    assert store.upgrade(db) == []
+
+
+def test_transitions_follow_the_table(db: peewee.Database) -> None:
+    run_id = make_run()
+    assert not store.transition(run_id, store.RUNNING)  # QUEUED cannot jump to RUNNING
+    assert store.claim_next("w1", 30).run_id == run_id
+    assert store.transition(run_id, store.RUNNING)
+    assert store.transition(run_id, store.COMPLETE, exit_code=0)
+    run = store.get_run(run_id)
+    assert run.state == store.COMPLETE and run.end_time is not None and run.lease_until is None
+    for state in store.ALLOWED_FROM:
+        assert not store.transition(run_id, state), f"terminal COMPLETE moved to {state}"
+
+
+def test_claim_is_exclusive(db: peewee.Database) -> None:
+    first, second = make_run(), make_run()
+    assert store.claim_next("a", 30).run_id == first
+    assert store.claim_next("b", 30).run_id == second
+    assert store.claim_next("c", 30) is None
+
+
+def test_cancel_queued_is_immediate_and_running_goes_through_canceling(db: peewee.Database) -> None:
+    queued = make_run()
+    assert store.request_cancel(queued) == store.CANCELED
+    running = make_run()
+    store.claim_next("w", 30)
+    store.transition(running, store.RUNNING)
+    assert store.request_cancel(running) == store.CANCELING
+    assert store.cancel_requested(running)
+    assert store.request_cancel(running) == store.CANCELING
+    with pytest.raises(KeyError):
+        store.request_cancel("missing")
+
+
+def test_keyset_paging_is_newest_first_and_stable_under_inserts(db: peewee.Database) -> None:
+    ids = [make_run() for _ in range(7)]
+    seen: list[str] = []
+    rows, token = store.list_runs(3, None)
+    seen += [r.run_id for r in rows]
+    make_run()  # a newer run must not shift the following pages
+    while token:
+        rows, token = store.list_runs(3, token)
+        seen += [r.run_id for r in rows]
+    assert seen == list(reversed(ids))
+
+
+def test_bad_tokens(db: peewee.Database) -> None:
+    for token in ("garbage", "!!!", store.encode_token(5)[:-2] + "zz", "a2V5OjE"):
+        with pytest.raises(store.BadPageToken):
+            store.list_runs(3, token)
+
+
+def test_state_counts_and_lease_takeover(db: peewee.Database) -> None:
+    run_id = make_run()
+    store.claim_next("dead", -1)  # a lease already expired
+    assert store.state_counts() == {store.INITIALIZING: 1}
+    taken = store.take_over_expired("alive", 30)
+    assert [r.run_id for r in taken] == [run_id] and taken[0].claimed_by == "alive"
+    assert store.take_over_expired("other", 30) == []
