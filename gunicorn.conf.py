@@ -17,6 +17,7 @@ wsgi_app = os.environ.get("WES_GATEWAY_APP", "wes_gateway.asgi:app")
 # Large uploads over slow links: be patient with requests, quick to restart on HUP.
 timeout = int(os.environ.get("WES_GATEWAY_TIMEOUT", "300"))
 graceful_timeout = int(os.environ.get("WES_GATEWAY_GRACEFUL_TIMEOUT", "30"))
+threads = int(os.environ.get("WES_GATEWAY_THREADS", "4"))  # gthread worker only
 keepalive = int(os.environ.get("WES_GATEWAY_KEEPALIVE", "5"))
 max_requests = int(os.environ.get("WES_GATEWAY_MAX_REQUESTS", "0"))
 max_requests_jitter = int(os.environ.get("WES_GATEWAY_MAX_REQUESTS_JITTER", "0"))

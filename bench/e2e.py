@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""bench/e2e: seconds from POST /runs to COMPLETE for a trivial CWL tool through the gateway,
+against `toil-cwl-runner` run directly on the same tool in the same run. Prints the ratio
+(gateway/direct; the target is <= 0.8, which the forkserver's preloaded Toil should reach)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, cores, start_server, stop_server
+
+TOOL = ROOT / "tests" / "data" / "echo.cwl"
+
+
+def direct(tmp: Path, i: int) -> float:
+    job = tmp / f"job{i}.json"
+    job.write_text(json.dumps({"message": "bench"}))
+    bin_dir = Path(sys.executable).parent
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp), "TOIL_HISTORY": "False", "LANG": "C.UTF-8"}
+    start = time.perf_counter()
+    subprocess.run([str(bin_dir / "toil-cwl-runner"), "--no-container", "--jobStore", f"file:{tmp}/js{i}",
+                    "--outdir", str(tmp / f"out{i}"), "--workDir", str(tmp), "--disableProgress",
+                    str(TOOL), str(job)], check=True, env=env, capture_output=True)
+    return time.perf_counter() - start
+
+
+def through_gateway(server, i: int) -> float:
+    import requests
+
+    start = time.perf_counter()
+    response = requests.post(server.api + "/runs", timeout=60, data={
+        "workflow_url": "echo.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2",
+        "workflow_params": json.dumps({"message": f"bench {i}"})},
+        files=[("workflow_attachment", ("echo.cwl", TOOL.read_bytes()))])
+    run_id = response.json()["run_id"]
+    while True:
+        state = requests.get(f"{server.api}/runs/{run_id}/status", timeout=10).json()["state"]
+        if state in ("COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"):
+            assert state == "COMPLETE", state
+            return time.perf_counter() - start
+        time.sleep(0.05)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_text:
+        tmp = Path(tmp_text)
+        server = start_server(tmp / "gw", {"WES_GATEWAY_POLL_INTERVAL": "0.05", "WES_GATEWAY_ACCESS_LOG": "/dev/null"})
+        try:
+            through_gateway(server, -1)  # warm-up: forkserver and cwltool import in the web worker
+            gateway = [through_gateway(server, i) for i in range(args.repeat)]
+        finally:
+            stop_server(server)
+        direct_times = [direct(tmp, i) for i in range(args.repeat)]
+    g, d = statistics.median(gateway), statistics.median(direct_times)
+    print(f"cores={cores()} repeat={args.repeat}")
+    print(f"gateway POST->COMPLETE median {g:.2f}s  (all: {', '.join(f'{x:.2f}' for x in gateway)})")
+    print(f"direct toil-cwl-runner median {d:.2f}s  (all: {', '.join(f'{x:.2f}' for x in direct_times)})")
+    print(f"ratio gateway/direct = {g / d:.2f}  (target <= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
