@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from . import store
+from . import store, tasks
 from .config import Settings
 from .engines import LeaderSpec, RunPaths, engine_for
 
@@ -275,14 +275,26 @@ class Supervisor:
         store.append_system_log(run_id, "leader lost and its job store is gone; cannot resume")
         store.transition(run_id, store.SYSTEM_ERROR)
 
+    def _ingest_tasks(self, run_id: str, paths: RunPaths, known_logs: set[str]) -> None:
+        run = store.get_run(run_id)
+        if run is None:
+            return
+        try:
+            tasks.ingest(run_id, run.workflow_type, run.workflow_path, paths, known_logs)
+        except Exception:
+            # Task records are best effort; they must never take the run down with them.
+            log.exception("run %s: reading task records failed", run_id)
+
     def _watch(self, run_id: str, leader: Leader, paths: RunPaths) -> None:
         settings = self.settings
         renew_every = settings.lease_seconds / 3
         next_renew = 0.0
         cancelled = False
+        known_logs = tasks.known_log_names(run_id)
         while True:
             if leader.wait(settings.poll_interval):
                 break
+            self._ingest_tasks(run_id, paths, known_logs)
             if self.stop_event.is_set():
                 # Shutting down: the leader lives on; whoever holds the next lease adopts it.
                 return
@@ -298,6 +310,7 @@ class Supervisor:
                 cancelled = True
                 self._cancel(run_id, leader, paths)
                 break
+        self._ingest_tasks(run_id, paths, known_logs)
         self._finish(run_id, paths, leader.exitcode, cancelled=cancelled or store.cancel_requested(run_id))
 
     def _cancel(self, run_id: str, leader: Leader, paths: RunPaths) -> None:

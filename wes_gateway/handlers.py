@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from typing import Any
 
 import flask
 
-from . import service_info, staging, store
+from . import service_info, staging, store, tasks
 from .config import Settings
 from .errors import ApiError, BadRequest, NotFound
 from .executor import run_paths
-from .models import Log, RunId, RunListResponse, RunLog, RunRequest, RunStatus, RunSummary, TaskListResponse
+from .models import (Log, RunId, RunListResponse, RunLog, RunRequest, RunStatus, RunSummary, TaskListResponse,
+                     TaskLog)
 from .urls import external_url
 
 Json = dict[str, Any]
@@ -111,31 +113,58 @@ def cancel_run(run_id: str) -> Json:
     return RunId(run_id=run_id).to_json()
 
 
+def _task_log(run_id: str, task: store.Task) -> TaskLog:
+    base = f"/runs/{run_id}/tasks/{task.task_id}/logs"
+    return TaskLog(
+        id=task.task_id,
+        name=task.name,
+        cmd=json.loads(task.cmd) if task.cmd else None,
+        start_time=task.start_time,
+        end_time=task.end_time,
+        exit_code=task.exit_code,
+        stdout=external_url(base + "/stdout"),
+        stderr=external_url(base + "/stderr"),
+        system_logs=tasks.system_logs(task),
+    )
+
+
+def _visible_task(run_id: str, task_id: str) -> store.Task:
+    _visible_run(run_id)
+    task = tasks.get_task(run_id, task_id)
+    if task is None:
+        raise NotFound(f"task {task_id} not found in run {run_id}")
+    return task
+
+
 def list_tasks(run_id: str, page_size: int | None = None, page_token: str | None = None) -> Json:
     _visible_run(run_id)
-    _page_size(page_size)
-    if page_token:
-        raise BadRequest("page_token is not one this service issued")
-    return TaskListResponse(task_logs=[], next_page_token="").to_json()
+    try:
+        rows, next_token = tasks.list_tasks(run_id, _page_size(page_size), page_token)
+    except store.BadPageToken as exc:
+        raise BadRequest(str(exc)) from None
+    return TaskListResponse(task_logs=[_task_log(run_id, row) for row in rows], next_page_token=next_token).to_json()
 
 
 def get_task(run_id: str, task_id: str) -> Json:
-    _visible_run(run_id)
-    raise NotFound(f"task {task_id} not found in run {run_id}")
+    return _task_log(run_id, _visible_task(run_id, task_id)).to_json()
 
 
 def get_run_log_file(run_id: str, stream: str) -> flask.Response:
     _visible_run(run_id)
     paths = run_paths(_settings(), run_id)
-    path = paths.stdout if stream == "stdout" else paths.stderr
-    if not path.exists():
+    return _send_log(paths.stdout if stream == "stdout" else paths.stderr)
+
+
+def _send_log(path: Path | None) -> flask.Response:
+    if path is None or not path.exists():
         return flask.Response("", mimetype="text/plain")
     return flask.send_file(path, mimetype="text/plain", conditional=False, etag=False, max_age=0)
 
 
 def get_task_log_file(run_id: str, task_id: str, stream: str) -> flask.Response:
-    _visible_run(run_id)
-    raise NotFound(f"task {task_id} not found in run {run_id}")
+    # Toil merges a job's stdout and stderr into its worker log; both streams serve it.
+    task = _visible_task(run_id, task_id)
+    return _send_log(Path(task.log_path) if task.log_path else None)
 
 
 def get_health() -> Json:

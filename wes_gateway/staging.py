@@ -239,7 +239,8 @@ def stage(form: Mapping[str, str], attachments: Iterable[Attachment], settings: 
         write_attachments(staged.attachments, attachments, settings)
         workflow = resolve_workflow_url(request.workflow_url, staged.attachments, settings)
         params = rewrite_cwl_locations(request.workflow_params, staged.attachments, settings)
-        engine.validate(workflow, params, request.workflow_type_version)
+        outline = engine.validate(workflow, params, request.workflow_type_version)
+        staged.outline.write_text(json.dumps(outline))
         # Paths were resolved inside the staging directory; point them at the final one.
         staged_prefix, final_prefix = str(staged.root), str(final.root)
         workflow = workflow.replace(staged_prefix, final_prefix, 1)

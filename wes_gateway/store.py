@@ -88,10 +88,35 @@ class Run(BaseModel):
     leader_pid = peewee.IntegerField(null=True)
     cancel_requested = peewee.BooleanField(default=False)
     attempts = peewee.IntegerField(default=0)
+    bus_offset = peewee.BigIntegerField(default=0)  # bytes of messages.tsv already ingested
 
     class Meta:
         table_name = "run"
         indexes = ((("owner", "id"), False),)
+
+
+class Task(BaseModel):
+    """One Toil job that ran a workflow step, as read from the run's message bus."""
+
+    id = peewee.AutoField()  # order of first appearance
+    run_id = peewee.CharField(max_length=64)
+    task_id = peewee.CharField(max_length=255)
+    job_id = peewee.CharField(max_length=255)
+    name = peewee.CharField(max_length=255)
+    start_time = peewee.CharField(max_length=32, null=True)
+    end_time = peewee.CharField(max_length=32, null=True)
+    exit_code = peewee.IntegerField(null=True)
+    cmd = peewee.TextField(null=True)
+    log_path = peewee.TextField(null=True)
+    batch_id = peewee.IntegerField(null=True)
+    batch_system = peewee.CharField(max_length=64, null=True)
+    external_id = peewee.CharField(max_length=128, null=True)
+    attempts = peewee.IntegerField(default=0)
+    failed = peewee.BooleanField(default=False)
+
+    class Meta:
+        table_name = "task"
+        indexes = ((("run_id", "task_id"), True), (("run_id", "id"), False), (("run_id", "batch_id"), False))
 
 
 # ---------------------------------------------------------------- connection & schema
@@ -119,11 +144,45 @@ def open_database(url: str) -> peewee.Database:
 
 
 def _migration_1(db: peewee.Database) -> None:
-    db.create_tables([Run])
+    # The first schema, frozen by name: fields added later arrive through later migrations.
+    columns = ["id", "run_id", "owner", "state", "workflow_type", "request", "engine_args",
+               "workflow_path", "params_path", "tags", "submitted_at", "start_time", "end_time",
+               "exit_code", "outputs", "cmd", "system_logs", "claimed_by", "lease_until",
+               "leader_pid", "cancel_requested", "attempts"]
+
+    class RunV1(peewee.Model):
+        class Meta:
+            database = db
+            table_name = "run"
+
+    for name in columns:
+        field = Run._meta.fields[name]
+        RunV1._meta.add_field(name, type(field)(**_field_kwargs(field)))  # type: ignore[arg-type]
+    RunV1._meta.indexes = [(("owner", "id"), False)]
+    db.create_tables([RunV1])
+
+
+def _field_kwargs(field: peewee.Field) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"null": field.null, "index": field.index, "unique": field.unique,
+                              "primary_key": field.primary_key}
+    if field.default is not None:
+        kwargs["default"] = field.default
+    if isinstance(field, peewee.CharField):
+        kwargs["max_length"] = field.max_length
+    if isinstance(field, peewee.AutoField):
+        return {}
+    return kwargs
+
+
+def _migration_2(db: peewee.Database) -> None:
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    migrate(SchemaMigrator.from_database(db).add_column("run", "bus_offset", Run.bus_offset))
+    db.create_tables([Task])
 
 
 # Append, never edit: deployed databases have run the earlier entries.
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [_migration_1, _migration_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -57,6 +57,14 @@ class RunPaths:
         return self.root / "messages.tsv"
 
     @property
+    def outline(self) -> Path:
+        return self.root / "outline.json"
+
+    @property
+    def job_logs(self) -> Path:
+        return self.root / "job-logs"
+
+    @property
     def outputs_json(self) -> Path:
         return self.root / "outputs.json"
 
@@ -95,8 +103,9 @@ class Engine(Protocol):
 
     def versions(self) -> list[str]: ...
 
-    def validate(self, workflow: str, params: dict[str, Any], version: str) -> None:
-        """Raise BadRequest when the document (or the inputs, where possible) is invalid."""
+    def validate(self, workflow: str, params: dict[str, Any], version: str) -> dict[str, Any]:
+        """Raise BadRequest when the document (or the inputs, where possible) is invalid.
+        Returns what was learnt about the workflow (its steps), kept as the run's outline."""
 
     def argv(self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings,
              restart: bool) -> list[str]: ...

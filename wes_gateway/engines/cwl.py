@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from ..config import Settings
@@ -20,7 +21,7 @@ class CwlEngine:
 
         return sorted(UPDATES)
 
-    def validate(self, workflow: str, params: dict[str, Any], version: str) -> None:
+    def validate(self, workflow: str, params: dict[str, Any], version: str) -> dict[str, Any]:
         # cwltool is imported lazily: web workers that never validate never pay for it.
         from cwltool.context import LoadingContext
         from cwltool.load_tool import load_tool
@@ -36,13 +37,14 @@ class CwlEngine:
         previous = cwl_logger.level
         cwl_logger.setLevel(logging.CRITICAL)
         try:
-            load_tool(workflow, context)
+            process = load_tool(workflow, context)
         except ValidationException as exc:
             raise BadRequest(f"invalid CWL document: {exc}") from None
         except Exception as exc:  # cwltool raises many types for unreadable documents
             raise BadRequest(f"CWL document could not be loaded: {type(exc).__name__}: {exc}") from None
         finally:
             cwl_logger.setLevel(previous)
+        return {"steps": _steps(process)}
 
     def argv(self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings,
              restart: bool) -> list[str]:
@@ -55,6 +57,10 @@ class CwlEngine:
             "--tmpdir-prefix", f"{paths.tmp}/",
             "--tmp-outdir-prefix", f"{paths.tmp}/",
             "--writeMessages", str(paths.messages),
+            "--writeLogs", str(paths.job_logs),
+            "--writeLogsFromAllJobs", "true",
+            # One Toil job per step, so every step shows up as a task of its own.
+            "--disableChaining", "true",
             "--batchSystem", "single_machine",
             "--maxCores", str(settings.effective_max_cores),
             "--maxMemory", settings.run_max_memory,
@@ -67,3 +73,17 @@ class CwlEngine:
         if restart:
             argv.append("--restart")
         return argv
+
+
+def _steps(process: Any) -> list[dict[str, Any]]:
+    """Top-level steps: their names and the basename of what they run, for naming tasks."""
+    steps = []
+    for step in getattr(process, "steps", []):
+        run = step.tool.get("run")
+        run_name = run if isinstance(run, str) else (run or {}).get("id", "")
+        steps.append({
+            "name": step.id.rsplit("#", 1)[-1].rsplit("/", 1)[-1],
+            "run": os.path.basename(str(run_name).split("#", 1)[0]),
+            "scatter": bool(step.tool.get("scatter")),
+        })
+    return steps
