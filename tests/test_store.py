@@ -92,3 +92,20 @@ def test_state_counts_and_lease_takeover(db: peewee.Database) -> None:
     taken = store.take_over_expired("alive", 30)
     assert [r.run_id for r in taken] == [run_id] and taken[0].claimed_by == "alive"
     assert store.take_over_expired("other", 30) == []
+
+
+def test_upgrade_from_the_first_schema_keeps_runs(tmp_path: Path) -> None:
+    database = store.open_database(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+    with database.atomic():
+        database.create_tables([store.SchemaVersion])
+        store.MIGRATIONS[0](database)
+        store.SchemaVersion.create(version=1)
+    database.execute_sql(
+        "INSERT INTO run (run_id, owner, state, workflow_type, request, engine_args, workflow_path,"
+        " params_path, tags, submitted_at, system_logs, cancel_requested, attempts)"
+        " VALUES ('old', '', 'COMPLETE', 'CWL', '{}', '[]', '/x', '/p', '{}', '2026-01-01T00:00:00Z', '[]', 0, 1)")
+    assert store.current_version(database) == 1
+    assert store.upgrade(database) == list(range(2, store.SCHEMA_VERSION + 1))
+    run = store.get_run("old")
+    assert run.state == "COMPLETE" and run.bus_offset == 0
+    assert store.Task.select().count() == 0
