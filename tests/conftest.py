@@ -149,7 +149,8 @@ def kill_all_leaders() -> None:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("wes"))
+    # The test-only singularity stand-in, so WDL tasks can run without a container engine.
+    running = start_server(tmp_path_factory.mktemp("wes"), {"WES_GATEWAY_EXTRA_PATH": str(ROOT / "tests" / "bin")})
     yield running
     stop_server(running)
     kill_all_leaders()

@@ -64,20 +64,25 @@ def test_attachment_limits_leave_nothing(tmp_path: Path) -> None:
 
 
 def test_locations_resolve_to_attachments_and_policy(tmp_path: Path) -> None:
+    from wes_gateway.engines.cwl import _rewrite_locations
+
     root = tmp_path / "att"
     (root / "in").mkdir(parents=True)
     (root / "in" / "item #1.txt").write_text("x")
     s = settings(tmp_path)
+
+    def resolve(reference: str) -> str:
+        return staging.resolve_input(reference, root, s)
+
     params = {"a": {"class": "File", "location": "in/item%20%231.txt"},
               "b": [{"class": "File", "path": "in/item #1.txt", "secondaryFiles": []}],
               "c": {"class": "File", "location": "https://example.org/x.txt"},
               "d": "plain string"}
-    out = staging.rewrite_cwl_locations(params, root, s)
+    out = _rewrite_locations(params, resolve)
     expected = (root / "in" / "item #1.txt").as_uri()
     assert out["a"]["location"] == expected and out["b"][0]["path"] == expected
     assert out["c"]["location"] == "https://example.org/x.txt" and out["d"] == "plain string"
     with pytest.raises(BadRequest):
-        staging.rewrite_cwl_locations({"x": {"class": "File", "location": "s3://bucket/k"}}, root, s)
+        _rewrite_locations({"x": {"class": "File", "location": "s3://bucket/k"}}, resolve)
     allowed = settings(tmp_path, allowed_file_roots=[str(tmp_path)])
-    inside = staging.rewrite_cwl_locations({"x": {"class": "File", "location": (root / "in").as_uri()}}, root, allowed)
-    assert inside["x"]["location"] == (root / "in").as_uri()
+    assert staging.resolve_input((root / "in").as_uri(), root, allowed) == str(root / "in")

@@ -333,7 +333,11 @@ class Supervisor:
             store.transition(run_id, store.CANCELED, exit_code=code)
             return
         if code == 0:
+            run = store.get_run(run_id)
+            engine = engine_for(run.workflow_type) if run else None
             outputs = paths.read_outputs()
+            if engine is not None:
+                outputs = engine.present_outputs(outputs, paths)
             store.transition(run_id, store.COMPLETE, exit_code=0, outputs=json.dumps(outputs))
         elif recorded is not None:
             store.transition(run_id, store.EXECUTOR_ERROR, exit_code=code)

@@ -59,7 +59,7 @@ def parse_request(form: Mapping[str, str]) -> RunRequest:
     version = _required(form, "workflow_type_version")
     engine = engine_for(workflow_type)
     if engine is None:
-        raise BadRequest(f"workflow_type {form.get('workflow_type')!r} is not supported; use CWL")
+        raise BadRequest(f"workflow_type {form.get('workflow_type')!r} is not supported; use CWL or WDL")
     if version not in engine.versions():
         raise BadRequest(
             f"workflow_type_version {version!r} is not supported for {workflow_type}; "
@@ -186,34 +186,20 @@ def resolve_workflow_url(url: str, attachments: Path, settings: Settings) -> str
     raise BadRequest(f"workflow_url {url!r} is neither an attachment nor an http(s) URL")
 
 
-def rewrite_cwl_locations(value: Any, attachments: Path, settings: Settings) -> Any:
-    """Make File/Directory locations absolute: attachments by path, others checked by policy."""
-    if isinstance(value, list):
-        return [rewrite_cwl_locations(item, attachments, settings) for item in value]
-    if not isinstance(value, dict):
-        return value
-    result = {key: rewrite_cwl_locations(item, attachments, settings) for key, item in value.items()}
-    if result.get("class") not in ("File", "Directory"):
-        return result
-    for key in ("location", "path"):
-        reference = result.get(key)
-        if isinstance(reference, str):
-            result[key] = _resolve_input(reference, attachments, settings)
-    return result
-
-
-def _resolve_input(reference: str, attachments: Path, settings: Settings) -> str:
+def resolve_input(reference: str, attachments: Path, settings: Settings) -> str:
+    """An input file reference as an absolute local path (attachments, allowed roots) or an
+    http(s) URL; anything else is refused."""
     found = _attachment_path(attachments, reference)
     if found is not None:
-        return found.as_uri()
+        return str(found)
     parsed = urlparse(reference)
     scheme = parsed.scheme.lower()
     if scheme in REMOTE_SCHEMES:
         return reference
     if scheme == "file":
-        return _check_file_url(unquote(parsed.path), settings, "workflow_params").as_uri()
+        return str(_check_file_url(unquote(parsed.path), settings, "workflow_params"))
     if reference.startswith("/"):
-        return _check_file_url(reference, settings, "workflow_params").as_uri()
+        return str(_check_file_url(reference, settings, "workflow_params"))
     if scheme and len(scheme) > 1 and "/" not in scheme:
         raise BadRequest(f"workflow_params: {scheme}:// inputs are not supported here: {reference!r}")
     raise BadRequest(f"workflow_params: input {reference!r} is not among the attachments")
@@ -238,15 +224,16 @@ def stage(form: Mapping[str, str], attachments: Iterable[Attachment], settings: 
     try:
         write_attachments(staged.attachments, attachments, settings)
         workflow = resolve_workflow_url(request.workflow_url, staged.attachments, settings)
-        params = rewrite_cwl_locations(request.workflow_params, staged.attachments, settings)
-        outline = engine.validate(workflow, params, request.workflow_type_version)
+        params, outline = engine.prepare(
+            workflow, request.workflow_params,
+            lambda reference: resolve_input(reference, staged.attachments, settings),
+        )
         staged.outline.write_text(json.dumps(outline))
         # Paths were resolved inside the staging directory; point them at the final one.
-        staged_prefix, final_prefix = str(staged.root), str(final.root)
-        workflow = workflow.replace(staged_prefix, final_prefix, 1)
-        params_text = json.dumps(params).replace(
-            json.dumps(staged.root.as_uri())[1:-1], json.dumps(final.root.as_uri())[1:-1]
-        )
+        workflow = workflow.replace(str(staged.root), str(final.root), 1)
+        params_text = json.dumps(params)
+        for old, new in ((staged.root.as_uri(), final.root.as_uri()), (str(staged.root), str(final.root))):
+            params_text = params_text.replace(json.dumps(old)[1:-1], json.dumps(new)[1:-1])
         staged.params.write_text(params_text)
         os.rename(staged.root, final.root)
     except BaseException:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # Toil job kinds that run a workflow step; the rest (workflow bodies, scatter/gather
 # bookkeeping, promise resolution) are Toil's plumbing and not shown as tasks.
-TASK_KINDS = {"CWL": ("kind-CWLJob/",), "WDL": ("kind-WDLTaskJob/", "kind-WDLTaskWrapperJob/")}
+TASK_KINDS = {"CWL": ("kind-CWLJob/",), "WDL": ("kind-WDLTaskJob/",)}
 _JOB_ID = re.compile(r"(kind-[\w.-]+/instance-[\w-]+)")
 _LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)[+-]\d{4}\]", re.MULTILINE)
 _CWL_CMD = re.compile(r"\[job [^\]]+\] \S*\$ (.*?)(?=\n\[\d{4}-|\Z)", re.DOTALL)
@@ -72,11 +72,30 @@ def _parse_fields(raw: bytes) -> list[str]:
     return [part.decode("unicode_escape") for part in raw.split(b"\t")]
 
 
-def load_outline(paths: RunPaths) -> list[dict[str, object]]:
+def wdl_call_name(job_type: str, workflow_name: str) -> str:
+    """'chain.shout.command' -> 'shout'; a scatter element 'chain.0.greet.command' -> 'greet[0]'."""
+    core = job_type.removesuffix(".command")
+    if workflow_name and core.startswith(workflow_name + "."):
+        core = core[len(workflow_name) + 1:]
+    parts = core.split(".")
+    indices = "".join(f"[{part}]" for part in parts if part.isdigit())
+    names = "/".join(part for part in parts if not part.isdigit())
+    return (names + indices) or job_type
+
+
+def task_name(workflow_type: str, job_type: str, workflow_file: str, outline: dict[str, object]) -> str:
+    if workflow_type == "WDL":
+        return wdl_call_name(job_type, str(outline.get("name", "")))
+    steps = outline.get("steps")
+    return step_name(job_type, workflow_file, steps if isinstance(steps, list) else [])
+
+
+def load_outline(paths: RunPaths) -> dict[str, object]:
     try:
-        return list(json.loads(paths.outline.read_text()).get("steps", []))
-    except (OSError, ValueError, AttributeError):
-        return []
+        outline = json.loads(paths.outline.read_text())
+    except (OSError, ValueError):
+        return {}
+    return outline if isinstance(outline, dict) else {}
 
 
 def ingest(run_id: str, workflow_type: str, workflow_file: str, paths: RunPaths,
@@ -98,11 +117,11 @@ def ingest(run_id: str, workflow_type: str, workflow_file: str, paths: RunPaths,
     if end >= 0:
         lines = chunk[: end + 1].splitlines()
         now = store.utc_now()
-        steps = load_outline(paths)
+        outline = load_outline(paths)
         with store.database.atomic():
             for line in lines:
                 topic, _, rest = line.partition(b"\t")
-                _apply(run_id, workflow_type, workflow_file, steps, topic.decode("ascii", "replace"),
+                _apply(run_id, workflow_type, workflow_file, outline, topic.decode("ascii", "replace"),
                        _parse_fields(rest), now)
             store.Run.update(bus_offset=offset + end + 1).where(store.Run.run_id == run_id).execute()
         consumed = len(lines)
@@ -110,7 +129,7 @@ def ingest(run_id: str, workflow_type: str, workflow_file: str, paths: RunPaths,
     return consumed
 
 
-def _apply(run_id: str, workflow_type: str, workflow_file: str, steps: list[dict[str, object]],
+def _apply(run_id: str, workflow_type: str, workflow_file: str, outline: dict[str, object],
            topic: str, fields: list[str], now: str) -> None:
     Task = store.Task
     if topic == "toil.bus.JobIssuedMessage" and len(fields) >= 3:
@@ -121,7 +140,7 @@ def _apply(run_id: str, workflow_type: str, workflow_file: str, steps: list[dict
         existing = Task.get_or_none((Task.run_id == run_id) & (Task.task_id == task_id))
         if existing is None:
             Task.create(run_id=run_id, task_id=task_id, job_id=job_id,
-                        name=step_name(job_type, workflow_file, steps)[:255], start_time=now,
+                        name=task_name(workflow_type, job_type, workflow_file, outline)[:255], start_time=now,
                         batch_id=batch_id, attempts=1)
         else:
             # A retry: same job, new attempt. The latest attempt's outcome is what counts.

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from .base import Engine, LeaderSpec, RunPaths
 from .cwl import CwlEngine
+from .wdl import WdlEngine
 
-ENGINES: dict[str, Engine] = {engine.workflow_type: engine for engine in (CwlEngine(),)}
+ENGINES: dict[str, Engine] = {engine.workflow_type: engine for engine in (CwlEngine(), WdlEngine())}
 
 
 def engine_for(workflow_type: str) -> Engine | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from ..config import Settings
 
@@ -103,9 +103,14 @@ class Engine(Protocol):
 
     def versions(self) -> list[str]: ...
 
-    def validate(self, workflow: str, params: dict[str, Any], version: str) -> dict[str, Any]:
-        """Raise BadRequest when the document (or the inputs, where possible) is invalid.
-        Returns what was learnt about the workflow (its steps), kept as the run's outline."""
+    def prepare(self, workflow: str, params: dict[str, Any],
+                resolve_input: Callable[[str], str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Check the document (and the inputs, where the language allows) and return the
+        params with file references passed through ``resolve_input`` (which applies the
+        input policy), plus an outline of the workflow (its steps) for naming tasks.
+        Raises BadRequest."""
+
+    def present_outputs(self, outputs: dict[str, Any], paths: RunPaths) -> dict[str, Any]: ...
 
     def argv(self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings,
              restart: bool) -> list[str]: ...

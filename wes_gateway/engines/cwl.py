@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from ..config import Settings
 from ..errors import BadRequest
@@ -21,7 +22,12 @@ class CwlEngine:
 
         return sorted(UPDATES)
 
-    def validate(self, workflow: str, params: dict[str, Any], version: str) -> dict[str, Any]:
+    def prepare(self, workflow: str, params: dict[str, Any],
+                resolve_input: Callable[[str], str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        params = _rewrite_locations(params, resolve_input)
+        return params, self._validate(workflow)
+
+    def _validate(self, workflow: str) -> dict[str, Any]:
         # cwltool is imported lazily: web workers that never validate never pay for it.
         from cwltool.context import LoadingContext
         from cwltool.load_tool import load_tool
@@ -45,6 +51,9 @@ class CwlEngine:
         finally:
             cwl_logger.setLevel(previous)
         return {"steps": _steps(process)}
+
+    def present_outputs(self, outputs: dict[str, Any], paths: RunPaths) -> dict[str, Any]:
+        return outputs
 
     def argv(self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings,
              restart: bool) -> list[str]:
@@ -87,3 +96,20 @@ def _steps(process: Any) -> list[dict[str, Any]]:
             "scatter": bool(step.tool.get("scatter")),
         })
     return steps
+
+
+def _rewrite_locations(value: Any, resolve: Callable[[str], str]) -> Any:
+    """File/Directory locations and paths through the staging resolver; local ones as URIs."""
+    if isinstance(value, list):
+        return [_rewrite_locations(item, resolve) for item in value]
+    if not isinstance(value, dict):
+        return value
+    result = {key: _rewrite_locations(item, resolve) for key, item in value.items()}
+    if result.get("class") not in ("File", "Directory"):
+        return result
+    for key in ("location", "path"):
+        reference = result.get(key)
+        if isinstance(reference, str):
+            resolved = resolve(reference)
+            result[key] = Path(resolved).as_uri() if resolved.startswith("/") else resolved
+    return result

@@ -1,0 +1,5 @@
+version 1.0
+
+workflow broken {
+  call missing_task
+}

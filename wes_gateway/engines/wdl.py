@@ -1,0 +1,139 @@
+"""WDL through toil.wdl.wdltoil: parse and type-check with miniwdl at submission, leader argv."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import Settings
+from ..errors import BadRequest
+from .base import RunPaths
+
+# Toil's interpreter runs these; draft-2 parses in miniwdl but Toil does not execute it.
+VERSIONS = ["1.0", "1.1"]
+
+
+def _where(exc: Exception, root: str) -> str:
+    pos = getattr(exc, "pos", None)
+    if pos is None:
+        return ""
+    path = pos.abspath or pos.uri
+    if root and path.startswith(root + os.sep):
+        path = path[len(root) + 1:]
+    return f"{path}:{pos.line}:{pos.column}: "
+
+
+class WdlEngine:
+    workflow_type = "WDL"
+
+    def versions(self) -> list[str]:
+        return list(VERSIONS)
+
+    def prepare(self, workflow: str, params: dict[str, Any],
+                resolve_input: Callable[[str], str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        import WDL
+
+        root = os.path.dirname(workflow) if workflow.startswith("/") else ""
+        try:
+            document = WDL.load(workflow, path=[root] if root else [])
+        except WDL.Error.MultipleValidationErrors as exc:
+            messages = [f"{_where(inner, root)}{inner}" for inner in exc.exceptions]
+            raise BadRequest("invalid WDL document: " + "; ".join(messages)) from None
+        except (WDL.Error.SyntaxError, WDL.Error.ValidationError, WDL.Error.ImportError) as exc:
+            raise BadRequest(f"invalid WDL document: {_where(exc, root)}{exc}") from None
+        except Exception as exc:
+            raise BadRequest(f"WDL document could not be loaded: {type(exc).__name__}: {exc}") from None
+        declared = document.wdl_version or "draft-2"
+        if declared not in VERSIONS:
+            raise BadRequest(f"WDL version {declared} is not run by Toil here; supported: {', '.join(VERSIONS)}")
+        target = document.workflow
+        if target is None:
+            if len(document.tasks) != 1:
+                raise BadRequest("the WDL document has no workflow (and not exactly one task)")
+            target = document.tasks[0]
+        file_keys = set()
+        for binding in target.available_inputs:
+            type_text = str(binding.value.type)
+            if "File" in type_text or "Directory" in type_text:
+                file_keys.add(f"{target.name}.{binding.name}")
+        params = {key: _map_strings(value, resolve_input) if key in file_keys else value
+                  for key, value in params.items()}
+        try:
+            WDL.values_from_json(params, target.available_inputs, target.required_inputs, namespace=target.name)
+        except WDL.Error.InputError as exc:
+            raise BadRequest(f"workflow_params: {exc}") from None
+        except Exception as exc:  # miniwdl raises plain errors for ill-typed values
+            raise BadRequest(f"workflow_params: {type(exc).__name__}: {exc}") from None
+        calls = sorted({call.name for call in _calls(target)})
+        return params, {"steps": [{"name": name} for name in calls], "name": target.name}
+
+    def argv(self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings,
+             restart: bool) -> list[str]:
+        argv = [
+            workflow,
+            str(paths.params),
+            "--jobStore", f"file:{paths.jobstore}",
+            "--workDir", str(paths.work),
+            "--outputDirectory", str(paths.outdir),
+            "--outputFile", str(paths.outputs_json),
+            "--container", settings.wdl_container,
+            "--writeMessages", str(paths.messages),
+            "--writeLogs", str(paths.job_logs),
+            "--writeLogsFromAllJobs", "true",
+            "--disableChaining", "true",
+            "--batchSystem", "single_machine",
+            "--maxCores", str(settings.effective_max_cores),
+            "--maxMemory", settings.run_max_memory,
+            "--disableProgress",
+        ]
+        argv.extend(user_args)
+        if restart:
+            argv.append("--restart")
+        return argv
+
+    def present_outputs(self, outputs: dict[str, Any], paths: RunPaths) -> dict[str, Any]:
+        """WDL outputs with local files shown as CWL shows them (class, location, path...)."""
+        def convert(value: Any) -> Any:
+            if isinstance(value, list):
+                return [convert(item) for item in value]
+            if isinstance(value, dict):
+                return {key: convert(item) for key, item in value.items()}
+            if isinstance(value, str) and value.startswith("/"):
+                path = Path(value)
+                if path.is_relative_to(paths.root) and path.exists():
+                    kind = "Directory" if path.is_dir() else "File"
+                    shown: dict[str, Any] = {"class": kind, "location": path.as_uri(), "path": str(path),
+                                             "basename": path.name}
+                    if kind == "File":
+                        shown["size"] = path.stat().st_size
+                    return shown
+            return value
+
+        return {key: convert(value) for key, value in outputs.items()}
+
+
+def _calls(workflow: Any) -> list[Any]:
+    import WDL
+
+    found = []
+
+    def walk(nodes: list[Any]) -> None:
+        for node in nodes:
+            if isinstance(node, WDL.Tree.Call):
+                found.append(node)
+            elif isinstance(node, (WDL.Tree.Scatter, WDL.Tree.Conditional)):
+                walk(node.body)
+
+    walk(workflow.body if hasattr(workflow, "body") else [])
+    return found
+
+
+def _map_strings(value: Any, resolve: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return resolve(value)
+    if isinstance(value, list):
+        return [_map_strings(item, resolve) for item in value]
+    if isinstance(value, dict):
+        return {key: _map_strings(item, resolve) for key, item in value.items()}
+    return value
