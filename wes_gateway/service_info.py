@@ -66,6 +66,7 @@ def build(settings: Settings, counts: dict[str, int]) -> ServiceInfo:
             "run_max_memory": settings.run_max_memory,
             "default_page_size": str(settings.default_page_size),
             "max_page_size": str(settings.max_page_size),
+            "wdl_container_engine": settings.wdl_container,
         },
     )
 
