@@ -129,10 +129,43 @@ def stop_server(server: Server) -> None:
             server.process.wait(10)
 
 
-def leftover_processes(run_id: str) -> list[int]:
+def leftover_processes(run_id: str, groups: set[int] | None = None) -> list[int]:
     from wes_gateway.executor import processes_of_run
 
-    return processes_of_run(run_id)
+    return processes_of_run(run_id, groups)
+
+
+def run_groups(run_id: str) -> set[int]:
+    from wes_gateway.executor import run_process_groups
+
+    return run_process_groups(run_id)
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def wait_for_tool(run_id: str, token: bytes, timeout: float = 120) -> tuple[int, set[int]]:
+    """The pid of the run's process whose command line holds ``token``, and the run's groups."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        groups = run_groups(run_id)
+        for pid in leftover_processes(run_id, groups):
+            if token in cmdline(pid):
+                return pid, groups
+        time.sleep(0.3)
+    raise AssertionError(f"run {run_id}: no process with {token!r} after {timeout}s")
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+    except (OSError, IndexError):
+        return True
+    return state == "Z"
 
 
 def kill_all_leaders() -> None:
@@ -142,7 +175,7 @@ def kill_all_leaders() -> None:
             try:
                 with open(f"/proc/{entry.name}/environ", "rb") as handle:
                     if needle in handle.read():
-                        os.kill(int(entry.name), signal.SIGKILL)
+                        os.killpg(os.getpgid(int(entry.name)), signal.SIGKILL)
             except OSError:
                 pass
 

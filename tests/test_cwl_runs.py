@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from conftest import Server, leftover_processes
+from conftest import Server, leftover_processes, pid_gone, wait_for_tool
 
 
 def output_text(server: Server, run_log: dict, name: str) -> str:
@@ -92,31 +92,17 @@ def test_cancel_running_sleep_leaves_no_processes(server: Server, data: Path) ->
         workflow_url="sleep.cwl", workflow_type="CWL", workflow_type_version="v1.2",
         workflow_params={"seconds": 600},
     )
-    server.wait(run_id, {"RUNNING"})
-    # Wait until the tool itself is running, so the cancel has a whole tree to stop.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any(
-        "sleep\x00600" in _cmdline(pid) for pid in leftover_processes(run_id)
-    ):
-        time.sleep(0.3)
-    assert leftover_processes(run_id), "the run has no processes to cancel"
+    tool, groups = wait_for_tool(run_id, b"sleep\x00600")
     response = server.post(f"/runs/{run_id}/cancel")
     assert response.status_code == 200 and response.json() == {"run_id": run_id}
     assert server.get(f"/runs/{run_id}/status").json()["state"] in ("CANCELING", "CANCELED")
     assert server.wait(run_id, timeout=60) == "CANCELED"
-    assert leftover_processes(run_id) == []
+    assert leftover_processes(run_id, groups) == []
+    assert pid_gone(tool), "the tool itself outlived the cancel"
     # Cancelling a finished run is a no-op that still answers with the id.
     again = server.post(f"/runs/{run_id}/cancel")
     assert again.status_code == 200 and again.json() == {"run_id": run_id}
     assert server.get(f"/runs/{run_id}/status").json()["state"] == "CANCELED"
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def test_four_concurrent_runs_complete_with_separate_logs(server: Server, data: Path) -> None:

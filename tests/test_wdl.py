@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import requests
 
-from conftest import Server, leftover_processes
+from conftest import Server, leftover_processes, pid_gone, wait_for_tool
 
 W = Path(__file__).parent / "data" / "wdl"
 
@@ -29,17 +28,11 @@ def test_wdl_runs_fail_and_cancel(server: Server) -> None:
     chain_id, failing_id, napping_id = (r.json()["run_id"] for r in (chain, failing, napping))
 
     # Cancel the long task once it is really running on the host.
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if any(b"sleep\x00600" in Path(f"/proc/{pid}/cmdline").read_bytes()
-               for pid in leftover_processes(napping_id) if Path(f"/proc/{pid}/cmdline").exists()):
-            break
-        time.sleep(0.5)
-    else:
-        raise AssertionError("the WDL sleep task never started")
+    tool, groups = wait_for_tool(napping_id, b"sleep\x00600", timeout=240)
     server.post(f"/runs/{napping_id}/cancel")
     assert server.wait(napping_id, timeout=90) == "CANCELED"
-    assert leftover_processes(napping_id) == []
+    assert leftover_processes(napping_id, groups) == []
+    assert pid_gone(tool), "the WDL task outlived the cancel"
 
     assert server.wait(chain_id, timeout=400) == "COMPLETE", server.get(f"/runs/{chain_id}").text
     outputs = server.get(f"/runs/{chain_id}").json()["outputs"]

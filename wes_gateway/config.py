@@ -10,7 +10,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -38,6 +38,10 @@ class Settings(BaseModel):
     cancel_grace_seconds: float = Field(
         10.0, ge=0, description="Wait after the kill flag before SIGTERM, and after SIGTERM before SIGKILL."
     )
+    failed_jobstore_retention: str = Field(
+        "7d", description="Keep job stores of failed or cancelled runs this long, for debugging (90s, 12h, 30d)."
+    )
+    retention_interval: float = Field(300.0, gt=0, description="Seconds between job-store retention sweeps.")
     service_id: str = "org.example.wes-gateway"
     service_name: str = "wes-gateway"
     service_description: str = "GA4GH WES 1.1 for CWL and WDL on Toil"
@@ -55,7 +59,7 @@ class Settings(BaseModel):
         default_factory=list,
         description="Directories put first on the leaders' PATH (helper tools, container engines).",
     )
-    wdl_container: str = Field(
+    wdl_container: Literal["singularity", "docker", "auto"] = Field(
         "singularity", description="Toil's --container for WDL: singularity, docker or auto."
     )
     allowed_file_roots: list[Path] = Field(

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from . import store, tasks
+from . import retention, store, tasks
 from .config import Settings
 from .engines import LeaderSpec, RunPaths, engine_for
 
@@ -60,8 +60,15 @@ def leader_env(settings: Settings, run_id: str, paths: RunPaths) -> dict[str, st
     return env
 
 
-def processes_of_run(run_id: str) -> list[int]:
-    """PIDs whose environment carries this run's marker: the leader and all it started."""
+def _process_group(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(") ", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _marked(run_id: str) -> list[int]:
     needle = f"{MARKER}={run_id}".encode()
     found: list[int] = []
     for entry in os.scandir("/proc"):
@@ -76,8 +83,27 @@ def processes_of_run(run_id: str) -> list[int]:
     return found
 
 
-def kill_run_processes(run_id: str) -> int:
-    pids = processes_of_run(run_id)
+def run_process_groups(run_id: str) -> set[int]:
+    """Process groups of the run: the leader's and each Toil worker's (Toil starts workers in
+    sessions of their own). Tools inherit their worker's group even where cwltool has cleared
+    their environment, so the groups reach processes that the marker does not."""
+    own = os.getpgrp()
+    return {g for g in (_process_group(pid) for pid in _marked(run_id)) if g is not None and g != own}
+
+
+def processes_of_run(run_id: str, groups: set[int] | None = None) -> list[int]:
+    """PIDs of the run: everything carrying its marker, and every member of its groups."""
+    marked = _marked(run_id)
+    wanted = {g for g in (_process_group(pid) for pid in marked) if g is not None} | (groups or set())
+    wanted.discard(os.getpgrp())
+    members = {int(e.name) for e in os.scandir("/proc")
+               if e.name.isdigit() and _process_group(int(e.name)) in wanted}
+    members.discard(os.getpid())
+    return sorted(set(marked) | members)
+
+
+def kill_run_processes(run_id: str, groups: set[int] | None = None) -> int:
+    pids = processes_of_run(run_id, groups)
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -86,6 +112,24 @@ def kill_run_processes(run_id: str) -> int:
     if pids:
         log.info("run %s: killed %d leftover processes", run_id, len(pids))
     return len(pids)
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(") ", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def live_leader(paths: RunPaths) -> int | None:
+    """The pid of this run's leader if that very process (not a reuse of its pid) still runs."""
+    try:
+        recorded = json.loads(paths.leader_file.read_text())
+        pid, start = int(recorded["pid"]), int(recorded["start"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if pid_alive(pid) and _start_time(pid) == start else None
 
 
 def pid_alive(pid: int) -> bool:
@@ -161,9 +205,13 @@ class Supervisor:
         from .engines.leader import run_leader  # noqa: F401
 
         self.context.Process(target=_noop).start()
+        next_sweep = 0.0
         while not self.stop_event.is_set():
             try:
                 self.tick()
+                if time.monotonic() >= next_sweep:
+                    retention.sweep_job_stores(self.settings)
+                    next_sweep = time.monotonic() + self.settings.retention_interval
             except Exception:
                 log.exception("supervisor tick failed; retrying")
             self.stop_event.wait(self.settings.poll_interval)
@@ -231,6 +279,7 @@ class Supervisor:
             root=str(paths.root),
         )
         paths.result.unlink(missing_ok=True)
+        paths.leader_file.unlink(missing_ok=True)
         from .engines.leader import run_leader
 
         process = self.context.Process(target=run_leader, args=(spec,), name=f"leader-{run_id}")
@@ -252,15 +301,16 @@ class Supervisor:
         if run is None or run.state in store.TERMINAL:
             return
         paths = run_paths(self.settings, run_id)
-        pid = run.leader_pid
-        if pid and pid_alive(pid) and pid in processes_of_run(run_id):
+        pid = live_leader(paths)
+        if pid is not None:
             log.info("run %s: adopting live leader pid %d", run_id, pid)
             self._watch(run_id, Leader(pid, None), paths)
             return
+        # Its leader is gone; what it started must not race a successor on the same job store.
+        kill_run_processes(run_id, {run.leader_pid} if run.leader_pid else None)
         if paths.read_result() is not None:
             self._finish(run_id, paths, None, cancelled=run.cancel_requested)
             return
-        kill_run_processes(run_id)  # workers of a dead leader must not race its successor
         if run.cancel_requested:
             store.transition(run_id, store.CANCELED)
             return
@@ -291,9 +341,12 @@ class Supervisor:
         next_renew = 0.0
         cancelled = False
         known_logs = tasks.known_log_names(run_id)
+        groups: set[int] = {leader.pid}  # the leader called setsid: its group is its pid
         while True:
             if leader.wait(settings.poll_interval):
                 break
+            # Remember every group the run ever had: a tool can outlive its worker.
+            groups |= run_process_groups(run_id)
             self._ingest_tasks(run_id, paths, known_logs)
             if self.stop_event.is_set():
                 # Shutting down: the leader lives on; whoever holds the next lease adopts it.
@@ -308,10 +361,12 @@ class Supervisor:
                 next_renew = now + renew_every
             if not cancelled and store.cancel_requested(run_id):
                 cancelled = True
+                groups |= run_process_groups(run_id)
                 self._cancel(run_id, leader, paths)
                 break
         self._ingest_tasks(run_id, paths, known_logs)
-        self._finish(run_id, paths, leader.exitcode, cancelled=cancelled or store.cancel_requested(run_id))
+        self._finish(run_id, paths, leader.exitcode, cancelled=cancelled or store.cancel_requested(run_id),
+                     groups=groups)
 
     def _cancel(self, run_id: str, leader: Leader, paths: RunPaths) -> None:
         grace = self.settings.cancel_grace_seconds
@@ -325,8 +380,9 @@ class Supervisor:
                 leader.signal_group(signal.SIGKILL)
                 leader.wait(grace)
 
-    def _finish(self, run_id: str, paths: RunPaths, exitcode: int | None, cancelled: bool) -> None:
-        kill_run_processes(run_id)
+    def _finish(self, run_id: str, paths: RunPaths, exitcode: int | None, cancelled: bool,
+                groups: set[int] | None = None) -> None:
+        kill_run_processes(run_id, groups)
         recorded = paths.read_result()
         code = recorded if recorded is not None else exitcode
         if cancelled:

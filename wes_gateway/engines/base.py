@@ -57,6 +57,10 @@ class RunPaths:
         return self.root / "messages.tsv"
 
     @property
+    def leader_file(self) -> Path:
+        return self.root / "leader.json"
+
+    @property
     def outline(self) -> Path:
         return self.root / "outline.json"
 

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import traceback
+from pathlib import Path
 
 # Preload: the expensive imports happen in the forkserver, before any run.
 import toil.cwl.cwltoil  # noqa: F401
@@ -38,8 +39,13 @@ def run_leader(spec: LeaderSpec) -> None:
     os.setsid()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
-    paths = RunPaths(root=__import__("pathlib").Path(spec.root))
+    paths = RunPaths(root=Path(spec.root))
     os.chdir(spec.root)
+    # Who the leader is, for a supervisor that must adopt it after a crash: pid and start time
+    # (a forked process's /proc environ still shows the forkserver's, so no marker is visible).
+    with open(f"/proc/{os.getpid()}/stat") as stat:
+        started = int(stat.read().rsplit(") ", 1)[1].split()[19])
+    paths.leader_file.write_text(json.dumps({"pid": os.getpid(), "start": started}))
     # Toil pickles the leader's environment into the job store: give it only what we chose.
     os.environ.clear()
     os.environ.update(spec.env)
