@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test install clean
+.PHONY: run test install clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,10 @@ run: $(STAMP)
 	mkdir -p var
 	WES_GATEWAY_DATA_DIR=$${WES_GATEWAY_DATA_DIR:-$(CURDIR)/var} $(BIN)/gunicorn -c gunicorn.conf.py
 
-test: $(TEST_STAMP)
+system-deps:
+	@scripts/system-deps
+
+test: $(TEST_STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -110,9 +110,9 @@ def start_server(data_dir: Path, extra_env: dict[str, str] | None = None, worker
         if process.poll() is not None:
             raise RuntimeError(f"gunicorn exited early:\n{server.log_tail()}")
         try:
-            if requests.get(server.api + "/health", timeout=2).status_code == 200:
+            if requests.get(server.api + "/health", timeout=5).status_code == 200:
                 return server
-        except requests.ConnectionError:
+        except requests.RequestException:
             pass
         time.sleep(0.2)
     stop_server(server)

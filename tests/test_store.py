@@ -109,3 +109,32 @@ def test_upgrade_from_the_first_schema_keeps_runs(tmp_path: Path) -> None:
     run = store.get_run("old")
     assert run.state == "COMPLETE" and run.bus_offset == 0
     assert store.Task.select().count() == 0
+
+
+def _writer(path: str, worker: int, count: int) -> int:
+    database = store.open_database(f"sqlite:///{path}")
+    for i in range(count):
+        run_id = make_run(owner=f"w{worker}")
+        store.request_cancel(run_id)
+        claimed = store.claim_next(f"sup{worker}", 30)
+        if claimed is not None:
+            store.transition(claimed.run_id, store.RUNNING)
+            store.renew_lease(claimed.run_id, f"sup{worker}", 30)
+            store.transition(claimed.run_id, store.COMPLETE, exit_code=0)
+    database.close()
+    return count
+
+
+def test_eight_processes_writing_at_once(tmp_path: Path) -> None:
+    import multiprocessing
+
+    path = tmp_path / "busy.sqlite3"
+    database = store.open_database(f"sqlite:///{path}")
+    store.upgrade(database)
+    database.close()
+    with multiprocessing.get_context("spawn").Pool(8) as pool:
+        done = pool.starmap(_writer, [(str(path), worker, 60) for worker in range(8)])
+    assert sum(done) == 480
+    store.open_database(f"sqlite:///{path}")
+    assert store.Run.select().count() == 480
+    assert store.Run.select().where(store.Run.state.not_in(list(store.TERMINAL))).count() == 0

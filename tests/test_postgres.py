@@ -1,0 +1,63 @@
+"""The integration paths again with the store on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import Server, start_server, stop_server
+from postgres import Postgres, start_postgres
+from test_durability import assert_storm_completes, slow_echo, submit_storm
+from wes_gateway import store
+
+D = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    try:
+        pg = start_postgres()
+    except (FileNotFoundError, OSError) as exc:
+        pytest.skip(f"no PostgreSQL server can be started here: {exc}")
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(tmp_path_factory.mktemp("wes-pg"), {"WES_GATEWAY_DATABASE_URL": postgres.url}, workers=4)
+    yield server
+    stop_server(server)
+
+
+def test_store_is_postgres(postgres: Postgres, pg_server: Server) -> None:
+    db = store.open_database(postgres.url)
+    try:
+        assert type(db).__name__.startswith("Postgres")
+        assert store.current_version(db) == store.SCHEMA_VERSION
+    finally:
+        db.close()
+    assert not (pg_server.data_dir / "wes.sqlite3").exists()
+
+
+def test_run_tasks_and_cancel_on_postgres(pg_server: Server) -> None:
+    run_id = pg_server.submit_ok(
+        {"three_step.cwl": D / "three_step.cwl", "upper.cwl": D / "upper.cwl", "rev.cwl": D / "rev.cwl",
+         "count.cwl": D / "count.cwl", "in.txt": b"postgres\n"},
+        workflow_url="three_step.cwl", workflow_type="CWL", workflow_type_version="v1.2",
+        workflow_params={"infile": {"class": "File", "location": "in.txt"}})
+    long_id = slow_echo(pg_server, "cancel me", seconds=120)
+    assert pg_server.wait(run_id) == "COMPLETE"
+    tasks = pg_server.get(f"/runs/{run_id}/tasks", params={"page_size": 2}).json()
+    assert [t["name"] for t in tasks["task_logs"]] == ["shout", "reverse"] and tasks["next_page_token"]
+    pg_server.wait(long_id, {"RUNNING"})
+    pg_server.post(f"/runs/{long_id}/cancel")
+    assert pg_server.wait(long_id, timeout=60) == "CANCELED"
+    info = pg_server.get("/service-info").json()
+    assert info["system_state_counts"]["COMPLETE"] >= 1 and info["system_state_counts"]["CANCELED"] >= 1
+
+
+def test_200_concurrent_submissions_on_postgres(pg_server: Server) -> None:
+    assert_storm_completes(pg_server, submit_storm(pg_server))
