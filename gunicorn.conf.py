@@ -10,7 +10,10 @@ import os
 import subprocess
 import sys
 
-bind = os.environ.get("WES_GATEWAY_BIND", "127.0.0.1:8080")
+# One source for the bind address, shared with the app (which refuses no-auth off loopback).
+from wes_gateway.config import load_settings
+
+bind = load_settings().bind
 workers = int(os.environ.get("WES_GATEWAY_WORKERS", str(min(2 * multiprocessing.cpu_count() + 1, 8))))
 worker_class = os.environ.get("WES_GATEWAY_WORKER_CLASS", "wes_gateway.serving.UvicornWorker")
 wsgi_app = os.environ.get("WES_GATEWAY_APP", "wes_gateway.asgi:app")

@@ -16,8 +16,10 @@ from connexion.resolver import Resolver
 from starlette.exceptions import HTTPException
 
 from . import store
+from .auth import AuthMiddleware, check_settings
 from .config import Settings, load_settings
 from .errors import ApiError
+from .urls import API_BASE
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,7 @@ def create_app(settings: Settings | None = None, validate_responses: bool | None
     """Build the app. Opens (and if needed migrates) the store; starts no threads or processes."""
     settings = settings or load_settings()
     setup_logging()
+    check_settings(settings)
     settings.runs_dir.mkdir(parents=True, exist_ok=True)
     db = store.open_database(settings.effective_database_url)
     if store.current_version(db) != store.SCHEMA_VERSION:
@@ -124,6 +127,8 @@ def create_app(settings: Settings | None = None, validate_responses: bool | None
         strict_validation=True,
         validate_responses=settings.response_validation if validate_responses is None else validate_responses,
     )
+    app.add_middleware(AuthMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings,
+                       api_base=API_BASE)
     app.add_middleware(RequireMultipart, position=MiddlewarePosition.BEFORE_VALIDATION)
     app.add_error_handler(ProblemException, _problem)
     app.add_error_handler(HTTPException, _http)

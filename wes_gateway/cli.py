@@ -36,16 +36,58 @@ def _runs_purge(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"wes-gateway: {exc}", file=sys.stderr)
         return 2
-    db = store.open_database(settings.effective_database_url)
-    if store.current_version(db) != store.SCHEMA_VERSION:
-        print("wes-gateway: the schema is not current; run `wes-gateway db upgrade` first", file=sys.stderr)
-        return 2
+    db, status = _open_current()
+    if status:
+        return status
     purged = purge_runs(settings, age, dry_run=args.dry_run)
     verb = "would purge" if args.dry_run else "purged"
     print(f"{verb} {len(purged)} finished runs that ended more than {args.older_than} ago")
     for run_id in purged:
         print(run_id)
     db.close()
+    return 0
+
+
+def _open_current() -> tuple[object, int]:
+    settings = load_settings()
+    db = store.open_database(settings.effective_database_url)
+    if store.current_version(db) != store.SCHEMA_VERSION:
+        print("wes-gateway: the schema is not current; run `wes-gateway db upgrade` first", file=sys.stderr)
+        return db, 2
+    return db, 0
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from .auth import hash_token, new_token
+
+    db, status = _open_current()
+    if status:
+        return status
+    token = new_token()
+    row = store.create_token(args.user, hash_token(token), args.label)
+    print(f"token {row.id} for {args.user} (shown once; only its hash is stored):")
+    print(token)
+    return 0
+
+
+def _token_list(_args: argparse.Namespace) -> int:
+    db, status = _open_current()
+    if status:
+        return status
+    for row in store.ApiToken.select().order_by(store.ApiToken.id):
+        state = f"revoked {row.revoked_at}" if row.revoked_at else "active"
+        print(f"{row.id}\t{row.user}\t{row.label}\t{row.created_at}\t{state}")
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    db, status = _open_current()
+    if status:
+        return status
+    if not store.revoke_token(args.id):
+        print(f"wes-gateway: no active token {args.id}", file=sys.stderr)
+        return 1
+    print(f"token {args.id} revoked")
     return 0
 
 
@@ -58,6 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     supervise.set_defaults(func=_supervise)
     db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="apply pending schema migrations").set_defaults(func=_db_upgrade)
+    token = commands.add_parser("token", help="API tokens for auth mode token").add_subparsers(
+        dest="token_command", required=True)
+    create = token.add_parser("create", help="issue a token for USER")
+    create.add_argument("user")
+    create.add_argument("--label", default="")
+    create.set_defaults(func=_token_create)
+    token.add_parser("list", help="list tokens (never their values)").set_defaults(func=_token_list)
+    revoke = token.add_parser("revoke", help="revoke a token by id")
+    revoke.add_argument("id", type=int)
+    revoke.set_defaults(func=_token_revoke)
     runs = commands.add_parser("runs", help="run records and directories").add_subparsers(
         dest="runs_command", required=True)
     purge = runs.add_parser("purge", help="delete finished runs (records and directories)")

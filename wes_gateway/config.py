@@ -20,6 +20,7 @@ ENV_PREFIX = "WES_GATEWAY_"
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    bind: str = Field("127.0.0.1:8080", description="Where Gunicorn listens (host:port or unix:PATH).")
     data_dir: Path = Field(Path("var"), description="Root for the SQLite file and run directories.")
     database_url: str = Field(
         "", description="Peewee db_url; empty means SQLite at <data_dir>/wes.sqlite3."
@@ -42,6 +43,28 @@ class Settings(BaseModel):
         "7d", description="Keep job stores of failed or cancelled runs this long, for debugging (90s, 12h, 30d)."
     )
     retention_interval: float = Field(300.0, gt=0, description="Seconds between job-store retention sweeps.")
+    auth_modes: list[str] = Field(
+        default_factory=list,
+        description="Any of proxy, token, jwt, basic; empty (no auth) is allowed only on a loopback bind.",
+    )
+    auth_proxy_header: str = Field("X-Remote-User", description="User header set by the trusted proxy.")
+    auth_service_info: bool = Field(False, description="Whether GET /service-info needs credentials.")
+    htpasswd_file: str = Field("", description="htpasswd-style file (bcrypt or argon2) for auth mode basic.")
+    jwt_jwks: str = Field("", description="JWKS file path or URL for auth mode jwt.")
+    jwt_public_key: str = Field("", description="PEM public key file for auth mode jwt (instead of a JWKS).")
+    jwt_issuer: str = Field("", description="Required iss claim.")
+    jwt_audience: str = Field("", description="Required aud claim.")
+    jwt_user_claim: str = Field("sub", description="Claim that names the user.")
+    jwt_admin_claim: str = Field("roles", description="Claim listing roles; admin_role there grants admin.")
+    admin_role: str = Field("wes-admin", description="Role (in jwt_admin_claim) that makes a caller admin.")
+    admin_users: list[str] = Field(default_factory=list, description="User names that are admins.")
+    state_counts_scope: Literal["all", "caller"] = Field(
+        "all", description="Whether service-info's system_state_counts covers everyone or the caller."
+    )
+    max_active_runs_per_user: int = Field(0, ge=0, description="Queued plus running runs per user; 0 is no limit.")
+    allowed_url_prefixes: list[str] = Field(
+        default_factory=list, description="http(s) prefixes a workflow_url may start with; none by default."
+    )
     service_id: str = "org.example.wes-gateway"
     service_name: str = "wes-gateway"
     service_description: str = "GA4GH WES 1.1 for CWL and WDL on Toil"
@@ -68,9 +91,11 @@ class Settings(BaseModel):
     )
     max_attachment_bytes: int = Field(2 * 1024**3, ge=1, description="Total attachment size per run.")
     max_attachment_count: int = Field(1000, ge=1)
+    max_attachment_file_bytes: int = Field(1024**3, ge=1, description="Size of one attachment.")
     response_validation: bool = Field(False, description="Validate responses against the YAML.")
 
-    @field_validator("trusted_proxies", "extra_path", "allowed_file_roots", mode="before")
+    @field_validator("trusted_proxies", "extra_path", "allowed_file_roots", "auth_modes", "admin_users",
+                     "allowed_url_prefixes", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -22,3 +22,7 @@ class NotFound(ApiError):
 
 class PayloadTooLarge(ApiError):
     status_code = 413
+
+
+class TooManyRequests(ApiError):
+    status_code = 429

@@ -36,6 +36,12 @@ MARKER = "WES_GATEWAY_RUN_ID"
 ENV_ALLOWLIST = ("LANG", "LC_ALL", "TZ", "USER", "LOGNAME")
 
 
+def scrub_environment() -> None:
+    keep = {key: os.environ[key] for key in (*ENV_ALLOWLIST, "PATH", "HOME", "TMPDIR") if key in os.environ}
+    os.environ.clear()
+    os.environ.update(keep)
+
+
 def run_paths(settings: Settings, run_id: str) -> RunPaths:
     return RunPaths(root=settings.runs_dir / run_id)
 
@@ -416,6 +422,9 @@ def serve(settings: Settings, stop_on_parent_exit: bool = False) -> None:
     setup_logging()
     store.open_database(settings.effective_database_url)
     store.upgrade(store.database.obj)
+    # The forkserver, and so every leader, inherits this process's environment at start-up
+    # (and /proc shows it): drop everything but the allowlist before it is spawned.
+    scrub_environment()
     supervisor = Supervisor(settings)
     parent = os.getppid()
 

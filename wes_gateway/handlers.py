@@ -10,8 +10,9 @@ from typing import Any
 import flask
 
 from . import service_info, staging, store, tasks
+from .auth import User, current_user
 from .config import Settings
-from .errors import ApiError, BadRequest, NotFound
+from .errors import ApiError, BadRequest, NotFound, TooManyRequests
 from .executor import run_paths
 from .models import (Log, RunId, RunListResponse, RunLog, RunRequest, RunStatus, RunSummary, TaskListResponse,
                      TaskLog)
@@ -33,20 +34,31 @@ def _page_size(page_size: int | None) -> int:
     return min(page_size, settings.max_page_size)
 
 
+def _caller() -> User:
+    return current_user(flask.request.headers)
+
+
 def _visible_run(run_id: str) -> store.Run:
     run = store.get_run(run_id)
-    if run is None:
+    caller = _caller()
+    # Another user's run is "not found", exactly like a run that does not exist.
+    if run is None or not (caller.admin or run.owner == caller.name):
         raise NotFound(f"run {run_id} not found")
     return run
 
 
 def get_service_info() -> Json:
-    return service_info.build(_settings(), service_info.state_counts()).to_json()
+    settings = _settings()
+    caller = _caller()
+    owner = None if settings.state_counts_scope == "all" or caller.admin else caller.name
+    return service_info.build(settings, service_info.state_counts(owner)).to_json()
 
 
 def list_runs(page_size: int | None = None, page_token: str | None = None) -> Json:
     try:
-        rows, next_token = store.list_runs(_page_size(page_size), page_token)
+        caller = _caller()
+        rows, next_token = store.list_runs(_page_size(page_size), page_token,
+                                           owner=None if caller.admin else caller.name)
     except store.BadPageToken as exc:
         raise BadRequest(str(exc)) from None
     runs = [
@@ -70,7 +82,13 @@ def run_workflow(**_fields: Any) -> Json:
         staging.Attachment(filename=storage.filename or "", stream=storage.stream)
         for storage in request.files.getlist("workflow_attachment")
     ]
-    staged = staging.stage(form, attachments, _settings(), owner="")
+    settings = _settings()
+    caller = _caller()
+    limit = settings.max_active_runs_per_user
+    if limit and store.active_runs(caller.name) >= limit:
+        raise TooManyRequests(f"{caller.name or 'you'} already have {limit} queued or running runs",
+                              headers={"Retry-After": str(int(max(settings.poll_interval * 20, 30)))})
+    staged = staging.stage(form, attachments, settings, owner=caller.name)
     try:
         store.create_run(staged.new_run)
     except Exception:

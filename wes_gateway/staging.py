@@ -131,9 +131,15 @@ def write_attachments(target: Path, attachments: Iterable[Attachment], settings:
             raise BadRequest(
                 f"workflow_attachment: {attachment.filename!r} clashes with another attachment's directory"
             ) from None
+        size = 0
         with os.fdopen(fd, "wb") as out:
             while chunk := attachment.stream.read(COPY_CHUNK):
                 total += len(chunk)
+                size += len(chunk)
+                if size > settings.max_attachment_file_bytes:
+                    raise PayloadTooLarge(
+                        f"workflow_attachment: {attachment.filename!r} is larger than {settings.max_attachment_file_bytes} bytes"
+                    )
                 if total > settings.max_attachment_bytes:
                     raise PayloadTooLarge(
                         f"workflow_attachment: more than {settings.max_attachment_bytes} bytes in total"
@@ -165,6 +171,34 @@ def _check_file_url(path_text: str, settings: Settings, what: str) -> Path:
     raise BadRequest(f"{what}: local path {path_text!r} is outside the directories this service may read")
 
 
+# Cloud instance-metadata endpoints that no run may be pointed at, by name or address.
+METADATA_HOSTS = {"metadata.google.internal", "metadata", "instance-data", "metadata.azure.com"}
+
+
+def check_remote(url: str, what: str) -> None:
+    """Refuse URLs that reach link-local or metadata addresses (SSRF through the leader)."""
+    import ipaddress
+    import socket
+
+    host = (urlparse(url).hostname or "").lower()
+    if not host:
+        raise BadRequest(f"{what}: {url!r} has no host")
+    if host in METADATA_HOSTS:
+        raise BadRequest(f"{what}: {host} is a metadata service and may not be used")
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        addresses = set()
+    candidates = addresses | {host}
+    for candidate in candidates:
+        try:
+            address = ipaddress.ip_address(candidate.split("%")[0])
+        except ValueError:
+            continue
+        if address.is_link_local or str(address) in ("100.100.100.200", "fd00:ec2::254"):
+            raise BadRequest(f"{what}: {url!r} points at a link-local or metadata address")
+
+
 def resolve_workflow_url(url: str, attachments: Path, settings: Settings) -> str:
     """What the leader is given: an absolute local path (with fragment) or an http(s) URL."""
     found = _attachment_path(attachments, url)
@@ -174,6 +208,10 @@ def resolve_workflow_url(url: str, attachments: Path, settings: Settings) -> str
     suffix = f"#{fragment}" if fragment else ""
     scheme = urlparse(base).scheme.lower()
     if scheme in REMOTE_SCHEMES:
+        if not any(url.startswith(prefix) for prefix in settings.allowed_url_prefixes):
+            raise BadRequest(f"workflow_url {url!r} is not under an allowed URL prefix "
+                             f"({', '.join(settings.allowed_url_prefixes) or 'none are configured'}); attach the workflow instead")
+        check_remote(url, "workflow_url")
         return url
     if scheme == "file":
         return str(_check_file_url(unquote(urlparse(base).path), settings, "workflow_url")) + suffix
@@ -195,11 +233,13 @@ def resolve_input(reference: str, attachments: Path, settings: Settings) -> str:
     parsed = urlparse(reference)
     scheme = parsed.scheme.lower()
     if scheme in REMOTE_SCHEMES:
+        check_remote(reference, "workflow_params")
         return reference
-    if scheme == "file":
-        return str(_check_file_url(unquote(parsed.path), settings, "workflow_params"))
-    if reference.startswith("/"):
-        return str(_check_file_url(reference, settings, "workflow_params"))
+    if scheme == "file" or reference.startswith("/"):
+        path = unquote(parsed.path) if scheme == "file" else reference
+        if Path(os.path.realpath(path)).is_relative_to(os.path.realpath(attachments)):
+            return os.path.normpath(path)  # an attachment named by absolute path (document defaults)
+        return str(_check_file_url(path, settings, "workflow_params"))
     if scheme and len(scheme) > 1 and "/" not in scheme:
         raise BadRequest(f"workflow_params: {scheme}:// inputs are not supported here: {reference!r}")
     raise BadRequest(f"workflow_params: input {reference!r} is not among the attachments")

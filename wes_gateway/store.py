@@ -119,6 +119,18 @@ class Task(BaseModel):
         indexes = ((("run_id", "task_id"), True), (("run_id", "id"), False), (("run_id", "batch_id"), False))
 
 
+class ApiToken(BaseModel):
+    id = peewee.AutoField()
+    user = peewee.CharField(max_length=255)
+    token_hash = peewee.CharField(max_length=64, unique=True)
+    label = peewee.CharField(max_length=255, default="")
+    created_at = peewee.CharField(max_length=32)
+    revoked_at = peewee.CharField(max_length=32, null=True)
+
+    class Meta:
+        table_name = "api_token"
+
+
 # ---------------------------------------------------------------- connection & schema
 
 
@@ -181,8 +193,14 @@ def _migration_2(db: peewee.Database) -> None:
     db.create_tables([Task])
 
 
+def _migration_3(db: peewee.Database) -> None:
+    db.create_tables([ApiToken])
+    # Per-user queue limits count a user's active runs.
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "run_owner_state" ON "run" ("owner", "state")')
+
+
 # Append, never edit: deployed databases have run the earlier entries.
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [_migration_1, _migration_2, _migration_3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -352,6 +370,24 @@ def take_over_expired(worker_id: str, lease_seconds: float) -> list[Run]:
 def cancel_requested(run_id: str) -> bool:
     value = Run.select(Run.cancel_requested).where(Run.run_id == run_id).scalar()
     return bool(value)
+
+
+def active_runs(owner: str) -> int:
+    return Run.select().where((Run.owner == owner) & Run.state.in_([QUEUED, *ACTIVE])).count()
+
+
+def create_token(user: str, token_hash: str, label: str) -> ApiToken:
+    return ApiToken.create(user=user, token_hash=token_hash, label=label, created_at=utc_now())
+
+
+def token_owner(token_hash: str) -> str | None:
+    row = ApiToken.get_or_none((ApiToken.token_hash == token_hash) & ApiToken.revoked_at.is_null())
+    return None if row is None else str(row.user)
+
+
+def revoke_token(token_id: int) -> bool:
+    return ApiToken.update(revoked_at=utc_now()).where(
+        (ApiToken.id == token_id) & ApiToken.revoked_at.is_null()).execute() == 1
 
 
 def state_counts(owner: str | None = None) -> dict[str, int]:

@@ -25,9 +25,9 @@ class CwlEngine:
     def prepare(self, workflow: str, params: dict[str, Any],
                 resolve_input: Callable[[str], str]) -> tuple[dict[str, Any], dict[str, Any]]:
         params = _rewrite_locations(params, resolve_input)
-        return params, self._validate(workflow)
+        return params, self._validate(workflow, resolve_input)
 
-    def _validate(self, workflow: str) -> dict[str, Any]:
+    def _validate(self, workflow: str, resolve_input: Callable[[str], str]) -> dict[str, Any]:
         # cwltool is imported lazily: web workers that never validate never pay for it.
         from cwltool.context import LoadingContext
         from cwltool.load_tool import load_tool
@@ -50,6 +50,10 @@ class CwlEngine:
             raise BadRequest(f"CWL document could not be loaded: {type(exc).__name__}: {exc}") from None
         finally:
             cwl_logger.setLevel(previous)
+        # Defaults inside the documents go through the same policy as the inputs: a document
+        # must not smuggle in file:///etc/passwd as a default.
+        for each in _processes(process):
+            _rewrite_locations(each.tool, resolve_input)
         return {"steps": _steps(process)}
 
     def present_outputs(self, outputs: dict[str, Any], paths: RunPaths) -> dict[str, Any]:
@@ -113,3 +117,10 @@ def _rewrite_locations(value: Any, resolve: Callable[[str], str]) -> Any:
             resolved = resolve(reference)
             result[key] = Path(resolved).as_uri() if resolved.startswith("/") else resolved
     return result
+
+
+def _processes(process: Any) -> list[Any]:
+    found = [process]
+    for step in getattr(process, "steps", []):
+        found.extend(_processes(step.embedded_tool))
+    return found

@@ -1,0 +1,294 @@
+"""Authentication modes, per-user isolation, input policy and secrets, over real HTTP."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+
+from conftest import Server, start_server, stop_server
+
+D = Path(__file__).parent / "data"
+SECRET = "sekrit-do-not-leak-8d1f"
+ECHO = {"workflow_url": "echo.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2",
+        "workflow_params": json.dumps({"message": "mine"})}
+
+
+def rsa_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    import bcrypt
+    import jwt
+    from argon2 import PasswordHasher
+
+    root = tmp_path_factory.mktemp("keys")
+    key = rsa_key()
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update({"kid": "k1", "use": "sig", "alg": "RS256"})
+    (root / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    (root / "htpasswd").write_text(
+        f"alice:{bcrypt.hashpw(b'alice-pw', bcrypt.gensalt()).decode()}\n"
+        f"bob:{PasswordHasher().hash('bob-pw')}\n"
+        f"boss:{bcrypt.hashpw(b'boss-pw', bcrypt.gensalt()).decode()}\n")
+    return {"root": root, "key": key}
+
+
+@pytest.fixture(scope="module")
+def secure(keys: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = keys["root"]
+    server = start_server(tmp_path_factory.mktemp("secure"), {
+        "WES_GATEWAY_AUTH_MODES": "proxy,token,jwt,basic",
+        "WES_GATEWAY_HTPASSWD_FILE": str(root / "htpasswd"),
+        "WES_GATEWAY_JWT_JWKS": str(root / "jwks.json"),
+        "WES_GATEWAY_JWT_ISSUER": "https://idp.example.org",
+        "WES_GATEWAY_JWT_AUDIENCE": "wes-gateway",
+        "WES_GATEWAY_ADMIN_USERS": "boss",
+        # The "proxy" is 127.0.0.2; tests calling from 127.0.0.1 are direct clients.
+        "WES_GATEWAY_TRUSTED_PROXIES": "127.0.0.2",
+        "WES_GATEWAY_STATE_COUNTS_SCOPE": "caller",
+        "WES_GATEWAY_MAX_ACTIVE_RUNS_PER_USER": "2",
+        "WES_GATEWAY_MAX_ATTACHMENT_BYTES": str(1024 * 1024),
+        "SECRET_API_KEY": SECRET,
+    })
+    yield server
+    stop_server(server)
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def jwt_for(keys: dict[str, Any], **overrides: Any) -> str:
+    import jwt
+
+    now = int(time.time())
+    claims = {"sub": "dave", "iss": "https://idp.example.org", "aud": "wes-gateway", "iat": now,
+              "nbf": now - 5, "exp": now + 300, **overrides}
+    return jwt.encode(claims, keys["key"], algorithm="RS256", headers={"kid": "k1"})
+
+
+def from_peer(server: Server, source: str, path: str, headers: dict[str, str]) -> tuple[int, dict]:
+    host, port = server.base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10, source_address=(source, 0))
+    conn.request("GET", "/ga4gh/wes/v1" + path, headers=headers)
+    response = conn.getresponse()
+    return response.status, json.loads(response.read() or b"{}")
+
+
+def submit(server: Server, headers: dict[str, str], **fields: str) -> requests.Response:
+    return requests.post(server.api + "/runs", headers=headers, timeout=60, data={**ECHO, **fields},
+                         files=[("workflow_attachment", ("echo.cwl", (D / "echo.cwl").read_bytes()))])
+
+
+def test_no_credentials_is_401_with_challenge(secure: Server) -> None:
+    response = secure.get("/runs")
+    assert response.status_code == 401 and response.json()["status_code"] == 401
+    challenge = response.headers["WWW-Authenticate"]
+    assert "Basic" in challenge and "Bearer" in challenge
+    assert secure.get("/service-info").status_code == 200  # public by default
+    assert secure.get("/health").status_code == 200
+
+
+def test_basic_with_bcrypt_and_argon2(secure: Server) -> None:
+    assert secure.get("/runs", headers=basic("alice", "alice-pw")).status_code == 200
+    assert secure.get("/runs", headers=basic("bob", "bob-pw")).status_code == 200
+    assert secure.get("/runs", headers=basic("alice", "wrong")).status_code == 401
+    assert secure.get("/runs", headers=basic("mallory", "x")).status_code == 401
+    assert secure.get("/runs", headers={"Authorization": "Basic !!!"}).status_code == 401
+
+
+def test_api_tokens_issue_and_revoke(secure: Server) -> None:
+    env = {**os.environ, "WES_GATEWAY_DATA_DIR": str(secure.data_dir)}
+    created = subprocess.run([sys.executable, "-m", "wes_gateway.cli", "token", "create", "erin", "--label", "ci"],
+                             env=env, capture_output=True, text=True, check=True)
+    token = created.stdout.strip().splitlines()[-1]
+    token_id = created.stdout.split()[1]
+    assert secure.get("/runs", headers=bearer(token)).status_code == 200
+    listed = subprocess.run([sys.executable, "-m", "wes_gateway.cli", "token", "list"], env=env,
+                            capture_output=True, text=True, check=True).stdout
+    assert "erin" in listed and token not in listed
+    subprocess.run([sys.executable, "-m", "wes_gateway.cli", "token", "revoke", token_id], env=env, check=True,
+                   capture_output=True)
+    assert secure.get("/runs", headers=bearer(token)).status_code == 401
+    assert secure.get("/runs", headers=bearer("wes_notatoken")).status_code == 401
+
+
+def test_jwt_claims_are_checked(secure: Server, keys: dict[str, Any]) -> None:
+    import jwt
+
+    assert secure.get("/runs", headers=bearer(jwt_for(keys))).status_code == 200
+    now = int(time.time())
+    for bad in (jwt_for(keys, exp=now - 120), jwt_for(keys, aud="someone-else"),
+                jwt_for(keys, iss="https://evil.example.org"), jwt_for(keys, nbf=now + 600),
+                jwt.encode({"sub": "dave", "iss": "https://idp.example.org", "aud": "wes-gateway", "exp": now + 60},
+                           "shared-secret-is-not-accepted-here", algorithm="HS256"),
+                jwt.encode({"sub": "dave", "iss": "https://idp.example.org", "aud": "wes-gateway", "exp": now + 60},
+                           rsa_key(), algorithm="RS256", headers={"kid": "k1"})):
+        response = secure.get("/runs", headers=bearer(bad))
+        assert response.status_code == 401, bad
+        assert response.json()["status_code"] == 401
+
+
+def test_proxy_header_only_from_the_trusted_proxy(secure: Server) -> None:
+    status, body = from_peer(secure, "127.0.0.2", "/runs", {"X-Remote-User": "carol"})
+    assert status == 200 and "runs" in body
+    status, body = from_peer(secure, "127.0.0.1", "/runs", {"X-Remote-User": "carol"})
+    assert status == 401 and "trusted proxy" in body["msg"]
+    status, _ = from_peer(secure, "127.0.0.2", "/runs", {})
+    assert status == 401
+    # A client cannot plant the internal user headers either.
+    status, _ = from_peer(secure, "127.0.0.1", "/runs", {"X-WES-Gateway-User": "alice", "X-WES-Gateway-Admin": "1"})
+    assert status == 401
+
+
+def test_users_are_isolated_on_every_route(secure: Server) -> None:
+    alice, bob, boss = basic("alice", "alice-pw"), basic("bob", "bob-pw"), basic("boss", "boss-pw")
+    response = submit(secure, alice)
+    assert response.status_code == 200, response.text
+    run_id = response.json()["run_id"]
+    deadline = time.monotonic() + 120
+    while secure.get(f"/runs/{run_id}/status", headers=alice).json()["state"] not in ("COMPLETE", "EXECUTOR_ERROR"):
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    tasks = secure.get(f"/runs/{run_id}/tasks", headers=alice).json()["task_logs"]
+    assert tasks
+    task_id = tasks[0]["id"]
+    assert run_id in {r["run_id"] for r in secure.get("/runs", headers=alice).json()["runs"]}
+    assert run_id not in {r["run_id"] for r in secure.get("/runs", headers=bob).json()["runs"]}
+    for path in (f"/runs/{run_id}", f"/runs/{run_id}/status", f"/runs/{run_id}/tasks",
+                 f"/runs/{run_id}/tasks/{task_id}", f"/runs/{run_id}/logs/stderr",
+                 f"/runs/{run_id}/tasks/{task_id}/logs/stderr"):
+        assert secure.get(path, headers=bob).status_code == 404, path
+        assert secure.get(path, headers=alice).status_code == 200, path
+        assert secure.get(path, headers=boss).status_code == 200, path
+    assert secure.post(f"/runs/{run_id}/cancel", headers=bob).status_code == 404
+    assert run_id in {r["run_id"] for r in secure.get("/runs?page_size=1000", headers=boss).json()["runs"]}
+    assert sum(secure.get("/service-info", headers=bob).json()["system_state_counts"].values()) == 0
+    assert secure.get("/service-info", headers=alice).json()["system_state_counts"]["COMPLETE"] >= 1
+
+
+def submit_tool(server: Server, headers: dict[str, str], name: str, params: dict,
+                extra: list | None = None) -> requests.Response:
+    return requests.post(server.api + "/runs", headers=headers, timeout=60, data={
+        **ECHO, "workflow_url": name, "workflow_params": json.dumps(params)},
+        files=[("workflow_attachment", (name, (D / name).read_bytes())), *(extra or [])])
+
+
+def test_per_user_queue_limit(secure: Server, keys: dict[str, Any]) -> None:
+    frank = bearer(jwt_for(keys, sub="frank"))
+    ids = []
+    for _ in range(2):
+        response = submit_tool(secure, frank, "sleep.cwl", {"seconds": 300})
+        assert response.status_code == 200, response.text
+        ids.append(response.json()["run_id"])
+    third = submit(secure, frank)
+    assert third.status_code == 429 and int(third.headers["Retry-After"]) > 0
+    assert third.json()["status_code"] == 429
+    assert submit(secure, basic("alice", "alice-pw")).status_code == 200  # others are not limited
+    for run_id in ids:
+        secure.post(f"/runs/{run_id}/cancel", headers=frank)
+    for run_id in ids:
+        deadline = time.monotonic() + 60
+        while secure.get(f"/runs/{run_id}/status", headers=frank).json()["state"] != "CANCELED":
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+    assert submit(secure, frank).status_code == 200
+
+
+def run_dirs(server: Server) -> set[str]:
+    runs = server.data_dir / "runs"
+    staging = runs / ".staging"
+    assert not staging.exists() or not any(staging.iterdir())
+    return {p.name for p in runs.iterdir() if p.name != ".staging"} if runs.exists() else set()
+
+
+@pytest.mark.parametrize("flag", [{"--debugWorker": None}, {"--jobStore": "file:/tmp/x"}, {"--writeLogs": "/etc"},
+                                  {"--setEnv": "A=1"}, {"--batchSystem": "slurm"}])
+def test_disallowed_engine_flags(secure: Server, flag: dict) -> None:
+    before = run_dirs(secure)
+    response = submit(secure, basic("alice", "alice-pw"), workflow_engine_parameters=json.dumps(flag))
+    assert response.status_code == 400 and next(iter(flag)) in response.json()["msg"]
+    assert run_dirs(secure) == before
+
+
+def test_document_default_pointing_outside_is_refused(secure: Server) -> None:
+    alice = basic("alice", "alice-pw")
+    before = run_dirs(secure)
+    response = submit_tool(secure, alice, "steal_default.cwl", {})
+    assert response.status_code == 400 and "/etc/passwd" in response.json()["msg"], response.text
+    assert run_dirs(secure) == before
+    allowed = submit_tool(secure, alice, "default_attached.cwl", {},
+                          [("workflow_attachment", ("greeting.txt", b"hi from a default\n"))])
+    assert allowed.status_code == 200, allowed.text
+
+
+def test_remote_workflow_url_needs_an_allowed_prefix(secure: Server) -> None:
+    alice = basic("alice", "alice-pw")
+    for url in ("https://example.org/wf.cwl", "http://169.254.169.254/latest/meta-data/x.cwl"):
+        response = submit(secure, alice, workflow_url=url)
+        assert response.status_code == 400 and "allowed URL prefix" in response.json()["msg"]
+    inputs = submit(secure, alice, workflow_params=json.dumps(
+        {"message": "x", "f": {"class": "File", "location": "http://169.254.169.254/latest/meta-data"}}))
+    assert inputs.status_code == 400 and "link-local" in inputs.json()["msg"]
+
+
+def test_oversized_upload_is_413_and_writes_nothing(secure: Server) -> None:
+    before = run_dirs(secure)
+    response = requests.post(secure.api + "/runs", headers=basic("alice", "alice-pw"), timeout=60, data=ECHO,
+                             files=[("workflow_attachment", ("echo.cwl", (D / "echo.cwl").read_bytes())),
+                                    ("workflow_attachment", ("big.bin", b"\0" * (2 * 1024 * 1024)))])
+    assert response.status_code == 413 and response.json()["status_code"] == 413
+    assert run_dirs(secure) == before
+
+
+def test_server_secrets_reach_no_run(secure: Server) -> None:
+    alice = basic("alice", "alice-pw")
+    response = submit_tool(secure, alice, "fail.cwl", {})
+    run_id = response.json()["run_id"]
+    leader_env = b""
+    deadline = time.monotonic() + 120
+    while secure.get(f"/runs/{run_id}/status", headers=alice).json()["state"] not in ("EXECUTOR_ERROR", "COMPLETE"):
+        leader_file = secure.data_dir / "runs" / run_id / "leader.json"
+        if leader_file.exists() and not leader_env:
+            try:
+                pid = json.loads(leader_file.read_text())["pid"]
+                leader_env = Path(f"/proc/{pid}/environ").read_bytes()
+            except (OSError, ValueError):
+                pass
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert leader_env and SECRET.encode() not in leader_env
+    # The failed run keeps its job store, where Toil pickled the leader's environment.
+    run_dir = secure.data_dir / "runs" / run_id
+    assert (run_dir / "jobstore").exists()
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_no_auth_off_loopback_is_refused(tmp_path: Path) -> None:
+    from wes_gateway.app import create_app
+    from wes_gateway.auth import ConfigError
+    from wes_gateway.config import load_settings
+
+    with pytest.raises(ConfigError, match="loopback"):
+        create_app(load_settings({}, data_dir=tmp_path, bind="0.0.0.0:8080"))
+    create_app(load_settings({}, data_dir=tmp_path, bind="0.0.0.0:8080", auth_modes=["token"]))

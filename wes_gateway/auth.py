@@ -1,0 +1,300 @@
+"""Who is calling: an ASGI middleware in front of Connexion that authenticates every API request.
+
+Modes (settings.auth_modes, tried in this order, any may be combined):
+- ``proxy``: a user header (``X-Remote-User`` by default) set by a reverse proxy, honoured
+  only from ``trusted_proxies``; the same header from anyone else is refused.
+- ``token``: static API tokens from ``wes-gateway token create USER``, stored as SHA-256.
+- ``jwt``: bearer JWTs verified against a JWKS (file or URL) or a public key; asymmetric
+  algorithms only; ``iss``, ``aud``, ``exp`` and ``nbf`` are checked.
+- ``basic``: HTTP Basic against an htpasswd-style file with bcrypt or argon2 hashes (what
+  toil-wes-cwl-runner sends from TOIL_WES_USER/TOIL_WES_PASSWORD).
+No mode at all is only allowed when the service is bound to loopback.
+
+The result travels to the handlers as internal headers that the middleware strips from the
+incoming request first, so no client can set them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ipaddress
+import json
+import logging
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+USER_HEADER = b"x-wes-gateway-user"
+ADMIN_HEADER = b"x-wes-gateway-admin"
+ASYMMETRIC = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+PUBLIC_SUFFIXES = ("/openapi.json", "/openapi.yaml", "/health")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    admin: bool = False
+
+
+class Unauthorized(Exception):
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg)
+        self.msg = msg
+
+
+def is_loopback_bind(bind: str) -> bool:
+    if bind.startswith("unix:"):
+        return True
+    host = bind.rsplit(":", 1)[0].strip("[]") if ":" in bind else bind
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse configurations that would expose an unauthenticated service."""
+    unknown = set(settings.auth_modes) - {"proxy", "token", "jwt", "basic"}
+    if unknown:
+        raise ConfigError(f"unknown auth modes: {', '.join(sorted(unknown))}")
+    if not settings.auth_modes and not is_loopback_bind(settings.bind):
+        raise ConfigError(
+            f"WES_GATEWAY_AUTH_MODES is empty but the service binds {settings.bind}: "
+            "authentication may be off only on loopback")
+    if "basic" in settings.auth_modes and not settings.htpasswd_file:
+        raise ConfigError("auth mode basic needs WES_GATEWAY_HTPASSWD_FILE")
+    if "jwt" in settings.auth_modes and not (settings.jwt_jwks or settings.jwt_public_key):
+        raise ConfigError("auth mode jwt needs WES_GATEWAY_JWT_JWKS or WES_GATEWAY_JWT_PUBLIC_KEY")
+
+
+# ---------------------------------------------------------------- the individual checks
+
+
+def hash_token(token: str) -> str:
+    # Tokens are 256 random bits: a plain digest is enough, and it makes lookups indexable.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return "wes_" + secrets.token_urlsafe(32)
+
+
+class Htpasswd:
+    """An htpasswd-style file, re-read when it changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.mtime = -1.0
+        self.entries: dict[str, str] = {}
+        self.lock = threading.Lock()
+
+    def _load(self) -> None:
+        mtime = self.path.stat().st_mtime
+        if mtime == self.mtime:
+            return
+        entries = {}
+        for line in self.path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and ":" in line:
+                user, hashed = line.split(":", 1)
+                entries[user] = hashed
+        self.entries, self.mtime = entries, mtime
+
+    def verify(self, user: str, password: str) -> bool:
+        with self.lock:
+            self._load()
+            hashed = self.entries.get(user)
+        if hashed is None:
+            return False
+        if hashed.startswith(("$2y$", "$2b$", "$2a$")):
+            import bcrypt
+
+            return bcrypt.checkpw(password.encode(), ("$2b$" + hashed[4:]).encode())
+        if hashed.startswith("$argon2"):
+            from argon2 import PasswordHasher
+            from argon2.exceptions import Argon2Error
+
+            try:
+                return PasswordHasher().verify(hashed, password)
+            except Argon2Error:
+                return False
+        log.warning("htpasswd: user %s has an unsupported hash (use bcrypt or argon2)", user)
+        return False
+
+
+class JwtVerifier:
+    def __init__(self, settings: Settings) -> None:
+        import jwt
+
+        self.settings = settings
+        self.jwk_client = None
+        self.static_keys: list[Any] = []
+        if settings.jwt_public_key:
+            self.static_keys = [Path(settings.jwt_public_key).read_text()]
+        elif settings.jwt_jwks.startswith(("http://", "https://")):
+            self.jwk_client = jwt.PyJWKClient(settings.jwt_jwks, cache_keys=True)
+        else:
+            keys = jwt.PyJWKSet.from_dict(json.loads(Path(settings.jwt_jwks).read_text()))
+            self.static_keys = [key for key in keys.keys]
+
+    def verify(self, token: str) -> User:
+        import jwt
+
+        settings = self.settings
+        try:
+            header = jwt.get_unverified_header(token)
+            if header.get("alg") not in ASYMMETRIC:
+                raise Unauthorized("JWT algorithm not accepted; use an asymmetric one")
+            if self.jwk_client is not None:
+                candidates = [self.jwk_client.get_signing_key_from_jwt(token)]
+            else:
+                kid = header.get("kid")
+                candidates = [k for k in self.static_keys if kid is None or getattr(k, "key_id", None) in (None, kid)]
+            options = {"require": ["exp", "iss", "aud"] if settings.jwt_audience else ["exp"]}
+            last: Exception | None = None
+            for key in candidates:
+                try:
+                    claims = jwt.decode(
+                        token, key=getattr(key, "key", key), algorithms=ASYMMETRIC,
+                        audience=settings.jwt_audience or None, issuer=settings.jwt_issuer or None,
+                        options=options, leeway=30,
+                    )
+                    break
+                except jwt.InvalidSignatureError as exc:
+                    last = exc
+            else:
+                raise Unauthorized(f"JWT rejected: {last or 'no matching key'}")
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"JWT rejected: {exc}") from None
+        name = str(claims.get(settings.jwt_user_claim) or "")
+        if not name:
+            raise Unauthorized(f"JWT has no {settings.jwt_user_claim} claim")
+        roles = claims.get(settings.jwt_admin_claim) or []
+        if isinstance(roles, str):
+            roles = roles.split()
+        return User(name, admin=settings.admin_role in roles or name in settings.admin_users)
+
+
+class Authenticator:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.proxy_header = settings.auth_proxy_header.lower().encode()
+        self.htpasswd = Htpasswd(Path(settings.htpasswd_file)) if "basic" in settings.auth_modes else None
+        self.jwt = JwtVerifier(settings) if "jwt" in settings.auth_modes else None
+
+    def _user(self, name: str) -> User:
+        return User(name, admin=name in self.settings.admin_users)
+
+    def authenticate(self, peer: str, headers: dict[bytes, bytes]) -> User:
+        modes = self.settings.auth_modes
+        if not modes:
+            return User("", admin=True)
+        forwarded_user = headers.get(self.proxy_header)
+        trusted = peer in self.settings.trusted_proxies
+        if "proxy" in modes and forwarded_user is not None:
+            if not trusted:
+                raise Unauthorized(f"{self.settings.auth_proxy_header} is only honoured from the trusted proxy")
+            name = forwarded_user.decode("latin-1").strip()
+            if not name:
+                raise Unauthorized(f"empty {self.settings.auth_proxy_header}")
+            return self._user(name)
+        authorization = headers.get(b"authorization", b"").decode("latin-1")
+        scheme, _, credentials = authorization.partition(" ")
+        scheme = scheme.lower()
+        credentials = credentials.strip()
+        if scheme == "basic" and self.htpasswd is not None:
+            try:
+                name, _, password = base64.b64decode(credentials).decode("utf-8").partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                raise Unauthorized("malformed Basic credentials") from None
+            if self.htpasswd.verify(name, password):
+                return self._user(name)
+            raise Unauthorized("wrong user name or password")
+        if scheme == "bearer":
+            if "token" in modes and credentials.startswith("wes_"):
+                from . import store
+
+                owner = store.token_owner(hash_token(credentials))
+                if owner is not None:
+                    return self._user(owner)
+                raise Unauthorized("unknown or revoked API token")
+            if self.jwt is not None:
+                return self.jwt.verify(credentials)
+        if "proxy" in modes and trusted:
+            raise Unauthorized(f"the proxy sent no {self.settings.auth_proxy_header}")
+        raise Unauthorized("credentials required")
+
+    def challenge(self) -> str:
+        parts = []
+        if "basic" in self.settings.auth_modes:
+            parts.append('Basic realm="wes-gateway", charset="UTF-8"')
+        if {"token", "jwt"} & set(self.settings.auth_modes):
+            parts.append('Bearer realm="wes-gateway"')
+        return ", ".join(parts) or 'Bearer realm="wes-gateway"'
+
+
+class AuthMiddleware:
+    """ASGI middleware: authenticate, then pass the user on in internal headers."""
+
+    def __init__(self, app: Any, settings: Settings, api_base: str) -> None:
+        self.app = app
+        self.settings = settings
+        self.api_base = api_base
+        self.auth = Authenticator(settings)
+
+    def _public(self, path: str) -> bool:
+        if not path.startswith(self.api_base):
+            return True  # not an API route: Connexion answers it (404) without data
+        rest = path[len(self.api_base):]
+        if rest.startswith("/ui") or rest.endswith(PUBLIC_SUFFIXES):
+            return True
+        return rest.rstrip("/") == "/service-info" and not self.settings.auth_service_info
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw = [(k, v) for k, v in scope.get("headers", []) if k not in (USER_HEADER, ADMIN_HEADER)]
+        headers = {k: v for k, v in raw}
+        peer = (scope.get("client") or ("", 0))[0]
+        try:
+            user = self.auth.authenticate(peer, headers)
+        except Unauthorized as exc:
+            if self._public(scope["path"]):
+                user = User("")
+            else:
+                log.info("401 for %s %s from %s: %s", scope["method"], scope["path"], peer, exc.msg)
+                await _deny(send, exc.msg, self.auth.challenge())
+                return
+        raw.append((USER_HEADER, user.name.encode("utf-8")))
+        raw.append((ADMIN_HEADER, b"1" if user.admin else b"0"))
+        await self.app({**scope, "headers": raw}, receive, send)
+
+
+async def _deny(send: Any, msg: str, challenge: str) -> None:
+    body = json.dumps({"msg": msg, "status_code": 401}).encode()
+    await send({"type": "http.response.start", "status": 401, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"www-authenticate", challenge.encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def current_user(headers: Any) -> User:
+    """The caller, as the middleware recorded it (handlers call this with flask.request.headers)."""
+    name = headers.get(USER_HEADER.decode(), "")
+    return User(name, admin=headers.get(ADMIN_HEADER.decode(), "0") == "1")
+
