@@ -16,6 +16,7 @@ from connexion.resolver import Resolver
 from starlette.exceptions import HTTPException
 
 from . import store
+from .accesslog import AccessLog
 from .auth import AuthMiddleware, check_settings
 from .config import Settings, load_settings
 from .errors import ApiError
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None, validate_responses: bool | None
         strict_validation=True,
         validate_responses=settings.response_validation if validate_responses is None else validate_responses,
     )
+    app.add_middleware(AccessLog, position=MiddlewarePosition.BEFORE_EXCEPTION)
     app.add_middleware(AuthMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings,
                        api_base=API_BASE)
     app.add_middleware(RequireMultipart, position=MiddlewarePosition.BEFORE_VALIDATION)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .accesslog import SCOPE_KEY
 from .config import Settings
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,8 @@ class AuthMiddleware:
                 log.info("401 for %s %s from %s: %s", scope["method"], scope["path"], peer, exc.msg)
                 await _deny(send, exc.msg, self.auth.challenge())
                 return
+        if SCOPE_KEY in scope:
+            scope[SCOPE_KEY]["user"] = user.name
         raw.append((USER_HEADER, user.name.encode("utf-8")))
         raw.append((ADMIN_HEADER, b"1" if user.admin else b"0"))
         await self.app({**scope, "headers": raw}, receive, send)
