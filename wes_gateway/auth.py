@@ -271,7 +271,8 @@ class AuthMiddleware:
             return
         raw = [(k, v) for k, v in scope.get("headers", []) if k not in (USER_HEADER, ADMIN_HEADER)]
         headers = {k: v for k, v in raw}
-        peer = (scope.get("client") or ("", 0))[0]
+        # A unix-socket peer has no address; list "unix" in trusted_proxies to trust it.
+        peer = (scope.get("client") or ("unix", 0))[0]
         try:
             user = self.auth.authenticate(peer, headers)
         except Unauthorized as exc:
