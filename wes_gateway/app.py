@@ -14,6 +14,7 @@ from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
 from connexion.resolver import Resolver
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from . import store
 from .accesslog import AccessLog
@@ -85,28 +86,39 @@ def _unexpected(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     return error_response(500, "internal error; the server log has the details")
 
 
-class RequireMultipart:
-    """Answer a form POST without a usable multipart body with 400 before Connexion's form
-    parser sees it (it fails with a KeyError, i.e. a 500, on a missing Content-Type)."""
+class RequestGuard:
+    """Refuse, as ErrorResponses, requests that Connexion itself would turn into 500s:
+    a form POST without a usable multipart Content-Type (its form parser raises KeyError),
+    and paths with control characters (Flask routes them where Connexion's router does not,
+    and the handler then runs without an operation context)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/runs"):
-            headers = dict(scope.get("headers") or [])
-            content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
-            if not content_type.startswith("multipart/form-data") or "boundary=" not in content_type:
-                body = json.dumps({
-                    "msg": "POST /runs takes a multipart/form-data body (RunRequest fields and workflow_attachment files)",
-                    "status_code": 400,
-                }).encode()
-                await send({"type": "http.response.start", "status": 400,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
+        if scope["type"] == "http":
+            if any(ord(ch) < 32 or ord(ch) == 127 for ch in scope["path"]):
+                await _send_error(send, 404, "no such route")
                 return
+            if scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/runs"):
+                headers = dict(scope.get("headers") or [])
+                content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
+                if not content_type.startswith("multipart/form-data") or "boundary=" not in content_type:
+                    await _send_error(send, 400, "POST /runs takes a multipart/form-data body "
+                                                 "(RunRequest fields and workflow_attachment files)")
+                    return
         await self.app(scope, receive, send)
+
+
+async def _send_error(send: Any, status: int, msg: str) -> None:
+    body = json.dumps({"msg": msg, "status_code": status}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _bad_form(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    return error_response(400, f"malformed multipart/form-data body: {exc}")
 
 
 def create_app(settings: Settings | None = None, validate_responses: bool | None = None) -> connexion.FlaskApp:
@@ -131,9 +143,10 @@ def create_app(settings: Settings | None = None, validate_responses: bool | None
     app.add_middleware(AccessLog, position=MiddlewarePosition.BEFORE_EXCEPTION)
     app.add_middleware(AuthMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings,
                        api_base=API_BASE)
-    app.add_middleware(RequireMultipart, position=MiddlewarePosition.BEFORE_VALIDATION)
+    app.add_middleware(RequestGuard, position=MiddlewarePosition.BEFORE_SWAGGER)
     app.add_error_handler(ProblemException, _problem)
     app.add_error_handler(HTTPException, _http)
     app.add_error_handler(ApiError, _api)
+    app.add_error_handler(MultiPartException, _bad_form)
     app.add_error_handler(Exception, _unexpected)
     return app
