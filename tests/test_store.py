@@ -141,3 +141,22 @@ def test_eight_processes_writing_at_once(tmp_path: Path) -> None:
     # finish it); every other run reached a terminal state, and no write was lost or refused.
     unfinished = list(store.Run.select().where(store.Run.state.not_in(list(store.TERMINAL))))
     assert all(run.state == store.CANCELING and run.cancel_requested for run in unfinished)
+
+
+def test_state_counts_follow_every_change(db: peewee.Database) -> None:
+    def truth(owner: str | None = None) -> dict[str, int]:
+        query = store.Run.select(store.Run.state, peewee.fn.COUNT(store.Run.id).alias("n"))
+        if owner is not None:
+            query = query.where(store.Run.owner == owner)
+        return {row.state: row.n for row in query.group_by(store.Run.state)}
+
+    ids = [make_run(owner=f"u{i % 3}") for i in range(12)]
+    store.claim_next("w", 30)
+    store.transition(ids[0], store.RUNNING)
+    store.transition(ids[0], store.COMPLETE)
+    store.request_cancel(ids[5])
+    store.transition(ids[6], store.SYSTEM_ERROR)
+    store.Run.delete().where(store.Run.run_id == ids[7]).execute()
+    assert store.state_counts() == truth()
+    for owner in ("u0", "u1", "u2", "nobody"):
+        assert store.state_counts(owner) == truth(owner)

@@ -131,6 +131,18 @@ class ApiToken(BaseModel):
         table_name = "api_token"
 
 
+class StateCount(BaseModel):
+    """Runs per owner and state, kept by database triggers so service-info never scans runs."""
+
+    owner = peewee.CharField(max_length=255)
+    state = peewee.CharField(max_length=32)
+    n = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "state_count"
+        primary_key = peewee.CompositeKey("owner", "state")
+
+
 # ---------------------------------------------------------------- connection & schema
 
 
@@ -199,8 +211,52 @@ def _migration_3(db: peewee.Database) -> None:
     db.execute_sql('CREATE INDEX IF NOT EXISTS "run_owner_state" ON "run" ("owner", "state")')
 
 
+_SQLITE_COUNT_TRIGGERS = [
+    """CREATE TRIGGER run_count_insert AFTER INSERT ON run BEGIN
+         INSERT INTO state_count (owner, state, n) VALUES (NEW.owner, NEW.state, 1)
+           ON CONFLICT (owner, state) DO UPDATE SET n = n + 1;
+       END""",
+    """CREATE TRIGGER run_count_update AFTER UPDATE OF state ON run WHEN OLD.state <> NEW.state BEGIN
+         UPDATE state_count SET n = n - 1 WHERE owner = OLD.owner AND state = OLD.state;
+         INSERT INTO state_count (owner, state, n) VALUES (NEW.owner, NEW.state, 1)
+           ON CONFLICT (owner, state) DO UPDATE SET n = n + 1;
+       END""",
+    """CREATE TRIGGER run_count_delete AFTER DELETE ON run BEGIN
+         UPDATE state_count SET n = n - 1 WHERE owner = OLD.owner AND state = OLD.state;
+       END""",
+]
+
+_POSTGRES_COUNT_TRIGGERS = [
+    """CREATE OR REPLACE FUNCTION wes_run_count() RETURNS trigger AS $$
+       BEGIN
+         IF TG_OP IN ('UPDATE', 'DELETE') THEN
+           UPDATE state_count SET n = n - 1 WHERE owner = OLD.owner AND state = OLD.state;
+         END IF;
+         IF TG_OP IN ('INSERT', 'UPDATE') THEN
+           INSERT INTO state_count (owner, state, n) VALUES (NEW.owner, NEW.state, 1)
+             ON CONFLICT (owner, state) DO UPDATE SET n = state_count.n + 1;
+           RETURN NEW;
+         END IF;
+         RETURN OLD;
+       END $$ LANGUAGE plpgsql""",
+    """CREATE TRIGGER run_count_insert AFTER INSERT ON run FOR EACH ROW EXECUTE FUNCTION wes_run_count()""",
+    """CREATE TRIGGER run_count_update AFTER UPDATE OF state ON run FOR EACH ROW
+         WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION wes_run_count()""",
+    """CREATE TRIGGER run_count_delete AFTER DELETE ON run FOR EACH ROW EXECUTE FUNCTION wes_run_count()""",
+]
+
+
+def _migration_4(db: peewee.Database) -> None:
+    db.create_tables([StateCount])
+    triggers = _POSTGRES_COUNT_TRIGGERS if isinstance(db, peewee.PostgresqlDatabase) else _SQLITE_COUNT_TRIGGERS
+    for statement in triggers:
+        db.execute_sql(statement)
+    # Existing runs are counted once; from here on the triggers keep the counts.
+    db.execute_sql("INSERT INTO state_count (owner, state, n) SELECT owner, state, COUNT(*) FROM run GROUP BY owner, state")
+
+
 # Append, never edit: deployed databases have run the earlier entries.
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [_migration_1, _migration_2, _migration_3]
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -391,10 +447,11 @@ def revoke_token(token_id: int) -> bool:
 
 
 def state_counts(owner: str | None = None) -> dict[str, int]:
-    query = Run.select(Run.state, peewee.fn.COUNT(Run.id).alias("n"))
+    """Runs per state, from the trigger-maintained counts: one GROUP BY over a handful of rows."""
+    query = StateCount.select(StateCount.state, peewee.fn.SUM(StateCount.n).alias("total"))
     if owner is not None:
-        query = query.where(Run.owner == owner)
-    return {row.state: row.n for row in query.group_by(Run.state)}
+        query = query.where(StateCount.owner == owner)
+    return {row.state: int(row.total) for row in query.group_by(StateCount.state) if row.total}
 
 
 # ---------------------------------------------------------------- paging
