@@ -6,7 +6,7 @@ from pathlib import Path
 
 import requests
 
-from conftest import Server, leftover_processes, pid_gone, wait_for_tool
+from conftest import Server, cmdline, leftover_processes, pid_gone, wait_for_tool
 
 W = Path(__file__).parent / "data" / "wdl"
 
@@ -31,7 +31,8 @@ def test_wdl_runs_fail_and_cancel(server: Server) -> None:
     tool, groups = wait_for_tool(napping_id, b"sleep\x00600", timeout=240)
     server.post(f"/runs/{napping_id}/cancel")
     assert server.wait(napping_id, timeout=90) == "CANCELED"
-    assert leftover_processes(napping_id, groups) == []
+    left = leftover_processes(napping_id, groups)
+    assert left == [], [(pid, cmdline(pid)[:200]) for pid in left]
     assert pid_gone(tool), "the WDL task outlived the cancel"
 
     assert server.wait(chain_id, timeout=400) == "COMPLETE", server.get(f"/runs/{chain_id}").text

@@ -105,7 +105,8 @@ def processes_of_run(run_id: str, groups: set[int] | None = None) -> list[int]:
     members = {int(e.name) for e in os.scandir("/proc")
                if e.name.isdigit() and _process_group(int(e.name)) in wanted}
     members.discard(os.getpid())
-    return sorted(set(marked) | members)
+    # Zombies have exited already; only their parent (or init) can clear them.
+    return sorted(pid for pid in set(marked) | members if pid_alive(pid))
 
 
 def kill_run_processes(run_id: str, groups: set[int] | None = None) -> int:
