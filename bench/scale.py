@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""bench/scale: does any read path grow with the store? Seeds 10,000 and then 100,000 runs
+(bulk insert), and prints p50/p99 for the first page of /runs, a page 500 pages deep reached
+by token, /service-info, /runs/{id}/status and /runs/{id}, with the 100k/10k ratio of each
+(goal: <= 1.2 everywhere)."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+from pathlib import Path
+
+from common import cores, fmt, load, start_server, stop_server
+from seed import seed_runs
+
+from wes_gateway import store
+
+
+def measure(count: int, seconds: float, connections: int) -> dict[str, dict[str, float]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        ids = seed_runs(data, count)
+        db = store.open_database(f"sqlite:///{data.resolve() / 'wes.sqlite3'}")
+        newest = store.Run.select(store.Run.id).order_by(store.Run.id.desc()).first().id
+        db.close()
+        # Page 500 of size 10 starts after the 5,000 newest runs; the token is the keyset cursor.
+        deep_token = store.encode_token(newest - 5000 + 1)
+        rng = random.Random(7)
+        sample = [rng.choice(ids) for _ in range(5000)]
+        server = start_server(data, {"WES_GATEWAY_SUPERVISOR": "off", "WES_GATEWAY_RESPONSE_VALIDATION": "false",
+                                     "WES_GATEWAY_ACCESS_LOG": "/dev/null"}, workers=cores())
+        host, port = server.base.removeprefix("http://").split(":")
+        api = "/ga4gh/wes/v1"
+        paths = {
+            "runs page 1": lambda i: f"{api}/runs?page_size=100",
+            "runs page 500": lambda i: f"{api}/runs?page_size=10&page_token={deep_token}",
+            "service-info": lambda i: f"{api}/service-info",
+            "status": lambda i: f"{api}/runs/{sample[i % len(sample)]}/status",
+            "run log": lambda i: f"{api}/runs/{sample[i % len(sample)]}",
+        }
+        try:
+            return {name: load(host, int(port), path, seconds, connections) for name, path in paths.items()}
+        finally:
+            stop_server(server)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--small", type=int, default=10_000)
+    parser.add_argument("--large", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+    small = measure(args.small, args.seconds, args.connections)
+    large = measure(args.large, args.seconds, args.connections)
+    print(f"cores={cores()} connections={args.connections} seconds={args.seconds}")
+    for name in small:
+        s, l = small[name], large[name]
+        print(f"{name:14s} {args.small:>7d} runs: {fmt(s)}")
+        print(f"{name:14s} {args.large:>7d} runs: {fmt(l)}")
+        print(f"{name:14s} ratio {args.large // 1000}k/{args.small // 1000}k  p50 {l['p50'] / s['p50']:.2f}  "
+              f"p99 {l['p99'] / s['p99']:.2f}  (goal <= 1.2; cores={cores()})")
+
+
+if __name__ == "__main__":
+    main()
