@@ -121,8 +121,11 @@ def get_run_log(run_id: str) -> Json:
 
 
 def get_run_status(run_id: str) -> Json:
-    run = _visible_run(run_id)
-    return RunStatus(run_id=run.run_id, state=run.state).to_json()
+    found = store.get_run_state(run_id)
+    caller = _caller()
+    if found is None or not (caller.admin or found[0] == caller.name):
+        raise NotFound(f"run {run_id} not found")
+    return RunStatus(run_id=run_id, state=found[1]).to_json()
 
 
 def cancel_run(run_id: str) -> Json:

@@ -319,6 +319,12 @@ def get_run(run_id: str) -> Run | None:
     return Run.get_or_none(Run.run_id == run_id)
 
 
+def get_run_state(run_id: str) -> tuple[str, str] | None:
+    """(owner, state) of a run: all that a status poll, the hottest request, needs."""
+    row = Run.select(Run.owner, Run.state).where(Run.run_id == run_id).tuples().first()
+    return None if row is None else (row[0], row[1])
+
+
 def transition(run_id: str, new_state: str, **fields: Any) -> bool:
     """Move ``run_id`` to ``new_state`` if the table allows it from its current state.
 
