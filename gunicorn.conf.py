@@ -25,10 +25,17 @@ keepalive = int(os.environ.get("WES_GATEWAY_KEEPALIVE", "5"))
 max_requests = int(os.environ.get("WES_GATEWAY_MAX_REQUESTS", "0"))
 max_requests_jitter = int(os.environ.get("WES_GATEWAY_MAX_REQUESTS_JITTER", "0"))
 forwarded_allow_ips = os.environ.get("WES_GATEWAY_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
-accesslog = os.environ.get("WES_GATEWAY_ACCESS_LOG", "-")
+# The app writes its own access log (user, request id) through logging; Gunicorn's would
+# only repeat it for WSGI workers.
+accesslog = os.environ.get("WES_GATEWAY_ACCESS_LOG") or None
 errorlog = os.environ.get("WES_GATEWAY_ERROR_LOG", "-")
 loglevel = os.environ.get("WES_GATEWAY_LOG_LEVEL", "info")
-access_log_format = '%(h)s %({x-remote-user}i)s %(u)s [%(t)s] "%(r)s" %(s)s %(b)s %(M)sms "%({x-request-id}i)s"'
+access_log_format = '%(h)s %({x-wes-gateway-user}i)s [%(t)s] "%(r)s" %(s)s %(b)s %(M)sms "%({x-request-id}i)s"'
+# Several instances on one host (tests, blue/green) must not share one control socket.
+if os.environ.get("WES_GATEWAY_CONTROL_SOCKET"):
+    control_socket = os.environ["WES_GATEWAY_CONTROL_SOCKET"]
+else:
+    control_socket_disable = True
 # Start the supervisor unless a deployment runs it separately (`wes-gateway supervise`).
 run_supervisor = os.environ.get("WES_GATEWAY_SUPERVISOR", "embedded") == "embedded"
 

@@ -16,7 +16,7 @@ from .errors import ApiError, BadRequest, NotFound, TooManyRequests
 from .executor import run_paths
 from .models import (Log, RunId, RunListResponse, RunLog, RunRequest, RunStatus, RunSummary, TaskListResponse,
                      TaskLog)
-from .urls import external_url
+from .urls import external_base, external_url
 
 Json = dict[str, Any]
 
@@ -134,8 +134,8 @@ def cancel_run(run_id: str) -> Json:
     return RunId(run_id=run_id).to_json()
 
 
-def _task_log(run_id: str, task: store.Task) -> TaskLog:
-    base = f"/runs/{run_id}/tasks/{task.task_id}/logs"
+def _task_log(run_id: str, task: store.Task, api: str) -> TaskLog:
+    base = f"{api}/runs/{run_id}/tasks/{task.task_id}/logs"
     return TaskLog(
         id=task.task_id,
         name=task.name,
@@ -143,8 +143,8 @@ def _task_log(run_id: str, task: store.Task) -> TaskLog:
         start_time=task.start_time,
         end_time=task.end_time,
         exit_code=task.exit_code,
-        stdout=external_url(base + "/stdout"),
-        stderr=external_url(base + "/stderr"),
+        stdout=base + "/stdout",
+        stderr=base + "/stderr",
         system_logs=tasks.system_logs(task),
     )
 
@@ -163,11 +163,13 @@ def list_tasks(run_id: str, page_size: int | None = None, page_token: str | None
         rows, next_token = tasks.list_tasks(run_id, _page_size(page_size), page_token)
     except store.BadPageToken as exc:
         raise BadRequest(str(exc)) from None
-    return TaskListResponse(task_logs=[_task_log(run_id, row) for row in rows], next_page_token=next_token).to_json()
+    api = external_base()  # once per page, not twice per task
+    return TaskListResponse(task_logs=[_task_log(run_id, row, api) for row in rows],
+                            next_page_token=next_token).to_json()
 
 
 def get_task(run_id: str, task_id: str) -> Json:
-    return _task_log(run_id, _visible_task(run_id, task_id)).to_json()
+    return _task_log(run_id, _visible_task(run_id, task_id), external_base()).to_json()
 
 
 def get_run_log_file(run_id: str, stream: str) -> flask.Response:
