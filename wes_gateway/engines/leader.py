@@ -20,6 +20,53 @@ import toil.wdl.wdltoil  # noqa: F401
 
 from .base import LeaderSpec, RunPaths
 
+_WARM_CWL = """cwlVersion: v1.2
+class: CommandLineTool
+baseCommand: "true"
+inputs: []
+outputs: []
+"""
+_WARM_WDL = """version 1.0
+task warm {
+  command <<< true >>>
+}
+"""
+
+
+def _warm_parsers() -> None:
+    """Load a tiny CWL and WDL document once, here in the forkserver: the first load builds
+    cwltool's schema-salad loaders (over a second) and miniwdl's grammar, and every leader
+    forked afterwards inherits them instead of paying again."""
+    import logging
+    import tempfile
+
+    quiet = [logging.getLogger(name) for name in ("cwltool", "salad", "toil")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with tempfile.TemporaryDirectory(prefix="wes-gateway-warm-") as tmp:
+            cwl = Path(tmp) / "warm.cwl"
+            cwl.write_text(_WARM_CWL)
+            from cwltool.context import LoadingContext
+            from cwltool.load_tool import load_tool
+            from cwltool.workflow import default_make_tool
+
+            load_tool(str(cwl), LoadingContext({"construct_tool_object": default_make_tool}))
+            wdl = Path(tmp) / "warm.wdl"
+            wdl.write_text(_WARM_WDL)
+            import WDL
+
+            WDL.load(str(wdl))
+    except Exception:  # warming is an optimisation; a leader still works without it
+        pass
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+
+
+_warm_parsers()
+
 
 def _redirect(fd: int, path: str) -> None:
     target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
