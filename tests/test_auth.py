@@ -240,6 +240,15 @@ def test_document_default_pointing_outside_is_refused(secure: Server) -> None:
     assert allowed.status_code == 200, allowed.text
 
 
+@pytest.mark.parametrize("name, fragment", [("include_secret.cwl", "/etc/hostname"),
+                                            ("run_outside.cwl", "/etc/wes-gateway-not-allowed.cwl")])
+def test_documents_cannot_pull_in_local_files(secure: Server, name: str, fragment: str) -> None:
+    before = run_dirs(secure)
+    response = submit_tool(secure, basic("alice", "alice-pw"), name, {})
+    assert response.status_code == 400 and fragment in response.json()["msg"], response.text
+    assert run_dirs(secure) == before
+
+
 def test_remote_workflow_url_needs_an_allowed_prefix(secure: Server) -> None:
     alice = basic("alice", "alice-pw")
     for url in ("https://example.org/wf.cwl", "http://169.254.169.254/latest/meta-data/x.cwl"):

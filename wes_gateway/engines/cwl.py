@@ -36,7 +36,8 @@ class CwlEngine:
 
         context = LoadingContext(
             {"do_update": True, "strict": True, "relax_path_checks": True,
-             "construct_tool_object": default_make_tool}
+             "construct_tool_object": default_make_tool,
+             "fetcher_constructor": _policed_fetcher(resolve_input)}
         )
         # Quiet cwltool's own logger: its complaints become our 400 message instead.
         cwl_logger = logging.getLogger("cwltool")
@@ -44,6 +45,8 @@ class CwlEngine:
         cwl_logger.setLevel(logging.CRITICAL)
         try:
             process = load_tool(workflow, context)
+        except BadRequest as exc:
+            raise BadRequest(f"the CWL document refers to a file it may not read: {exc.msg}") from None
         except ValidationException as exc:
             raise BadRequest(f"invalid CWL document: {exc}") from None
         except Exception as exc:  # cwltool raises many types for unreadable documents
@@ -124,3 +127,25 @@ def _processes(process: Any) -> list[Any]:
     for step in getattr(process, "steps", []):
         found.extend(_processes(step.embedded_tool))
     return found
+
+
+def _policed_fetcher(resolve_input: Callable[[str], str]) -> Any:
+    """A schema-salad fetcher that reads local files only where the input policy allows:
+    `$include`, `$import` and `run:` of /etc/passwd fail validation instead of being read
+    here and again by the leader."""
+    from schema_salad.fetcher import DefaultFetcher
+
+    class PolicedFetcher(DefaultFetcher):
+        def _check(self, url: str) -> None:
+            if url.startswith("file:"):
+                resolve_input(url.split("#", 1)[0])
+
+        def fetch_text(self, url: str, content_types: list[str] | None = None) -> str:
+            self._check(url)
+            return super().fetch_text(url, content_types)
+
+        def check_exists(self, url: str) -> bool:
+            self._check(url)
+            return super().check_exists(url)
+
+    return PolicedFetcher
