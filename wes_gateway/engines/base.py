@@ -118,3 +118,29 @@ class Engine(Protocol):
 
     def argv(self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings,
              restart: bool) -> list[str]: ...
+
+
+def toil_argv(workflow: str, paths: RunPaths, settings: Settings, language_args: list[str],
+              user_args: list[str], restart: bool) -> list[str]:
+    """The leader's argv: what every run gets, the language's own flags, then the client's
+    vetted flags (last, so a client may lower --maxCores within the policy's bounds)."""
+    argv = [
+        workflow,
+        str(paths.params),
+        "--jobStore", f"file:{paths.jobstore}",
+        "--workDir", str(paths.work),
+        "--writeMessages", str(paths.messages),
+        "--writeLogs", str(paths.job_logs),
+        "--writeLogsFromAllJobs", "true",
+        # One Toil job per step, so every step shows up as a task of its own.
+        "--disableChaining", "true",
+        "--batchSystem", "single_machine",
+        "--maxCores", str(settings.effective_max_cores),
+        "--maxMemory", settings.run_max_memory,
+        "--disableProgress",
+        *language_args,
+        *user_args,
+    ]
+    if restart:
+        argv.append("--restart")
+    return argv

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from ..config import Settings
 from ..errors import BadRequest
-from .base import RunPaths
+from .base import RunPaths, toil_argv
 
 log = logging.getLogger(__name__)
 
@@ -64,31 +64,14 @@ class CwlEngine:
 
     def argv(self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings,
              restart: bool) -> list[str]:
-        argv = [
-            workflow,
-            str(paths.params),
-            "--jobStore", f"file:{paths.jobstore}",
-            "--workDir", str(paths.work),
+        return toil_argv(workflow, paths, settings, [
             "--outdir", str(paths.outdir),
             "--tmpdir-prefix", f"{paths.tmp}/",
             "--tmp-outdir-prefix", f"{paths.tmp}/",
-            "--writeMessages", str(paths.messages),
-            "--writeLogs", str(paths.job_logs),
-            "--writeLogsFromAllJobs", "true",
-            # One Toil job per step, so every step shows up as a task of its own.
-            "--disableChaining", "true",
-            "--batchSystem", "single_machine",
-            "--maxCores", str(settings.effective_max_cores),
-            "--maxMemory", settings.run_max_memory,
-            "--disableProgress",
             "--no-container",
             # Attachment names are kept verbatim; spaces and "#" are legitimate in them.
             "--relax-path-checks",
-        ]
-        argv.extend(user_args)
-        if restart:
-            argv.append("--restart")
-        return argv
+        ], user_args, restart)
 
 
 def _steps(process: Any) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from ..config import Settings
 from ..errors import BadRequest
-from .base import RunPaths
+from .base import RunPaths, toil_argv
 
 # Toil's interpreter runs these; draft-2 parses in miniwdl but Toil does not execute it.
 VERSIONS = ["1.0", "1.1"]
@@ -70,27 +70,11 @@ class WdlEngine:
 
     def argv(self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings,
              restart: bool) -> list[str]:
-        argv = [
-            workflow,
-            str(paths.params),
-            "--jobStore", f"file:{paths.jobstore}",
-            "--workDir", str(paths.work),
+        return toil_argv(workflow, paths, settings, [
             "--outputDirectory", str(paths.outdir),
             "--outputFile", str(paths.outputs_json),
             "--container", settings.wdl_container,
-            "--writeMessages", str(paths.messages),
-            "--writeLogs", str(paths.job_logs),
-            "--writeLogsFromAllJobs", "true",
-            "--disableChaining", "true",
-            "--batchSystem", "single_machine",
-            "--maxCores", str(settings.effective_max_cores),
-            "--maxMemory", settings.run_max_memory,
-            "--disableProgress",
-        ]
-        argv.extend(user_args)
-        if restart:
-            argv.append("--restart")
-        return argv
+        ], user_args, restart)
 
     def present_outputs(self, outputs: dict[str, Any], paths: RunPaths) -> dict[str, Any]:
         """WDL outputs with local files shown as CWL shows them (class, location, path...)."""
