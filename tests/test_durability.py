@@ -72,6 +72,10 @@ def test_kill_9_of_the_whole_service_loses_no_run(tmp_path: Path) -> None:
             assert output_of(second, run_id) == f"survivor-{i}\n"
         log = second.log_tail(400)
         assert log.count("adopting live leader") == 2, log
+        # Task records carry on across the restart: one task per run, finished, no duplicates.
+        for run_id in runs:
+            tasks = second.get(f"/runs/{run_id}/tasks").json()["task_logs"]
+            assert len(tasks) == 1 and tasks[0]["exit_code"] == 0, tasks
         resumed = second.get(f"/runs/{runs[2]}").json()["run_log"]["system_logs"]
         assert any("resumed with --restart" in line for line in resumed), resumed
     finally:
