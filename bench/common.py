@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from conftest import Server, free_port, start_server, stop_server  # noqa: E402,F401
+from conftest import Server, free_port, start_server, stop_server  # noqa: E402,F401  (re-exported)
 
 
 def cores() -> int:

@@ -209,8 +209,6 @@ class Supervisor:
     def serve(self) -> None:
         log.info("supervisor %s started, %d slots", self.worker_id, self.settings.max_concurrent_runs)
         # Start the forkserver now, so Toil's import cost is paid before the first run.
-        from .engines.leader import run_leader  # noqa: F401
-
         self.context.Process(target=_noop).start()
         next_sweep = 0.0
         while not self.stop_event.is_set():
@@ -287,9 +285,7 @@ class Supervisor:
         )
         paths.result.unlink(missing_ok=True)
         paths.leader_file.unlink(missing_ok=True)
-        from .engines.leader import run_leader
-
-        process = self.context.Process(target=run_leader, args=(spec,), name=f"leader-{run_id}")
+        process = self.context.Process(target=_run_leader, args=(spec,), name=f"leader-{run_id}")
         process.start()
         assert process.pid is not None
         program = "toil-cwl-runner" if run.workflow_type == "CWL" else "toil-wdl-runner"
@@ -414,6 +410,14 @@ class Supervisor:
 
 def _noop() -> None:
     pass
+
+
+def _run_leader(spec: LeaderSpec) -> None:
+    # Referenced by name across the forkserver, so the supervisor itself never imports Toil:
+    # the module is already loaded (and its parsers warmed) in the forkserver.
+    from .engines.leader import run_leader
+
+    run_leader(spec)
 
 
 def serve(settings: Settings, stop_on_parent_exit: bool = False) -> None:
