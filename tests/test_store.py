@@ -115,6 +115,11 @@ def _writer(path: str, worker: int, count: int) -> int:
     database = store.open_database(f"sqlite:///{path}")
     for i in range(count):
         run_id = make_run(owner=f"w{worker}")
+        # A read-then-write transaction, as task ingestion does: the pattern SQLite fails
+        # with "database is locked" unless the write lock is taken up front.
+        with store.write_transaction():
+            if store.Task.get_or_none(store.Task.run_id == run_id) is None:
+                store.Task.create(run_id=run_id, task_id="t", job_id="j", name="n")
         store.request_cancel(run_id)
         claimed = store.claim_next(f"sup{worker}", 30)
         if claimed is not None:

@@ -60,7 +60,7 @@ def purge_runs(settings: Settings, older_than: timedelta, dry_run: bool = False)
             purged.append(row.run_id)
             continue
         # Record first: a half-purged run must never look alive to the service.
-        with store.database.atomic():
+        with store.write_transaction():
             store.Task.delete().where(store.Task.run_id == row.run_id).execute()
             store.Run.delete().where(store.Run.run_id == row.run_id).execute()
         shutil.rmtree(settings.runs_dir / row.run_id, ignore_errors=True)

@@ -167,6 +167,16 @@ def open_database(url: str) -> peewee.Database:
     return db
 
 
+def write_transaction() -> Any:
+    """A transaction that writes. On SQLite it takes the write lock up front (IMMEDIATE):
+    a deferred one that reads first and then writes cannot wait for the lock, and fails with
+    "database is locked" whenever another process wrote in between."""
+    db = database.obj
+    if isinstance(db, peewee.SqliteDatabase):
+        return db.atomic(lock_type="IMMEDIATE")
+    return db.atomic()
+
+
 def _migration_1(db: peewee.Database) -> None:
     # The first schema, frozen by name: fields added later arrive through later migrations.
     columns = ["id", "run_id", "owner", "state", "workflow_type", "request", "engine_args",
@@ -270,7 +280,7 @@ def current_version(db: peewee.Database) -> int:
 def upgrade(db: peewee.Database) -> list[int]:
     """Apply pending migrations in order; return the versions applied."""
     applied: list[int] = []
-    with db.atomic():
+    with write_transaction():
         db.create_tables([SchemaVersion])
         version = current_version(db)
         for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):

@@ -118,7 +118,7 @@ def ingest(run_id: str, workflow_type: str, workflow_file: str, paths: RunPaths,
         lines = chunk[: end + 1].splitlines()
         now = store.utc_now()
         outline = load_outline(paths)
-        with store.database.atomic():
+        with store.write_transaction():
             for line in lines:
                 topic, _, rest = line.partition(b"\t")
                 _apply(run_id, workflow_type, workflow_file, outline, topic.decode("ascii", "replace"),
