@@ -10,7 +10,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from common import cores, fmt, load, start_server, stop_server
+from common import QUIET, cores, fmt, host_port, load, start_server, stop_server
 from seed import seed_runs
 
 WORKER_CLASSES = {
@@ -37,17 +37,16 @@ def main() -> None:
               f"seconds={args.seconds}")
         for label in args.classes.split(","):
             worker_class, app, bare = WORKER_CLASSES[label]
-            env = {"WES_GATEWAY_SUPERVISOR": "off", "WES_GATEWAY_RESPONSE_VALIDATION": "false",
-                   "WES_GATEWAY_ACCESS_LOG": "/dev/null", "WES_GATEWAY_THREADS": "8"}
+            env = {**QUIET, "WES_GATEWAY_THREADS": "8"}
             results = {}
             for kind, target in (("gateway", app), ("bare", bare)):
                 server = start_server(data if kind == "gateway" else Path(tmp) / f"bare-{label}", env,
                                       workers=args.workers, app=target, worker_class=worker_class)
-                host, port = server.base.removeprefix("http://").split(":")
+                host, port = host_port(server)
                 try:
-                    results[kind, "status"] = load(host, int(port), lambda i: f"/ga4gh/wes/v1/runs/{sample[i % len(sample)]}/status",
+                    results[kind, "status"] = load(host, port, lambda i: f"/ga4gh/wes/v1/runs/{sample[i % len(sample)]}/status",
                                                    args.seconds, args.connections)
-                    results[kind, "list"] = load(host, int(port), lambda i: "/ga4gh/wes/v1/runs?page_size=50",
+                    results[kind, "list"] = load(host, port, lambda i: "/ga4gh/wes/v1/runs?page_size=50",
                                                  args.seconds, args.connections)
                 finally:
                     stop_server(server)

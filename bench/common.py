@@ -20,7 +20,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from conftest import Server, free_port, start_server, stop_server  # noqa: E402,F401  (re-exported)
+from conftest import Server, start_server, stop_server  # noqa: E402,F401  (re-exported)
+
+
+# A server that only answers: no supervisor (seeded runs stay as they are) and no response
+# validation, as a production read path runs.
+QUIET = {"WES_GATEWAY_SUPERVISOR": "off", "WES_GATEWAY_RESPONSE_VALIDATION": "false",
+         "WES_GATEWAY_ACCESS_LOG": "/dev/null"}
+
+
+def host_port(server: Server) -> tuple[str, int]:
+    host, port = server.base.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
 
 
 def cores() -> int:

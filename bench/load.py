@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from common import ROOT, cores, fmt, load, start_server, stop_server
+from common import QUIET, ROOT, cores, fmt, host_port, load, start_server, stop_server
 from seed import seed_runs
 
 ECHO = (ROOT / "tests" / "data" / "echo.cwl").read_bytes()
@@ -70,21 +70,20 @@ def main() -> None:
         mix = [lambda i: f"{api}/runs/{sample[i % len(sample)]}/status"] * 5 + \
               [lambda i: f"{api}/runs/{sample[i % len(sample)]}"] * 2 + \
               [lambda i: f"{api}/runs?page_size=50"] * 2 + [lambda i: f"{api}/service-info"]
-        env = {"WES_GATEWAY_SUPERVISOR": "off", "WES_GATEWAY_RESPONSE_VALIDATION": "false",
-               "WES_GATEWAY_ACCESS_LOG": "/dev/null", "WES_GATEWAY_MAX_ACTIVE_RUNS_PER_USER": "0"}
+        env = {**QUIET, "WES_GATEWAY_MAX_ACTIVE_RUNS_PER_USER": "0"}
         server = start_server(data, env, workers=args.workers)
-        host, port = server.base.removeprefix("http://").split(":")
+        host, port = host_port(server)
         try:
-            reads = load(host, int(port), lambda i: mix[i % len(mix)](i), args.seconds, args.connections)
+            reads = load(host, port, lambda i: mix[i % len(mix)](i), args.seconds, args.connections)
             submitted = submissions(server.api, args.submit_seconds, 8)
         finally:
             stop_server(server)
         bare = start_server(Path(tmp) / "bare", env, workers=args.workers, app="bench.bare_app:app")
-        host, port = bare.base.removeprefix("http://").split(":")
+        host, port = host_port(bare)
         bare_mix = [lambda i: f"{api}/runs/{sample[i % len(sample)]}/status"] * 7 + \
                    [lambda i: f"{api}/runs?page_size=50"] * 3
         try:
-            baseline = load(host, int(port), lambda i: bare_mix[i % len(bare_mix)](i), args.seconds, args.connections)
+            baseline = load(host, port, lambda i: bare_mix[i % len(bare_mix)](i), args.seconds, args.connections)
         finally:
             stop_server(bare)
     print(f"cores={cores()} workers={args.workers} connections={args.connections} runs={args.runs}")

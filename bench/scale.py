@@ -11,7 +11,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from common import cores, fmt, load, start_server, stop_server
+from common import QUIET, cores, fmt, host_port, load, start_server, stop_server
 from seed import seed_runs
 
 from wes_gateway import store
@@ -28,9 +28,8 @@ def measure(count: int, seconds: float, connections: int) -> dict[str, dict[str,
         deep_token = store.encode_token(newest - 5000 + 1)
         rng = random.Random(7)
         sample = [rng.choice(ids) for _ in range(5000)]
-        server = start_server(data, {"WES_GATEWAY_SUPERVISOR": "off", "WES_GATEWAY_RESPONSE_VALIDATION": "false",
-                                     "WES_GATEWAY_ACCESS_LOG": "/dev/null"}, workers=cores())
-        host, port = server.base.removeprefix("http://").split(":")
+        server = start_server(data, QUIET, workers=cores())
+        host, port = host_port(server)
         api = "/ga4gh/wes/v1"
         paths = {
             "runs page 1": lambda i: f"{api}/runs?page_size=100",
@@ -40,7 +39,7 @@ def measure(count: int, seconds: float, connections: int) -> dict[str, dict[str,
             "run log": lambda i: f"{api}/runs/{sample[i % len(sample)]}",
         }
         try:
-            return {name: load(host, int(port), path, seconds, connections) for name, path in paths.items()}
+            return {name: load(host, port, path, seconds, connections) for name, path in paths.items()}
         finally:
             stop_server(server)
 

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cores, fmt, load, start_server, stop_server
+from common import QUIET, cores, fmt, host_port, load, start_server, stop_server
 from seed import seed_runs
 
 from wes_gateway import store, tasks
@@ -65,16 +65,15 @@ def main() -> None:
         print(f"incremental poll (20 new jobs): median {statistics.median(poll_costs) * 1000:.2f} ms, "
               f"max {max(poll_costs) * 1000:.2f} ms; full re-parse of the bus {full * 1000:.1f} ms; "
               f"ratio poll/full = {statistics.median(poll_costs) / full:.3f}")
-        server = start_server(data, {"WES_GATEWAY_SUPERVISOR": "off", "WES_GATEWAY_RESPONSE_VALIDATION": "false",
-                                     "WES_GATEWAY_ACCESS_LOG": "/dev/null"}, workers=cores())
-        host, port = server.base.removeprefix("http://").split(":")
+        server = start_server(data, QUIET, workers=cores())
+        host, port = host_port(server)
         try:
-            page = load(host, int(port), lambda i: f"/ga4gh/wes/v1/runs/{run_id}/tasks?page_size=100",
+            page = load(host, port, lambda i: f"/ga4gh/wes/v1/runs/{run_id}/tasks?page_size=100",
                         args.seconds, args.connections)
             token = store.encode_token(1900)
-            deep = load(host, int(port), lambda i: f"/ga4gh/wes/v1/runs/{run_id}/tasks?page_size=100&page_token={token}",
+            deep = load(host, port, lambda i: f"/ga4gh/wes/v1/runs/{run_id}/tasks?page_size=100&page_token={token}",
                         args.seconds, args.connections)
-            status = load(host, int(port), lambda i: f"/ga4gh/wes/v1/runs/{run_id}/status",
+            status = load(host, port, lambda i: f"/ga4gh/wes/v1/runs/{run_id}/status",
                           args.seconds, args.connections)
         finally:
             stop_server(server)
