@@ -66,12 +66,19 @@ def leader_env(settings: Settings, run_id: str, paths: RunPaths) -> dict[str, st
     return env
 
 
-def _process_group(pid: int) -> int | None:
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state is [0], pgrp [2],
+    starttime [19]); rsplit, because the name itself may contain ") "."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
-            return int(handle.read().rsplit(") ", 1)[1].split()[2])
-    except (OSError, IndexError, ValueError):
+            return handle.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
         return None
+
+
+def _process_group(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[2]) if fields else None
 
 
 def _marked(run_id: str) -> list[int]:
@@ -122,11 +129,8 @@ def kill_run_processes(run_id: str, groups: set[int] | None = None) -> int:
 
 
 def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return int(handle.read().rsplit(") ", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
 
 
 def live_leader(paths: RunPaths) -> int | None:
@@ -140,11 +144,8 @@ def live_leader(paths: RunPaths) -> int | None:
 
 
 def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def write_kill_flag(paths: RunPaths, run_id: str) -> None:
@@ -328,10 +329,8 @@ class Supervisor:
         store.append_system_log(run_id, "leader lost and its job store is gone; cannot resume")
         store.transition(run_id, store.SYSTEM_ERROR)
 
-    def _ingest_tasks(self, run_id: str, paths: RunPaths, known_logs: set[str]) -> None:
-        run = store.get_run(run_id)
-        if run is None:
-            return
+    def _ingest_tasks(self, run: store.Run, paths: RunPaths, known_logs: set[str]) -> None:
+        run_id = run.run_id
         try:
             tasks.ingest(run_id, run.workflow_type, run.workflow_path, paths, known_logs)
         except Exception:
@@ -344,13 +343,16 @@ class Supervisor:
         next_renew = 0.0
         cancelled = False
         known_logs = tasks.known_log_names(run_id)
+        run = store.get_run(run_id)  # its type and workflow are fixed: read once, not per poll
+        if run is None:
+            return
         groups: set[int] = {leader.pid}  # the leader called setsid: its group is its pid
         while True:
             if leader.wait(settings.poll_interval):
                 break
             # Remember every group the run ever had: a tool can outlive its worker.
             groups |= run_process_groups(run_id)
-            self._ingest_tasks(run_id, paths, known_logs)
+            self._ingest_tasks(run, paths, known_logs)
             if self.stop_event.is_set():
                 # Shutting down: the leader lives on; whoever holds the next lease adopts it.
                 return
@@ -367,7 +369,7 @@ class Supervisor:
                 groups |= run_process_groups(run_id)
                 self._cancel(run_id, leader, paths)
                 break
-        self._ingest_tasks(run_id, paths, known_logs)
+        self._ingest_tasks(run, paths, known_logs)
         self._finish(run_id, paths, leader.exitcode, cancelled=cancelled or store.cancel_requested(run_id),
                      groups=groups)
 
