@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+CONFORMANCE_STAMP := $(VENV)/.installed-conformance
 
-.PHONY: run test install clean system-deps
+.PHONY: run test conformance install clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +20,10 @@ $(TEST_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+$(CONFORMANCE_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[test,conformance]'
+	touch $@
+
 install: $(STAMP)
 
 run: $(STAMP)
@@ -30,6 +35,11 @@ system-deps:
 
 test: $(TEST_STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The CWL v1.2 conformance suite through the gateway with toil-wes-cwl-runner.
+# TAGS=required (default) or TAGS=all; CWL_SUITE=../shared/cwl-v1.2 by default.
+conformance: $(CONFORMANCE_STAMP)
+	$(BIN)/python scripts/conformance.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

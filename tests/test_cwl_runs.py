@@ -148,3 +148,42 @@ def test_toil_wes_cwl_runner_against_live_server(server: Server, data: Path, tmp
     assert result.returncode == 0, result.stdout + result.stderr
     outputs = json.loads(result.stdout)
     assert Path(outputs["result"]["path"]).read_text() == "RENNUR OLLEH\n"
+
+
+def test_repeated_identical_attachment_is_stored_once(server: Server, data: Path) -> None:
+    # toil-wes-cwl-runner sends a file once per document that references it.
+    fields = {"workflow_url": "echo.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2",
+              "workflow_params": json.dumps({"message": "twice"})}
+    body = (data / "echo.cwl").read_bytes()
+    twice = [("workflow_attachment", ("echo.cwl", body)), ("workflow_attachment", ("echo.cwl", body))]
+    response = server.post("/runs", data=fields, files=twice)
+    assert response.status_code == 200, response.text
+    run_id = response.json()["run_id"]
+    assert server.wait(run_id) == "COMPLETE"
+    assert os.listdir(server.data_dir / "runs" / run_id / "attachments") == ["echo.cwl"]
+    different = [twice[0], ("workflow_attachment", ("echo.cwl", body + b"\n# changed\n"))]
+    refused = server.post("/runs", data=fields, files=different)
+    assert refused.status_code == 400
+    assert "'echo.cwl'" in refused.json()["msg"] and "different" in refused.json()["msg"]
+
+
+def test_fragment_names_a_process_in_a_packed_document(server: Server, data: Path) -> None:
+    expected = {"main": "shouted: packed\n", "shout": "shouted: packed\n", "whisper": "whispered: packed\n"}
+    run_ids = {
+        fragment: server.submit_ok({"packed.cwl": data / "packed.cwl"}, workflow_url=f"packed.cwl#{fragment}",
+                                   workflow_type="CWL", workflow_type_version="v1.2",
+                                   workflow_params={"message": "packed"})
+        for fragment in expected
+    }
+    for fragment, run_id in run_ids.items():
+        assert server.wait(run_id) == "COMPLETE", fragment
+        assert output_text(server, server.get(f"/runs/{run_id}").json(), "out") == expected[fragment]
+
+
+def test_unknown_fragment_is_400_without_internal_paths(server: Server, data: Path) -> None:
+    response = server.submit({"packed.cwl": data / "packed.cwl"}, workflow_url="packed.cwl#nowhere",
+                             workflow_type="CWL", workflow_type_version="v1.2", workflow_params={"message": "x"})
+    assert response.status_code == 400
+    msg = response.json()["msg"]
+    assert "nowhere" in msg
+    assert ".staging" not in msg and str(server.data_dir) not in msg, msg

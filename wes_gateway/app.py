@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import connexion
+import yaml
 from connexion.exceptions import ProblemException
 from connexion.jsonifier import Jsonifier
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
@@ -61,11 +62,19 @@ def error_response(status: int, msg: str, headers: dict[str, str] | None = None)
     )
 
 
-def _problem(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+# WES documents no 400 for the task routes: a request there that names no page of tasks is
+# "not found" (a 404 that those routes do document).
+_TASK_ROUTE = re.compile(re.escape(API_BASE) + r"/runs/[^/]+/tasks(/[^/]+)?/?")
+
+
+def _problem(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     assert isinstance(exc, ProblemException)
     detail = str(exc.detail or exc.title or _REASONS.get(exc.status, "error"))
+    status = exc.status
+    if status == 400 and _TASK_ROUTE.fullmatch(request.url.path):
+        status = 404
     # jsonschema appends the whole schema and instance; the first paragraph says it all.
-    return error_response(exc.status, detail.split("\n\n")[0], dict(exc.headers or {}))
+    return error_response(status, detail.split("\n\n")[0], dict(exc.headers or {}))
 
 
 def _http(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
@@ -93,13 +102,24 @@ class RequestGuard:
     and paths with control characters (Flask routes them where Connexion's router does not,
     and the handler then runs without an operation context)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, routes: list[tuple[re.Pattern[str], list[str]]] | None = None) -> None:
         self.app = app
+        self.routes = routes or []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             if any(ord(ch) < 32 or ord(ch) == 127 for ch in scope["path"]):
                 await _send_error(send, 404, "no such route")
+                return
+            allowed = self._methods(scope["path"])
+            if allowed is not None and (scope["method"] == "OPTIONS" or scope["method"] not in allowed):
+                allow = [(b"allow", ", ".join(allowed).encode())]
+                if scope["method"] == "OPTIONS":
+                    await send({"type": "http.response.start", "status": 204, "headers": allow})
+                    await send({"type": "http.response.body", "body": b""})
+                else:
+                    await _send_error(send, 405, f"{scope['method']} is not allowed here; use {', '.join(allowed)}",
+                                      allow)
                 return
             if scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/runs"):
                 headers = dict(scope.get("headers") or [])
@@ -111,10 +131,33 @@ class RequestGuard:
         await self.app(scope, receive, send)
 
 
-async def _send_error(send: Any, status: int, msg: str) -> None:
+    def _methods(self, path: str) -> list[str] | None:
+        """The methods the spec gives the route at ``path`` (with HEAD and OPTIONS), or None."""
+        for pattern, methods in self.routes:
+            if pattern.fullmatch(path):
+                return methods
+        return None
+
+
+def spec_routes(spec: dict[str, Any], base: str) -> list[tuple[re.Pattern[str], list[str]]]:
+    """Each path of the spec as a pattern, with the methods an ``Allow`` header names for it."""
+    routes = []
+    for template, operations in spec.get("paths", {}).items():
+        pattern = re.escape(base + template)
+        pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", pattern)
+        methods = [m.upper() for m in ("get", "post", "put", "patch", "delete") if m in operations]
+        if "GET" in methods:
+            methods.append("HEAD")
+        routes.append((re.compile(pattern + "/?"), [*methods, "OPTIONS"]))
+    return routes
+
+
+async def _send_error(send: Any, status: int, msg: str,
+                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps({"msg": msg, "status_code": status}).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -139,13 +182,16 @@ def create_app(settings: Settings | None = None, validate_responses: bool | None
     app.add_api(
         SPEC_FILE,
         resolver=OperationResolver(),
-        strict_validation=True,
+        # WES clients may send parameters this version does not know: ignored, not refused.
+        strict_validation=False,
         validate_responses=settings.response_validation if validate_responses is None else validate_responses,
     )
     app.add_middleware(AccessLog, position=MiddlewarePosition.BEFORE_EXCEPTION)
     app.add_middleware(AuthMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings,
                        api_base=API_BASE)
-    app.add_middleware(RequestGuard, position=MiddlewarePosition.BEFORE_SWAGGER)
+    spec = yaml.safe_load((SPEC_DIR / SPEC_FILE).read_text())
+    app.add_middleware(RequestGuard, position=MiddlewarePosition.BEFORE_SWAGGER,
+                       routes=spec_routes(spec, API_BASE))
     app.add_error_handler(ProblemException, _problem)
     app.add_error_handler(HTTPException, _http)
     app.add_error_handler(ApiError, _api)

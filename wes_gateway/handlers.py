@@ -27,10 +27,9 @@ def _settings() -> Settings:
 
 def _page_size(page_size: int | None) -> int:
     settings = _settings()
-    if page_size is None:
+    # WES leaves page_size to the server; 0 (and anything below) asks for no particular size.
+    if page_size is None or page_size < 1:
         return settings.default_page_size
-    if page_size < 1:
-        raise BadRequest("page_size must be at least 1")
     return min(page_size, settings.max_page_size)
 
 
@@ -157,12 +156,18 @@ def _visible_task(run_id: str, task_id: str) -> store.Task:
     return task
 
 
+INT64 = range(-(2**63), 2**63)
+
+
 def list_tasks(run_id: str, page_size: int | None = None, page_token: str | None = None) -> Json:
     _visible_run(run_id)
+    if page_size is not None and page_size not in INT64:
+        raise NotFound(f"run {run_id} has no task page of page_size {page_size} (outside int64)")
     try:
         rows, next_token = tasks.list_tasks(run_id, _page_size(page_size), page_token)
-    except store.BadPageToken as exc:
-        raise BadRequest(str(exc)) from None
+    except store.BadPageToken:
+        # WES documents no 400 for the task routes: an unknown page is "not found".
+        raise NotFound(f"run {run_id} has no task page for that page_token") from None
     api = external_base()  # once per page, not twice per task
     return TaskListResponse(task_logs=[_task_log(run_id, row, api) for row in rows],
                             next_page_token=next_token).to_json()

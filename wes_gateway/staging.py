@@ -7,6 +7,7 @@ half-written run directory behind.
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from urllib.parse import unquote, urlparse
 from . import store
 from .config import Settings
 from .engines import RunPaths, engine_for
-from .errors import BadRequest, PayloadTooLarge
+from .errors import ApiError, BadRequest, PayloadTooLarge
 from .models import RunRequest
 from .policy import engine_argv
 
@@ -52,8 +53,16 @@ def _required(form: Mapping[str, str], field: str) -> str:
     return value
 
 
+# Unknown query parameters are ignored (WES clients may be newer), but an unknown form field
+# is most likely a misspelt one ("workflow_param"), and running without it would mislead.
+FORM_FIELDS = frozenset(RunRequest.model_fields)
+
+
 def parse_request(form: Mapping[str, str]) -> RunRequest:
     """Check the form's text fields; nothing is written."""
+    unknown = sorted(set(form) - FORM_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown form field(s): {', '.join(unknown)}; a RunRequest has {', '.join(sorted(FORM_FIELDS))}")
     workflow_url = _required(form, "workflow_url")
     workflow_type = _required(form, "workflow_type").upper()
     version = _required(form, "workflow_type_version")
@@ -113,6 +122,7 @@ def safe_relative_name(name: str) -> PurePosixPath:
 def write_attachments(target: Path, attachments: Iterable[Attachment], settings: Settings) -> list[str]:
     target.mkdir(parents=True)
     written: list[str] = []
+    seen: set[str] = set()
     total = 0
     for attachment in attachments:
         relative = safe_relative_name(attachment.filename)
@@ -121,32 +131,52 @@ def write_attachments(target: Path, attachments: Iterable[Attachment], settings:
                 f"workflow_attachment: more than {settings.max_attachment_count} files"
             )
         destination = target.joinpath(*relative.parts)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         try:
-            fd = os.open(destination, flags, 0o644)
-        except FileExistsError:
-            raise BadRequest(f"workflow_attachment: {attachment.filename!r} is sent twice") from None
-        except (IsADirectoryError, NotADirectoryError):
+            destination.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
             raise BadRequest(
-                f"workflow_attachment: {attachment.filename!r} clashes with another attachment's directory"
+                f"workflow_attachment: {attachment.filename!r} clashes with another attachment's file name"
             ) from None
-        size = 0
-        with os.fdopen(fd, "wb") as out:
-            while chunk := attachment.stream.read(COPY_CHUNK):
-                total += len(chunk)
-                size += len(chunk)
-                if size > settings.max_attachment_file_bytes:
-                    raise PayloadTooLarge(
-                        f"workflow_attachment: {attachment.filename!r} is larger than {settings.max_attachment_file_bytes} bytes"
-                    )
-                if total > settings.max_attachment_bytes:
-                    raise PayloadTooLarge(
-                        f"workflow_attachment: more than {settings.max_attachment_bytes} bytes in total"
-                    )
-                out.write(chunk)
+        repeated = str(relative) in seen
+        # A repeated part is written outside the attachments and compared: stock clients such
+        # as toil-wes-cwl-runner send a file once per document that references it.
+        path = target.parent / ".repeated-part" if repeated else destination
+        total = _write_one(path, attachment, settings, total)
+        if repeated:
+            same = filecmp.cmp(path, destination, shallow=False)
+            path.unlink()
+            if not same:
+                raise BadRequest(f"workflow_attachment: {attachment.filename!r} is sent twice with different contents")
+            continue
+        seen.add(str(relative))
         written.append(str(relative))
     return written
+
+
+def _write_one(path: Path, attachment: Attachment, settings: Settings, total: int) -> int:
+    """Stream one part to a new file within the limits; returns the running total."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, 0o644)
+    except (FileExistsError, IsADirectoryError, NotADirectoryError):
+        raise BadRequest(
+            f"workflow_attachment: {attachment.filename!r} clashes with another attachment's directory"
+        ) from None
+    size = 0
+    with os.fdopen(fd, "wb") as out:
+        while chunk := attachment.stream.read(COPY_CHUNK):
+            total += len(chunk)
+            size += len(chunk)
+            if size > settings.max_attachment_file_bytes:
+                raise PayloadTooLarge(
+                    f"workflow_attachment: {attachment.filename!r} is larger than {settings.max_attachment_file_bytes} bytes"
+                )
+            if total > settings.max_attachment_bytes:
+                raise PayloadTooLarge(
+                    f"workflow_attachment: more than {settings.max_attachment_bytes} bytes in total"
+                )
+            out.write(chunk)
+    return total
 
 
 def _attachment_path(root: Path, reference: str) -> Path | None:
@@ -199,28 +229,28 @@ def check_remote(url: str, what: str) -> None:
             raise BadRequest(f"{what}: {url!r} points at a link-local or metadata address")
 
 
-def resolve_workflow_url(url: str, attachments: Path, settings: Settings) -> str:
-    """What the leader is given: an absolute local path (with fragment) or an http(s) URL."""
+def resolve_workflow_url(url: str, attachments: Path, settings: Settings) -> tuple[str, str]:
+    """What the leader is given: an absolute local path or an http(s) URL (with any fragment
+    inline), and, for a local path, the fragment apart, since '#' is also legal in a file name."""
     found = _attachment_path(attachments, url)
     if found is not None:
-        return str(found)
+        return str(found), ""
     base, _, fragment = url.partition("#")
-    suffix = f"#{fragment}" if fragment else ""
     scheme = urlparse(base).scheme.lower()
     if scheme in REMOTE_SCHEMES:
         if not any(url.startswith(prefix) for prefix in settings.allowed_url_prefixes):
             raise BadRequest(f"workflow_url {url!r} is not under an allowed URL prefix "
                              f"({', '.join(settings.allowed_url_prefixes) or 'none are configured'}); attach the workflow instead")
         check_remote(url, "workflow_url")
-        return url
+        return url, ""
     if scheme == "file":
-        return str(_check_file_url(unquote(urlparse(base).path), settings, "workflow_url")) + suffix
+        return str(_check_file_url(unquote(urlparse(base).path), settings, "workflow_url")), fragment
     found = _attachment_path(attachments, base)
     if found is not None:
-        return str(found) + suffix
+        return str(found), fragment
     if base.startswith("/"):
         _check_file_url(base, settings, "workflow_url")
-        return base + suffix
+        return base, fragment
     raise BadRequest(f"workflow_url {url!r} is neither an attachment nor an http(s) URL")
 
 
@@ -245,6 +275,14 @@ def resolve_input(reference: str, attachments: Path, settings: Settings) -> str:
     raise BadRequest(f"workflow_params: input {reference!r} is not among the attachments")
 
 
+def _without_internal_paths(msg: str, attachments: Path, runs_dir: Path) -> str:
+    """A refusal names attachments as the client named them, never where they were staged."""
+    for root, replacement in ((attachments, ""), (runs_dir, "")):
+        for form in (root.as_uri() + "/", str(root) + "/", root.as_uri(), str(root)):
+            msg = msg.replace(form, replacement)
+    return msg
+
+
 @dataclass(frozen=True)
 class Staged:
     new_run: store.NewRun
@@ -263,7 +301,7 @@ def stage(form: Mapping[str, str], attachments: Iterable[Attachment], settings: 
     final = RunPaths(root=settings.runs_dir / run_id)
     try:
         write_attachments(staged.attachments, attachments, settings)
-        workflow = resolve_workflow_url(request.workflow_url, staged.attachments, settings)
+        workflow = engine.workflow_reference(*resolve_workflow_url(request.workflow_url, staged.attachments, settings))
         params, outline = engine.prepare(
             workflow, request.workflow_params,
             lambda reference: resolve_input(reference, staged.attachments, settings),
@@ -276,6 +314,10 @@ def stage(form: Mapping[str, str], attachments: Iterable[Attachment], settings: 
             params_text = params_text.replace(json.dumps(old)[1:-1], json.dumps(new)[1:-1])
         staged.params.write_text(params_text)
         os.rename(staged.root, final.root)
+    except ApiError as exc:
+        shutil.rmtree(staged.root, ignore_errors=True)
+        exc.msg = _without_internal_paths(exc.msg, staged.attachments, settings.runs_dir)
+        raise
     except BaseException:
         shutil.rmtree(staged.root, ignore_errors=True)
         raise

@@ -107,6 +107,10 @@ class Engine(Protocol):
 
     def versions(self) -> list[str]: ...
 
+    def workflow_reference(self, location: str, fragment: str) -> str:
+        """What names the workflow to the validator and the leader: ``location`` is a local
+        path or an http(s) URL, ``fragment`` what followed '#' after a local path (or '')."""
+
     def prepare(self, workflow: str, params: dict[str, Any],
                 resolve_input: Callable[[str], str]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Check the document (and the inputs, where the language allows) and return the

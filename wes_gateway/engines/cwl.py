@@ -22,6 +22,13 @@ class CwlEngine:
 
         return sorted(UPDATES)
 
+    def workflow_reference(self, location: str, fragment: str) -> str:
+        # A fragment names a process inside the document (a packed $graph, "#main"); both
+        # cwltool and Toil take it on a file URI, while a bare path would quote the '#'.
+        if fragment and location.startswith("/"):
+            return f"{Path(location).as_uri()}#{fragment}"
+        return location
+
     def prepare(self, workflow: str, params: dict[str, Any],
                 resolve_input: Callable[[str], str]) -> tuple[dict[str, Any], dict[str, Any]]:
         params = _rewrite_locations(params, resolve_input)

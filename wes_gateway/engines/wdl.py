@@ -30,6 +30,11 @@ class WdlEngine:
     def versions(self) -> list[str]:
         return list(VERSIONS)
 
+    def workflow_reference(self, location: str, fragment: str) -> str:
+        if fragment:
+            raise BadRequest(f"workflow_url: a WDL document takes no fragment ('#{fragment}')")
+        return location
+
     def prepare(self, workflow: str, params: dict[str, Any],
                 resolve_input: Callable[[str], str]) -> tuple[dict[str, Any], dict[str, Any]]:
         import WDL

@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""bench/conformance: the CWL v1.2 conformance suite at -j2 through the gateway (stock
+toil-wes-cwl-runner) and directly with `toil-cwl-runner --no-container`, in the same run.
+Prints pass counts, failing ids and wall times for both, and the gateway/direct time ratio.
+
+    .venv/bin/python bench/conformance.py [--tags all|required] [-j 2]
+
+Needs the conformance extra (`make conformance` installs it)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from conformance import BIN, DEFAULT_SUITE, Outcome, run_cwltest, through_gateway, tool_env  # noqa: E402
+
+
+def report(outcome: Outcome) -> None:
+    print(outcome.line())
+    print(f"  real passes (not should_fail): {outcome.real_passes}")
+    print(f"  failed: {' '.join(sorted(outcome.failed)) or '-'}")
+    if outcome.unsupported:
+        print(f"  unsupported: {' '.join(sorted(outcome.unsupported))}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
+    parser.add_argument("--tags", default="all")
+    parser.add_argument("-j", "--jobs", type=int, default=2)
+    parser.add_argument("--keep", type=Path, help="keep logs and junit reports here")
+    args = parser.parse_args()
+    suite = args.suite.resolve()
+    with tempfile.TemporaryDirectory(prefix="wes-bench-conformance-") as tmp:
+        workdir = args.keep or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        gateway = through_gateway(suite, args.tags, args.jobs, workdir, label="gateway")
+        report(gateway)
+        direct = run_cwltest("direct", suite, args.tags, args.jobs, str(BIN / "toil-cwl-runner"),
+                             ["--no-container", "--disableProgress"], workdir, tool_env())
+        report(direct)
+    only_direct = sorted(set(direct.passed) - set(gateway.passed))
+    print(f"passed directly but not through the gateway: {' '.join(only_direct) or '-'}")
+    print(f"wall time gateway/direct: {gateway.seconds:.0f} s / {direct.seconds:.0f} s = "
+          f"{gateway.seconds / direct.seconds:.2f}")
+
+
+if __name__ == "__main__":
+    main()
