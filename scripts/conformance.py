@@ -109,13 +109,13 @@ def run_cwltest(label: str, suite: Path, tags: str, jobs: int, tool: str, tool_a
         subprocess.run(argv, cwd=suite, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=limit)
     outcome.seconds = time.monotonic() - began
     for case in ET.parse(report).getroot().iter("testcase"):
-        test_id = case.get("file") or case.get("name") or "?"
+        name = case.get("file") or case.get("name") or "?"
         if case.find("failure") is not None or case.find("error") is not None:
-            outcome.failed.append(test_id)
+            outcome.failed.append(name)
         elif case.find("skipped") is not None:
-            outcome.unsupported.append(test_id)
+            outcome.unsupported.append(name)
         else:
-            outcome.passed.append(test_id)
+            outcome.passed.append(name)
     return outcome
 
 
@@ -154,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         outcome = through_gateway(args.suite.resolve(), args.tags, args.jobs, workdir)
     print(outcome.line())
     expected = expected_failures()
-    for test_id in outcome.failed:
-        reason = expected.get(test_id)
-        print(f"  failed: {test_id}" + (f"  (expected: {reason})" if reason else ""))
-    unexpected = [test_id for test_id in outcome.failed if test_id not in expected]
+    for name in outcome.failed:
+        reason = expected.get(name)
+        print(f"  failed: {name}" + (f"  (expected: {reason})" if reason else ""))
+    unexpected = [name for name in outcome.failed if name not in expected]
     if unexpected:
         print(f"conformance: {len(unexpected)} unexpected failure(s): {', '.join(unexpected)}")
         return 1

@@ -1,0 +1,379 @@
+"""The supervisor: claims queued runs, starts their leaders, watches them, cancels them.
+
+One supervisor process runs per host (started by gunicorn.conf.py, or by
+``wes-gateway supervise``). A bounded thread pool drives runs; each run's Toil leader is
+a process of its own, forked from a forkserver that has Toil preloaded. Every active run
+carries a lease in the store that its supervising thread renews; a run whose lease lapsed
+(its supervisor died) is taken over: its leader is adopted if it still lives, or resumed
+with Toil's --restart on the persisted job store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from . import procs, retention, store, tasks
+from .config import Settings
+from .engines import Engine, LeaderSpec, engine_for
+from .logsetup import setup_logging
+from .paths import RunPaths
+
+log = logging.getLogger(__name__)
+
+# The variables a leader inherits from the supervisor; everything else is dropped so that
+# the gateway's secrets never reach a job store.
+ENV_ALLOWLIST = ("LANG", "LC_ALL", "TZ", "USER", "LOGNAME")
+
+
+def scrub_environment() -> None:
+    keep = {key: os.environ[key] for key in (*ENV_ALLOWLIST, "PATH", "HOME", "TMPDIR") if key in os.environ}
+    os.environ.clear()
+    os.environ.update(keep)
+
+
+def leader_env(settings: Settings, run_id: str, paths: RunPaths) -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)
+    path = [*settings.extra_path, bin_dir, "/usr/local/bin", "/usr/bin", "/bin"]
+    env = {key: os.environ[key] for key in ENV_ALLOWLIST if key in os.environ}
+    env.update(
+        {
+            "PATH": os.pathsep.join(path),
+            "HOME": str(paths.home),
+            "TMPDIR": str(paths.tmp),
+            "LANG": env.get("LANG", "C.UTF-8"),
+            # Concurrent leaders otherwise fight over ~/.toil/history.sqlite.
+            "TOIL_HISTORY": "False",
+            "SINGULARITY_CACHEDIR": str(paths.root / "image-cache"),
+            "MINIWDL__SINGULARITY__IMAGE_CACHE": str(paths.root / "image-cache"),
+            procs.MARKER: run_id,
+        }
+    )
+    return env
+
+
+def live_leader(paths: RunPaths) -> int | None:
+    """The pid of this run's leader if that very process (not a reuse of its pid) still runs."""
+    try:
+        recorded = json.loads(paths.leader_file.read_text())
+        pid, start = int(recorded["pid"]), int(recorded["start"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if procs.pid_alive(pid) and procs.start_time(pid) == start else None
+
+
+def write_kill_flag(paths: RunPaths, run_id: str) -> None:
+    """Ask the leader to stop through its job store, as `toil kill` does for remote leaders."""
+    if not paths.jobstore.exists():
+        return
+    try:
+        from toil.common import Toil
+
+        Toil.resumeJobStore(f"file:{paths.jobstore}").write_kill_flag(kill=True)
+        log.info("run %s: kill flag written", run_id)
+    except Exception as exc:  # the leader may not have initialised its job store yet
+        log.info("run %s: kill flag not written (%s)", run_id, exc)
+
+
+class Leader:
+    """A handle on one leader process, whether we started it or adopted it."""
+
+    def __init__(self, pid: int, process: multiprocessing.process.BaseProcess | None) -> None:
+        self.pid = pid
+        self.process = process
+
+    def wait(self, timeout: float) -> bool:
+        """True once the leader has exited."""
+        if self.process is not None:
+            self.process.join(timeout)
+            return self.process.exitcode is not None
+        deadline = time.monotonic() + timeout
+        while procs.pid_alive(self.pid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(0.2, timeout))
+        return True
+
+    @property
+    def exitcode(self) -> int | None:
+        return None if self.process is None else self.process.exitcode
+
+    def signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.pid, signum)
+        except OSError:
+            try:
+                os.kill(self.pid, signum)
+            except OSError:
+                pass
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stop_event = threading.Event()
+        self.pool = ThreadPoolExecutor(settings.max_concurrent_runs, thread_name_prefix="run")
+        self.active: set[str] = set()
+        self.lock = threading.Lock()
+        self.context = multiprocessing.get_context("forkserver")
+        self.context.set_forkserver_preload(["wes_gateway.engines.leader"])
+
+    # ------------------------------------------------------------ main loop
+
+    def serve(self) -> None:
+        log.info("supervisor %s started, %d slots", self.worker_id, self.settings.max_concurrent_runs)
+        # Start the forkserver now, so Toil's import cost is paid before the first run.
+        self.context.Process(target=_noop).start()
+        next_sweep = 0.0
+        while not self.stop_event.is_set():
+            try:
+                self.tick()
+                if time.monotonic() >= next_sweep:
+                    retention.sweep_job_stores(self.settings)
+                    next_sweep = time.monotonic() + self.settings.retention_interval
+            except Exception:
+                log.exception("supervisor tick failed; retrying")
+            self.stop_event.wait(self.settings.poll_interval)
+        log.info("supervisor %s stopping; leaders keep running and will be adopted", self.worker_id)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def tick(self) -> None:
+        for run in store.take_over_expired(self.worker_id, self.settings.lease_seconds):
+            if self._has_slot_for(run.run_id, force=True):
+                log.info("run %s: taking over from a lapsed lease", run.run_id)
+                self.pool.submit(self._guard, run.run_id, self._recover)
+        while self._has_slot_for(None):
+            run = store.claim_next(self.worker_id, self.settings.lease_seconds)
+            if run is None:
+                break
+            with self.lock:
+                self.active.add(run.run_id)
+            self.pool.submit(self._guard, run.run_id, self._start)
+
+    def _has_slot_for(self, run_id: str | None, force: bool = False) -> bool:
+        with self.lock:
+            if run_id is not None:
+                if run_id in self.active:
+                    return False
+                if force:
+                    # Recovered runs already hold a leader (or job store); never strand them.
+                    self.active.add(run_id)
+                    return True
+            return len(self.active) < self.settings.max_concurrent_runs
+
+    def _guard(self, run_id: str, step: Callable[[str], None]) -> None:
+        try:
+            step(run_id)
+        except Exception as exc:
+            log.exception("run %s: supervision failed", run_id)
+            store.append_system_log(run_id, f"supervisor error: {type(exc).__name__}: {exc}")
+            store.transition(run_id, store.SYSTEM_ERROR)
+        finally:
+            with self.lock:
+                self.active.discard(run_id)
+
+    # ------------------------------------------------------------ one run
+
+    def _start(self, run_id: str, restart: bool = False) -> None:
+        run = store.get_run(run_id)
+        if run is None:
+            return
+        if run.cancel_requested or run.state == store.CANCELING:
+            store.transition(run_id, store.CANCELED)
+            return
+        engine = _engine_of(run)
+        if engine is None:
+            return
+        paths = RunPaths.of(self.settings, run_id)
+        for directory in (paths.work, paths.outdir, paths.tmp, paths.home):
+            directory.mkdir(parents=True, exist_ok=True)
+        argv = engine.argv(run.workflow_path, paths, run.engine_args, self.settings, restart)
+        spec = LeaderSpec(
+            run_id=run_id,
+            workflow_type=run.workflow_type,
+            argv=argv,
+            env=leader_env(self.settings, run_id, paths),
+            root=str(paths.root),
+        )
+        paths.result.unlink(missing_ok=True)
+        paths.leader_file.unlink(missing_ok=True)
+        process = self.context.Process(target=_run_leader, args=(spec,), name=f"leader-{run_id}")
+        process.start()
+        assert process.pid is not None
+        fields: dict[str, object] = {"leader_pid": process.pid, "cmd": [engine.program, *argv]}
+        if run.start_time is None:
+            fields["start_time"] = store.utc_now()
+        log.info("run %s: leader pid %d started%s", run_id, process.pid, " (restart)" if restart else "")
+        if not store.transition(run_id, store.RUNNING, **fields):
+            # Cancelled while we were starting it: record the pid so the cancel can find it.
+            store.update_run(run_id, **fields)
+        self._watch(run, engine, Leader(process.pid, process), paths)
+
+    def _recover(self, run_id: str) -> None:
+        """Take over a run whose supervisor died: adopt, finish, resume or fail it."""
+        run = store.get_run(run_id)
+        if run is None or run.state in store.TERMINAL:
+            return
+        engine = _engine_of(run)
+        if engine is None:
+            return
+        paths = RunPaths.of(self.settings, run_id)
+        pid = live_leader(paths)
+        if pid is not None:
+            log.info("run %s: adopting live leader pid %d", run_id, pid)
+            self._watch(run, engine, Leader(pid, None), paths)
+            return
+        # Its leader is gone; what it started must not race a successor on the same job store.
+        procs.kill_run_processes(run_id, {run.leader_pid} if run.leader_pid else None)
+        if paths.read_result() is not None:
+            self._finish(run, engine, paths, None, cancelled=run.cancel_requested)
+            return
+        if run.cancel_requested:
+            store.transition(run_id, store.CANCELED)
+            return
+        if run.state == store.INITIALIZING and not paths.jobstore.exists():
+            log.info("run %s: leader never started; starting it now", run_id)
+            self._start(run_id)
+            return
+        if paths.jobstore.exists():
+            store.append_system_log(run_id, f"{store.utc_now()} leader lost; resumed with --restart")
+            self._start(run_id, restart=True)
+            return
+        store.append_system_log(run_id, "leader lost and its job store is gone; cannot resume")
+        store.transition(run_id, store.SYSTEM_ERROR)
+
+    def _ingest_tasks(self, run: store.Run, engine: Engine, paths: RunPaths, known_logs: set[str]) -> None:
+        try:
+            tasks.ingest(run.run_id, engine, run.workflow_path, paths, known_logs)
+        except Exception:
+            # Task records are best effort; they must never take the run down with them.
+            log.exception("run %s: reading task records failed", run.run_id)
+
+    def _watch(self, run: store.Run, engine: Engine, leader: Leader, paths: RunPaths) -> None:
+        settings = self.settings
+        run_id = run.run_id
+        renew_every = settings.lease_seconds / 3
+        next_renew = 0.0
+        cancelled = False
+        known_logs = tasks.known_log_names(run_id)
+        groups: set[int] = {leader.pid}  # the leader called setsid: its group is its pid
+        while True:
+            if leader.wait(settings.poll_interval):
+                break
+            # Remember every group the run ever had: a tool can outlive its worker.
+            groups |= procs.run_process_groups(run_id)
+            self._ingest_tasks(run, engine, paths, known_logs)
+            if self.stop_event.is_set():
+                # Shutting down: the leader lives on; whoever holds the next lease adopts it.
+                return
+            now = time.monotonic()
+            if now >= next_renew:
+                if not store.renew_lease(run_id, self.worker_id, settings.lease_seconds):
+                    current = store.get_run(run_id)
+                    if current is None or current.claimed_by != self.worker_id:
+                        log.warning("run %s: lease lost to another supervisor; letting go", run_id)
+                        return
+                next_renew = now + renew_every
+            if not cancelled and store.cancel_requested(run_id):
+                cancelled = True
+                groups |= procs.run_process_groups(run_id)
+                self._cancel(run_id, leader, paths)
+                break
+        self._ingest_tasks(run, engine, paths, known_logs)
+        self._finish(run, engine, paths, leader.exitcode, cancelled=cancelled or store.cancel_requested(run_id),
+                     groups=groups)
+
+    def _cancel(self, run_id: str, leader: Leader, paths: RunPaths) -> None:
+        grace = self.settings.cancel_grace_seconds
+        log.info("run %s: cancelling leader pid %d", run_id, leader.pid)
+        write_kill_flag(paths, run_id)
+        if not leader.wait(grace):
+            log.info("run %s: leader still up after kill flag; SIGTERM", run_id)
+            leader.signal_group(signal.SIGTERM)
+            if not leader.wait(grace):
+                log.info("run %s: leader still up after SIGTERM; SIGKILL", run_id)
+                leader.signal_group(signal.SIGKILL)
+                leader.wait(grace)
+
+    def _finish(self, run: store.Run, engine: Engine, paths: RunPaths, exitcode: int | None, cancelled: bool,
+                groups: set[int] | None = None) -> None:
+        run_id = run.run_id
+        procs.kill_run_processes(run_id, groups)
+        recorded = paths.read_result()
+        code = recorded if recorded is not None else exitcode
+        if cancelled:
+            store.transition(run_id, store.CANCELED, exit_code=code)
+            return
+        if code == 0:
+            outputs = engine.present_outputs(paths.read_outputs(), paths)
+            store.transition(run_id, store.COMPLETE, exit_code=0, outputs=outputs)
+        elif recorded is not None:
+            store.transition(run_id, store.EXECUTOR_ERROR, exit_code=code)
+        else:
+            detail = f"exit status {exitcode}" if exitcode is not None else "unknown exit status"
+            if exitcode is not None and exitcode < 0:
+                detail = f"killed by signal {-exitcode}"
+            store.append_system_log(run_id, f"leader died without a result ({detail})")
+            store.transition(run_id, store.SYSTEM_ERROR, exit_code=exitcode)
+
+
+def _engine_of(run: store.Run) -> Engine | None:
+    engine = engine_for(run.workflow_type)
+    if engine is None:
+        store.append_system_log(run.run_id, f"no engine for workflow type {run.workflow_type}")
+        store.transition(run.run_id, store.SYSTEM_ERROR)
+    return engine
+
+
+def _noop() -> None:
+    pass
+
+
+def _run_leader(spec: LeaderSpec) -> None:
+    # Referenced by name across the forkserver, so the supervisor itself never imports Toil:
+    # the module is already loaded (and its parsers warmed) in the forkserver.
+    from .engines.leader import run_leader
+
+    run_leader(spec)
+
+
+def serve(settings: Settings, stop_on_parent_exit: bool = False) -> None:
+    """Run a supervisor until SIGTERM/SIGINT (or, optionally, until its parent dies)."""
+    setup_logging()
+    store.open_database(settings.effective_database_url)
+    store.upgrade(store.database.obj)
+    # The forkserver, and so every leader, inherits this process's environment at start-up
+    # (and /proc shows it): drop everything but the allowlist before it is spawned.
+    scrub_environment()
+    supervisor = Supervisor(settings)
+    parent = os.getppid()
+
+    def stop(signum: int, _frame: object) -> None:
+        supervisor.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if stop_on_parent_exit:
+        def watch_parent() -> None:
+            while not supervisor.stop_event.wait(1.0):
+                if os.getppid() != parent:
+                    log.warning("supervisor's parent %d is gone; stopping", parent)
+                    supervisor.stop_event.set()
+
+        threading.Thread(target=watch_parent, daemon=True).start()
+    supervisor.serve()
+    logging.shutdown()
+    # Not sys.exit: multiprocessing's atexit hook would join every leader still running.
+    os._exit(0)
