@@ -16,7 +16,8 @@ from common import QUIET, cores, fmt, host_port, load, start_server, stop_server
 from seed import seed_runs
 
 from wes_gateway import store, tasks
-from wes_gateway.engines import RunPaths
+from wes_gateway.engines import engine_for
+from wes_gateway.paths import RunPaths
 
 
 def bus_lines(first: int, count: int) -> list[str]:
@@ -50,7 +51,7 @@ def main() -> None:
                 bus.write("toil.bus.QueueSizeMessage\t1")  # a truncated last line, mid-write
                 bus.flush()
                 start = time.perf_counter()
-                tasks.ingest(run_id, "CWL", "/x/main.cwl", paths, set())
+                tasks.ingest(run_id, engine_for("CWL"), "/x/main.cwl", paths, set())
                 poll_costs.append(time.perf_counter() - start)
                 bus.write("\n")
         assert store.Task.select().where(store.Task.run_id == run_id).count() == args.tasks
@@ -58,7 +59,7 @@ def main() -> None:
         store.Task.delete().execute()
         store.Run.update(bus_offset=0).execute()
         start = time.perf_counter()
-        tasks.ingest(run_id, "CWL", "/x/main.cwl", paths, set())
+        tasks.ingest(run_id, engine_for("CWL"), "/x/main.cwl", paths, set())
         full = time.perf_counter() - start
         db.close()
         print(f"cores={cores()} tasks={args.tasks} bus_bytes={paths.messages.stat().st_size}")

@@ -130,13 +130,13 @@ def stop_server(server: Server) -> None:
 
 
 def leftover_processes(run_id: str, groups: set[int] | None = None) -> list[int]:
-    from wes_gateway.executor import processes_of_run
+    from wes_gateway.procs import processes_of_run
 
     return processes_of_run(run_id, groups)
 
 
 def run_groups(run_id: str) -> set[int]:
-    from wes_gateway.executor import run_process_groups
+    from wes_gateway.procs import run_process_groups
 
     return run_process_groups(run_id)
 
@@ -161,11 +161,9 @@ def wait_for_tool(run_id: str, token: bytes, timeout: float = 120) -> tuple[int,
 
 
 def pid_gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
-    except (OSError, IndexError):
-        return True
-    return state == "Z"
+    from wes_gateway.procs import pid_alive
+
+    return not pid_alive(pid)
 
 
 def kill_all_leaders() -> None:

@@ -23,7 +23,7 @@ def seed(data_dir: Path, count: int) -> list[str]:
             store.create_run(store.NewRun(run_id=run_id, owner="", workflow_type="CWL",
                                           request={"workflow_url": "x.cwl", "workflow_type": "CWL",
                                                    "workflow_type_version": "v1.2"},
-                                          engine_args=[], workflow_path="/x", params_path="/p",
+                                          engine_args=[], workflow_path="/x",
                                           tags={"i": str(i)}))
             ids.append(run_id)
     db.close()
@@ -101,5 +101,30 @@ def test_wsgi_entry_point_keeps_validation(tmp_path: Path) -> None:
         assert bad.status_code == 400 and bad.json()["status_code"] == 400
         assert server.get("/runs/missing").json() == {"msg": "run missing not found", "status_code": 404}
         assert "Using worker: gthread" in server.log_tail(200)
+    finally:
+        stop_server(server)
+
+
+def test_active_run_limit_holds_under_simultaneous_submissions(tmp_path: Path) -> None:
+    # The limit is checked in the transaction that creates the run: 2 x limit submissions at
+    # once, over four workers, create exactly `limit` runs.
+    from concurrent.futures import ThreadPoolExecutor
+
+    limit = 3
+    server = start_server(tmp_path / "limit", {"WES_GATEWAY_SUPERVISOR": "off",
+                                               "WES_GATEWAY_MAX_ACTIVE_RUNS_PER_USER": str(limit)}, workers=4)
+    echo = (Path(__file__).parent / "data" / "echo.cwl").read_bytes()
+    try:
+        def submit(i: int) -> int:
+            return server.submit({"echo.cwl": echo}, workflow_url="echo.cwl", workflow_type="CWL",
+                                 workflow_type_version="v1.2", workflow_params={"message": str(i)}).status_code
+
+        with ThreadPoolExecutor(2 * limit) as pool:
+            codes = sorted(pool.map(submit, range(2 * limit)))
+        assert codes == [200] * limit + [429] * limit
+        assert len(server.get("/runs?page_size=100").json()["runs"]) == limit
+        runs = server.data_dir / "runs"
+        assert len([p for p in runs.iterdir() if p.name != ".staging"]) == limit
+        assert not any((runs / ".staging").iterdir())
     finally:
         stop_server(server)

@@ -21,7 +21,7 @@ def make_run(owner: str = "", tags: dict[str, str] | None = None) -> str:
     run_id = store.new_run_id()
     store.create_run(store.NewRun(run_id=run_id, owner=owner, workflow_type="CWL",
                                   request={"workflow_url": "x.cwl"}, engine_args=[],
-                                  workflow_path="/x.cwl", params_path="/p.json", tags=tags or {}))
+                                  workflow_path="/x.cwl", tags=tags or {}))
     return run_id
 
 
@@ -165,3 +165,39 @@ def test_state_counts_follow_every_change(db: peewee.Database) -> None:
     assert store.state_counts() == truth()
     for owner in ("u0", "u1", "u2", "nobody"):
         assert store.state_counts(owner) == truth(owner)
+
+
+def _limited_creator(path: str, attempts: int) -> int:
+    database = store.open_database(f"sqlite:///{path}")
+    created = 0
+    for _ in range(attempts):
+        try:
+            store.create_run(store.NewRun(run_id=store.new_run_id(), owner="u", workflow_type="CWL",
+                                          request={"workflow_url": "x.cwl"}, engine_args=[],
+                                          workflow_path="/x.cwl", tags={}), max_active=4)
+            created += 1
+        except store.LimitReached:
+            pass
+    database.close()
+    return created
+
+
+def test_active_run_limit_is_one_transaction_with_the_insert(tmp_path: Path) -> None:
+    import multiprocessing
+
+    path = tmp_path / "limit.sqlite3"
+    database = store.open_database(f"sqlite:///{path}")
+    store.upgrade(database)
+    database.close()
+    with multiprocessing.get_context("spawn").Pool(8) as pool:
+        created = pool.starmap(_limited_creator, [(str(path), 3)] * 8)
+    assert sum(created) == 4
+    store.open_database(f"sqlite:///{path}")
+    assert store.active_runs("u") == 4
+
+
+def test_system_log_appends_in_place(db: peewee.Database) -> None:
+    run_id = make_run()
+    for line in ("first", 'quoted "second", with [brackets]', "third ü"):
+        store.append_system_log(run_id, line)
+    assert store.get_run(run_id).system_logs == ["first", 'quoted "second", with [brackets]', "third ü"]

@@ -74,7 +74,8 @@ def test_scatter_of_30_pages_each_task_once(server: Server) -> None:
     assert len(ids) == 30 and len(set(ids)) == 30
     assert sorted(t["name"] for t in paged) == sorted(f"say[{i}]" for i in range(30))
     assert all(t["exit_code"] == 0 for t in paged)
-    assert server.get(f"/runs/{run_id}/tasks", params={"page_token": "bogus"}).status_code == 400
+    # WES documents no 400 for the task routes: a page_token naming no page is "not found".
+    assert server.get(f"/runs/{run_id}/tasks", params={"page_token": "bogus"}).status_code == 404
 
 
 def test_tasks_appear_while_running_and_survive_cancel(server: Server) -> None:

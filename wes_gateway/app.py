@@ -21,27 +21,19 @@ from starlette.formparsers import MultiPartException
 from . import store
 from .accesslog import AccessLog
 from .auth import AuthMiddleware, check_settings
-from .config import Settings, load_settings
-from .errors import ApiError
+from .config import SETTINGS_KEY, Settings, load_settings
+from .errors import ApiError, error_body, send_error
+from .logsetup import setup_logging
 from .urls import API_BASE
 
 log = logging.getLogger(__name__)
 
 SPEC_DIR = Path(__file__).resolve().parent.parent / "openapi"
 SPEC_FILE = "wes.yaml"
-SETTINGS_KEY = "WES_GATEWAY_SETTINGS"
 
 _REASONS = {400: "bad request", 401: "unauthorized", 403: "forbidden", 404: "not found",
             405: "method not allowed", 406: "not acceptable", 413: "payload too large",
             415: "unsupported media type", 429: "too many requests", 500: "internal error"}
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=level, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
-        )
 
 
 class OperationResolver(Resolver):
@@ -57,7 +49,7 @@ def error_response(status: int, msg: str, headers: dict[str, str] | None = None)
         status_code=status,
         mimetype="application/json",
         content_type="application/json",
-        body=json.dumps({"msg": msg, "status_code": status}),
+        body=error_body(status, msg),
         headers=headers or {},
     )
 
@@ -109,7 +101,7 @@ class RequestGuard:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             if any(ord(ch) < 32 or ord(ch) == 127 for ch in scope["path"]):
-                await _send_error(send, 404, "no such route")
+                await send_error(send, 404, "no such route")
                 return
             allowed = self._methods(scope["path"])
             if allowed is not None and (scope["method"] == "OPTIONS" or scope["method"] not in allowed):
@@ -118,14 +110,14 @@ class RequestGuard:
                     await send({"type": "http.response.start", "status": 204, "headers": allow})
                     await send({"type": "http.response.body", "body": b""})
                 else:
-                    await _send_error(send, 405, f"{scope['method']} is not allowed here; use {', '.join(allowed)}",
+                    await send_error(send, 405, f"{scope['method']} is not allowed here; use {', '.join(allowed)}",
                                       allow)
                 return
             if scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/runs"):
                 headers = dict(scope.get("headers") or [])
                 content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
                 if not content_type.startswith("multipart/form-data") or "boundary=" not in content_type:
-                    await _send_error(send, 400, "POST /runs takes a multipart/form-data body "
+                    await send_error(send, 400, "POST /runs takes a multipart/form-data body "
                                                  "(RunRequest fields and workflow_attachment files)")
                     return
         await self.app(scope, receive, send)
@@ -150,15 +142,6 @@ def spec_routes(spec: dict[str, Any], base: str) -> list[tuple[re.Pattern[str], 
             methods.append("HEAD")
         routes.append((re.compile(pattern + "/?"), [*methods, "OPTIONS"]))
     return routes
-
-
-async def _send_error(send: Any, status: int, msg: str,
-                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = json.dumps({"msg": msg, "status_code": status}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *(headers or [])]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _bad_form(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:

@@ -30,6 +30,7 @@ from typing import Any
 
 from .accesslog import SCOPE_KEY
 from .config import Settings
+from .errors import send_error
 
 log = logging.getLogger(__name__)
 
@@ -280,21 +281,13 @@ class AuthMiddleware:
                 user = User("")
             else:
                 log.info("401 for %s %s from %s: %s", scope["method"], scope["path"], peer, exc.msg)
-                await _deny(send, exc.msg, self.auth.challenge())
+                await send_error(send, 401, exc.msg, [(b"www-authenticate", self.auth.challenge().encode())])
                 return
         if SCOPE_KEY in scope:
             scope[SCOPE_KEY]["user"] = user.name
         raw.append((USER_HEADER, user.name.encode("utf-8")))
         raw.append((ADMIN_HEADER, b"1" if user.admin else b"0"))
         await self.app({**scope, "headers": raw}, receive, send)
-
-
-async def _deny(send: Any, msg: str, challenge: str) -> None:
-    body = json.dumps({"msg": msg, "status_code": 401}).encode()
-    await send({"type": "http.response.start", "status": 401, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"www-authenticate", challenge.encode())]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def current_user(headers: Any) -> User:

@@ -10,7 +10,7 @@ from .config import load_settings
 
 
 def _supervise(args: argparse.Namespace) -> int:
-    from .executor import serve
+    from .supervisor import serve
 
     serve(load_settings(), stop_on_parent_exit=args.exit_with_parent)
     return 0
@@ -74,7 +74,7 @@ def _token_list(_args: argparse.Namespace) -> int:
     db, status = _open_current()
     if status:
         return status
-    for row in store.ApiToken.select().order_by(store.ApiToken.id):
+    for row in store.list_tokens():
         state = f"revoked {row.revoked_at}" if row.revoked_at else "active"
         print(f"{row.id}\t{row.user}\t{row.label}\t{row.created_at}\t{state}")
     return 0

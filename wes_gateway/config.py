@@ -133,3 +133,16 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             values[name] = env[key]
     values.update(overrides)
     return Settings(**values)
+
+
+# Where create_app keeps the settings in Flask's config, for current_settings().
+SETTINGS_KEY = "WES_GATEWAY_SETTINGS"
+
+
+def current_settings() -> Settings:
+    """The settings of the app serving the current request."""
+    import flask  # only web code asks; the supervisor and the CLI never import Flask
+
+    settings = flask.current_app.config[SETTINGS_KEY]
+    assert isinstance(settings, Settings)
+    return settings

@@ -2,6 +2,25 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any, Awaitable, Callable, Sequence
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def error_body(status: int, msg: str) -> bytes:
+    """The one ErrorResponse body every refusal carries."""
+    return json.dumps({"msg": msg, "status_code": status}).encode()
+
+
+async def send_error(send: Send, status: int, msg: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """An ErrorResponse sent straight from ASGI middleware, before Connexion is involved."""
+    body = error_body(status, msg)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
 
 class ApiError(Exception):
     status_code = 500

@@ -11,9 +11,9 @@ import flask
 
 from . import service_info, staging, store, tasks
 from .auth import User, current_user
-from .config import Settings
+from .config import current_settings
 from .errors import ApiError, BadRequest, NotFound, TooManyRequests
-from .executor import run_paths
+from .paths import RunPaths
 from .models import (Log, RunId, RunListResponse, RunLog, RunRequest, RunStatus, RunSummary, TaskListResponse,
                      TaskLog)
 from .urls import external_base, external_url
@@ -21,12 +21,8 @@ from .urls import external_base, external_url
 Json = dict[str, Any]
 
 
-def _settings() -> Settings:
-    return flask.current_app.config["WES_GATEWAY_SETTINGS"]
-
-
 def _page_size(page_size: int | None) -> int:
-    settings = _settings()
+    settings = current_settings()
     # WES leaves page_size to the server; 0 (and anything below) asks for no particular size.
     if page_size is None or page_size < 1:
         return settings.default_page_size
@@ -47,7 +43,7 @@ def _visible_run(run_id: str) -> store.Run:
 
 
 def get_service_info() -> Json:
-    settings = _settings()
+    settings = current_settings()
     caller = _caller()
     owner = None if settings.state_counts_scope == "all" or caller.admin else caller.name
     return service_info.build(settings, service_info.state_counts(owner)).to_json()
@@ -66,7 +62,7 @@ def list_runs(page_size: int | None = None, page_token: str | None = None) -> Js
             state=row.state,
             start_time=row.start_time,
             end_time=row.end_time,
-            tags=json.loads(row.tags),
+            tags=row.tags,
         )
         for row in rows
     ]
@@ -81,41 +77,44 @@ def run_workflow(**_fields: Any) -> Json:
         staging.Attachment(filename=storage.filename or "", stream=storage.stream)
         for storage in request.files.getlist("workflow_attachment")
     ]
-    settings = _settings()
+    settings = current_settings()
     caller = _caller()
     limit = settings.max_active_runs_per_user
+    too_many = TooManyRequests(f"{caller.name or 'you'} already have {limit} queued or running runs",
+                               headers={"Retry-After": str(int(max(settings.poll_interval * 20, 30)))})
+    # Early, so an over-limit user does not upload for nothing; create_run enforces it.
     if limit and store.active_runs(caller.name) >= limit:
-        raise TooManyRequests(f"{caller.name or 'you'} already have {limit} queued or running runs",
-                              headers={"Retry-After": str(int(max(settings.poll_interval * 20, 30)))})
+        raise too_many
     staged = staging.stage(form, attachments, settings, owner=caller.name)
     try:
-        store.create_run(staged.new_run)
-    except Exception:
+        store.create_run(staged.new_run, max_active=limit)
+    except BaseException as exc:
         shutil.rmtree(staged.paths.root, ignore_errors=True)
+        if isinstance(exc, store.LimitReached):
+            raise too_many from None
         raise
     return RunId(run_id=staged.new_run.run_id).to_json()
 
 
 def get_run_log(run_id: str) -> Json:
     run = _visible_run(run_id)
-    outputs = json.loads(run.outputs) if run.outputs else {}
     log = Log(
-        name=run.workflow_type.lower() + ":" + json.loads(run.request)["workflow_url"],
-        cmd=json.loads(run.cmd) if run.cmd else None,
+        name=run.workflow_type.lower() + ":" + run.request["workflow_url"],
+        cmd=run.cmd or None,
         start_time=run.start_time,
         end_time=run.end_time,
         stdout=external_url(f"/runs/{run_id}/logs/stdout"),
         stderr=external_url(f"/runs/{run_id}/logs/stderr"),
         exit_code=run.exit_code,
-        system_logs=json.loads(run.system_logs),
+        system_logs=run.system_logs,
     )
     return RunLog(
         run_id=run.run_id,
-        request=RunRequest(**json.loads(run.request)),
+        request=RunRequest(**run.request),
         state=run.state,
         run_log=log,
         task_logs_url=external_url(f"/runs/{run_id}/tasks"),
-        outputs=outputs,
+        outputs=run.outputs or {},
     ).to_json()
 
 
@@ -138,7 +137,7 @@ def _task_log(run_id: str, task: store.Task, api: str) -> TaskLog:
     return TaskLog(
         id=task.task_id,
         name=task.name,
-        cmd=json.loads(task.cmd) if task.cmd else None,
+        cmd=task.cmd or None,
         start_time=task.start_time,
         end_time=task.end_time,
         exit_code=task.exit_code,
@@ -150,7 +149,7 @@ def _task_log(run_id: str, task: store.Task, api: str) -> TaskLog:
 
 def _visible_task(run_id: str, task_id: str) -> store.Task:
     _visible_run(run_id)
-    task = tasks.get_task(run_id, task_id)
+    task = store.get_task(run_id, task_id)
     if task is None:
         raise NotFound(f"task {task_id} not found in run {run_id}")
     return task
@@ -164,7 +163,7 @@ def list_tasks(run_id: str, page_size: int | None = None, page_token: str | None
     if page_size is not None and page_size not in INT64:
         raise NotFound(f"run {run_id} has no task page of page_size {page_size} (outside int64)")
     try:
-        rows, next_token = tasks.list_tasks(run_id, _page_size(page_size), page_token)
+        rows, next_token = store.list_tasks(run_id, _page_size(page_size), page_token)
     except store.BadPageToken:
         # WES documents no 400 for the task routes: an unknown page is "not found".
         raise NotFound(f"run {run_id} has no task page for that page_token") from None
@@ -179,7 +178,7 @@ def get_task(run_id: str, task_id: str) -> Json:
 
 def get_run_log_file(run_id: str, stream: str) -> flask.Response:
     _visible_run(run_id)
-    paths = run_paths(_settings(), run_id)
+    paths = RunPaths.of(current_settings(), run_id)
     return _send_log(paths.stdout if stream == "stdout" else paths.stderr)
 
 
@@ -197,7 +196,7 @@ def get_task_log_file(run_id: str, task_id: str, stream: str) -> flask.Response:
 
 def get_health() -> Json:
     try:
-        store.Run.select(store.Run.id).limit(1).execute()
+        store.ping()
     except Exception as exc:
         raise ApiError(f"store unreachable: {type(exc).__name__}") from None
     return {"status": "ok"}

@@ -17,11 +17,6 @@ class WesModel(BaseModel):
         return self.model_dump(mode="json", exclude_none=True, by_alias=True)
 
 
-class ErrorResponse(WesModel):
-    msg: str
-    status_code: int
-
-
 class RunId(WesModel):
     run_id: str
 

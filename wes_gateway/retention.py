@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 from . import store
 from .config import Settings
-from .engines import RunPaths
+from .paths import RunPaths
 
 log = logging.getLogger(__name__)
 
@@ -33,37 +33,24 @@ def sweep_job_stores(settings: Settings) -> int:
     """Delete job stores of finished runs: COMPLETE ones at once (Toil usually has already),
     failed or cancelled ones once they are older than the configured retention."""
     failed_cutoff = _cutoff(parse_duration(settings.failed_jobstore_retention))
-    rows = store.Run.select(store.Run.run_id, store.Run.state, store.Run.end_time).where(
-        store.Run.state.in_(list(store.TERMINAL))
-        & (store.Run.end_time.is_null(False))
-        & ((store.Run.state == store.COMPLETE) | (store.Run.end_time < failed_cutoff))
-    )
     removed = 0
-    for row in rows:
-        jobstore = RunPaths(root=settings.runs_dir / row.run_id).jobstore
+    for run_id, state in store.finished_runs(failed_cutoff, complete_any_time=True):
+        jobstore = RunPaths.of(settings, run_id).jobstore
         if jobstore.exists():
             shutil.rmtree(jobstore, ignore_errors=True)
-            log.info("run %s: job store removed by retention policy (%s)", row.run_id, row.state)
+            log.info("run %s: job store removed by retention policy (%s)", run_id, state)
             removed += 1
     return removed
 
 
 def purge_runs(settings: Settings, older_than: timedelta, dry_run: bool = False) -> list[str]:
     """Delete the records and directories of finished runs that ended before the cutoff."""
-    cutoff = _cutoff(older_than)
-    rows = list(store.Run.select(store.Run.run_id).where(
-        store.Run.state.in_(list(store.TERMINAL)) & store.Run.end_time.is_null(False)
-        & (store.Run.end_time < cutoff)))
     purged = []
-    for row in rows:
-        if dry_run:
-            purged.append(row.run_id)
-            continue
-        # Record first: a half-purged run must never look alive to the service.
-        with store.write_transaction():
-            store.Task.delete().where(store.Task.run_id == row.run_id).execute()
-            store.Run.delete().where(store.Run.run_id == row.run_id).execute()
-        shutil.rmtree(settings.runs_dir / row.run_id, ignore_errors=True)
-        log.info("run %s purged", row.run_id)
-        purged.append(row.run_id)
+    for run_id, _state in store.finished_runs(_cutoff(older_than)):
+        if not dry_run:
+            # Record first: a half-purged run must never look alive to the service.
+            store.delete_run(run_id)
+            shutil.rmtree(RunPaths.of(settings, run_id).root, ignore_errors=True)
+            log.info("run %s purged", run_id)
+        purged.append(run_id)
     return purged

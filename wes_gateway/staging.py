@@ -18,9 +18,10 @@ from urllib.parse import unquote, urlparse
 
 from . import store
 from .config import Settings
-from .engines import RunPaths, engine_for
+from .engines import engine_for
 from .errors import ApiError, BadRequest, PayloadTooLarge
 from .models import RunRequest
+from .paths import RunPaths
 from .policy import engine_argv
 
 REMOTE_SCHEMES = ("http", "https")
@@ -275,11 +276,11 @@ def resolve_input(reference: str, attachments: Path, settings: Settings) -> str:
     raise BadRequest(f"workflow_params: input {reference!r} is not among the attachments")
 
 
-def _without_internal_paths(msg: str, attachments: Path, runs_dir: Path) -> str:
+def _without_internal_paths(msg: str, *roots: Path) -> str:
     """A refusal names attachments as the client named them, never where they were staged."""
-    for root, replacement in ((attachments, ""), (runs_dir, "")):
+    for root in roots:
         for form in (root.as_uri() + "/", str(root) + "/", root.as_uri(), str(root)):
-            msg = msg.replace(form, replacement)
+            msg = msg.replace(form, "")
     return msg
 
 
@@ -290,6 +291,9 @@ class Staged:
 
 
 def stage(form: Mapping[str, str], attachments: Iterable[Attachment], settings: Settings, owner: str) -> Staged:
+    """Check and write a submission. Its files are written under ``runs/.staging/<id>``, which
+    ``runs/<id>`` points at while the checks run, so every path is resolved to its final place
+    at once; only a submission that passed is moved to ``runs/<id>`` itself."""
     request = parse_request(form)
     user_args = engine_argv(request.workflow_engine_parameters, settings)
     engine = engine_for(request.workflow_type)
@@ -297,29 +301,28 @@ def stage(form: Mapping[str, str], attachments: Iterable[Attachment], settings: 
     run_id = store.new_run_id()
     staging_root = settings.runs_dir / ".staging"
     staging_root.mkdir(parents=True, exist_ok=True)
-    staged = RunPaths(root=staging_root / run_id)
-    final = RunPaths(root=settings.runs_dir / run_id)
+    staged = staging_root / run_id
+    final = RunPaths.of(settings, run_id)
+    staged.mkdir()
     try:
-        write_attachments(staged.attachments, attachments, settings)
-        workflow = engine.workflow_reference(*resolve_workflow_url(request.workflow_url, staged.attachments, settings))
+        final.root.symlink_to(staged, target_is_directory=True)
+        write_attachments(final.attachments, attachments, settings)
+        workflow = engine.workflow_reference(*resolve_workflow_url(request.workflow_url, final.attachments, settings))
         params, outline = engine.prepare(
             workflow, request.workflow_params,
-            lambda reference: resolve_input(reference, staged.attachments, settings),
+            lambda reference: resolve_input(reference, final.attachments, settings),
         )
-        staged.outline.write_text(json.dumps(outline))
-        # Paths were resolved inside the staging directory; point them at the final one.
-        workflow = workflow.replace(str(staged.root), str(final.root), 1)
-        params_text = json.dumps(params)
-        for old, new in ((staged.root.as_uri(), final.root.as_uri()), (str(staged.root), str(final.root))):
-            params_text = params_text.replace(json.dumps(old)[1:-1], json.dumps(new)[1:-1])
-        staged.params.write_text(params_text)
-        os.rename(staged.root, final.root)
+        final.outline.write_text(json.dumps(outline))
+        final.params.write_text(json.dumps(params))
+        # Nothing reads runs/<id> before its record exists, so the swap need not be atomic.
+        final.root.unlink()
+        os.rename(staged, final.root)
     except ApiError as exc:
-        shutil.rmtree(staged.root, ignore_errors=True)
-        exc.msg = _without_internal_paths(exc.msg, staged.attachments, settings.runs_dir)
+        _discard(staged, final)
+        exc.msg = _without_internal_paths(exc.msg, final.attachments, staged / "attachments", settings.runs_dir)
         raise
     except BaseException:
-        shutil.rmtree(staged.root, ignore_errors=True)
+        _discard(staged, final)
         raise
     return Staged(
         new_run=store.NewRun(
@@ -329,8 +332,13 @@ def stage(form: Mapping[str, str], attachments: Iterable[Attachment], settings: 
             request=request.to_json(),
             engine_args=user_args,
             workflow_path=workflow,
-            params_path=str(final.params),
             tags=request.tags,
         ),
         paths=final,
     )
+
+
+def _discard(staged: Path, final: RunPaths) -> None:
+    if final.root.is_symlink():
+        final.root.unlink()
+    shutil.rmtree(staged, ignore_errors=True)

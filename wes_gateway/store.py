@@ -53,6 +53,16 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class JSONField(peewee.TextField):
+    """JSON text in the database, Python values in code: no caller encodes or decodes."""
+
+    def db_value(self, value: Any) -> Any:
+        return None if value is None else json.dumps(value)
+
+    def python_value(self, value: Any) -> Any:
+        return None if value is None else json.loads(value)
+
+
 class BaseModel(peewee.Model):
     class Meta:
         database = database
@@ -71,23 +81,21 @@ class Run(BaseModel):
     owner = peewee.CharField(max_length=255, default="")
     state = peewee.CharField(max_length=32, index=True)
     workflow_type = peewee.CharField(max_length=16)
-    request = peewee.TextField()  # the RunRequest echo, JSON
-    engine_args = peewee.TextField(default="[]")  # validated engine flags, JSON list
+    request = JSONField()  # the RunRequest echo
+    engine_args = JSONField(default=list)  # validated engine flags
     workflow_path = peewee.TextField()  # what the leader is given: a local path or URL
-    params_path = peewee.TextField()
-    tags = peewee.TextField(default="{}")
+    tags = JSONField(default=dict)
     submitted_at = peewee.CharField(max_length=32)
     start_time = peewee.CharField(max_length=32, null=True)
     end_time = peewee.CharField(max_length=32, null=True)
     exit_code = peewee.IntegerField(null=True)
-    outputs = peewee.TextField(null=True)
-    cmd = peewee.TextField(null=True)
-    system_logs = peewee.TextField(default="[]")
+    outputs = JSONField(null=True)
+    cmd = JSONField(null=True)
+    system_logs = JSONField(default=list)
     claimed_by = peewee.CharField(max_length=128, null=True)
     lease_until = peewee.FloatField(null=True)
     leader_pid = peewee.IntegerField(null=True)
     cancel_requested = peewee.BooleanField(default=False)
-    attempts = peewee.IntegerField(default=0)
     bus_offset = peewee.BigIntegerField(default=0)  # bytes of messages.tsv already ingested
 
     class Meta:
@@ -106,7 +114,7 @@ class Task(BaseModel):
     start_time = peewee.CharField(max_length=32, null=True)
     end_time = peewee.CharField(max_length=32, null=True)
     exit_code = peewee.IntegerField(null=True)
-    cmd = peewee.TextField(null=True)
+    cmd = JSONField(null=True)
     log_path = peewee.TextField(null=True)
     batch_id = peewee.IntegerField(null=True)
     batch_system = peewee.CharField(max_length=64, null=True)
@@ -189,9 +197,12 @@ def _migration_1(db: peewee.Database) -> None:
             database = db
             table_name = "run"
 
+    dropped = {"params_path": peewee.TextField(), "attempts": peewee.IntegerField(default=0)}  # by migration 5
     for name in columns:
-        field = Run._meta.fields[name]
-        RunV1._meta.add_field(name, type(field)(**_field_kwargs(field)))  # type: ignore[arg-type]
+        field = Run._meta.fields.get(name)
+        kind = peewee.TextField if isinstance(field, JSONField) else type(field)  # JSON is TEXT in the schema
+        fresh = dropped[name] if field is None else kind(**_field_kwargs(field))
+        RunV1._meta.add_field(name, fresh)
     RunV1._meta.indexes = [(("owner", "id"), False)]
     db.create_tables([RunV1])
 
@@ -265,8 +276,16 @@ def _migration_4(db: peewee.Database) -> None:
     db.execute_sql("INSERT INTO state_count (owner, state, n) SELECT owner, state, COUNT(*) FROM run GROUP BY owner, state")
 
 
+def _migration_5(db: peewee.Database) -> None:
+    # Written, never read: the params file's path (it is always <run>/params.json) and a claim
+    # counter. SQLite has dropped columns in place since 3.35, keeping the count triggers.
+    for column in ("params_path", "attempts"):
+        db.execute_sql(f'ALTER TABLE "run" DROP COLUMN "{column}"')
+
+
 # Append, never edit: deployed databases have run the earlier entries.
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [_migration_1, _migration_2, _migration_3, _migration_4,
+                                                       _migration_5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -302,27 +321,45 @@ class NewRun:
     request: dict[str, Any]
     engine_args: list[str]
     workflow_path: str
-    params_path: str
     tags: dict[str, str]
+
+
+class LimitReached(Exception):
+    """The owner already has as many queued or running runs as allowed."""
 
 
 def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-def create_run(new: NewRun) -> Run:
-    return Run.create(
-        run_id=new.run_id,
-        owner=new.owner,
-        state=QUEUED,
-        workflow_type=new.workflow_type,
-        request=json.dumps(new.request),
-        engine_args=json.dumps(new.engine_args),
-        workflow_path=new.workflow_path,
-        params_path=new.params_path,
-        tags=json.dumps(new.tags),
-        submitted_at=utc_now(),
-    )
+def create_run(new: NewRun, max_active: int = 0) -> Run:
+    """Insert a QUEUED run; with ``max_active``, only if its owner has fewer active runs, checked
+    in the same transaction so that simultaneous submissions cannot both pass."""
+    with write_transaction():
+        if max_active:
+            if isinstance(database.obj, peewee.PostgresqlDatabase):
+                # READ COMMITTED lets two counts miss each other's insert; serialise per owner.
+                database.obj.execute_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (new.owner,))
+            if active_runs(new.owner) >= max_active:
+                raise LimitReached(new.owner)
+        run: Run = Run.create(
+            run_id=new.run_id,
+            owner=new.owner,
+            state=QUEUED,
+            workflow_type=new.workflow_type,
+            request=new.request,
+            engine_args=new.engine_args,
+            workflow_path=new.workflow_path,
+            tags=new.tags,
+            submitted_at=utc_now(),
+        )
+        return run
+
+
+def update_run(run_id: str, **fields: Any) -> None:
+    """Set fields whatever the state (the state itself only ever moves through transition)."""
+    assert "state" not in fields
+    Run.update(**fields).where(Run.run_id == run_id).execute()
 
 
 def get_run(run_id: str) -> Run | None:
@@ -356,12 +393,13 @@ def transition(run_id: str, new_state: str, **fields: Any) -> bool:
 
 
 def append_system_log(run_id: str, line: str) -> None:
-    run = get_run(run_id)
-    if run is None:
-        return
-    lines = json.loads(run.system_logs)
-    lines.append(line)
-    Run.update(system_logs=json.dumps(lines)).where(Run.run_id == run_id).execute()
+    """One UPDATE that appends to the JSON list in place, like every other racing write."""
+    item = json.dumps(line)
+    text = Run.system_logs
+    appended = peewee.Case(None, [(peewee.fn.LENGTH(text) <= 2, peewee.Value(f"[{item}]", converter=False))],
+                           peewee.fn.SUBSTR(text, 1, peewee.fn.LENGTH(text) - 1).concat(
+                               peewee.Value(f", {item}]", converter=False)))
+    Run.update({Run.system_logs: appended}).where(Run.run_id == run_id).execute()
 
 
 def request_cancel(run_id: str) -> str:
@@ -395,7 +433,6 @@ def claim_next(worker_id: str, lease_seconds: float) -> Run | None:
                 state=INITIALIZING,
                 claimed_by=worker_id,
                 lease_until=time.time() + lease_seconds,
-                attempts=Run.attempts + 1,
             )
             .where((Run.id == candidate.id) & (Run.state == QUEUED))
             .execute()
@@ -457,6 +494,10 @@ def token_owner(token_hash: str) -> str | None:
     return None if row is None else str(row.user)
 
 
+def list_tokens() -> list[ApiToken]:
+    return list(ApiToken.select().order_by(ApiToken.id))
+
+
 def revoke_token(token_id: int) -> bool:
     return ApiToken.update(revoked_at=utc_now()).where(
         (ApiToken.id == token_id) & ApiToken.revoked_at.is_null()).execute() == 1
@@ -486,24 +527,106 @@ def decode_token(token: str) -> int:
         padded = token + "=" * (-len(token) % 4)
         text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
         prefix, _, number = text.partition(":")
-        if prefix != "k1":
+        key = int(number)
+        if prefix != "k1" or not 0 <= key < 2**63:  # keys are 64-bit primary keys
             raise ValueError(text)
-        return int(number)
+        return key
     except (ValueError, UnicodeError, binascii.Error) as exc:
         raise BadPageToken("page_token is not one this service issued") from exc
 
 
+def _keyset_page(query: peewee.ModelSelect, key: peewee.Field, page_size: int, page_token: str | None,
+                 descending: bool) -> tuple[list[Any], str]:
+    """One page ordered on ``key``, resumed after the token's key: rows inserted meanwhile
+    never shift a page, unlike OFFSET."""
+    if page_token:
+        bound = decode_token(page_token)
+        query = query.where(key < bound if descending else key > bound)
+    rows = list(query.order_by(key.desc() if descending else key).limit(page_size + 1))
+    next_token = encode_token(getattr(rows[page_size - 1], key.name)) if len(rows) > page_size else ""
+    return rows[:page_size], next_token
+
+
 def list_runs(page_size: int, page_token: str | None, owner: str | None = None) -> tuple[list[Run], str]:
-    """Newest first, keyset-paged on the primary key so concurrent inserts never shift pages."""
+    """Newest first."""
     query = Run.select(Run.id, Run.run_id, Run.state, Run.start_time, Run.end_time, Run.tags)
     if owner is not None:
         query = query.where(Run.owner == owner)
-    if page_token:
-        query = query.where(Run.id < decode_token(page_token))
-    rows = list(query.order_by(Run.id.desc()).limit(page_size + 1))
-    next_token = encode_token(rows[page_size - 1].id) if len(rows) > page_size else ""
-    return rows[:page_size], next_token
+    return _keyset_page(query, Run.id, page_size, page_token, descending=True)
+
+
+def list_tasks(run_id: str, page_size: int, page_token: str | None) -> tuple[list[Task], str]:
+    """In order of first appearance."""
+    return _keyset_page(Task.select().where(Task.run_id == run_id), Task.id, page_size, page_token,
+                        descending=False)
 
 
 def iter_runs(states: Iterable[str]) -> list[Run]:
     return list(Run.select().where(Run.state.in_(list(states))).order_by(Run.id))
+
+
+def ping() -> None:
+    """Raises when the store cannot answer."""
+    Run.select(Run.id).limit(1).execute()
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def bus_offset(run_id: str) -> int | None:
+    """Bytes of the run's message bus already ingested, or None for an unknown run."""
+    value = Run.select(Run.bus_offset).where(Run.run_id == run_id).scalar()
+    return None if value is None else int(value)
+
+
+def set_bus_offset(run_id: str, offset: int) -> None:
+    Run.update(bus_offset=offset).where(Run.run_id == run_id).execute()
+
+
+def task_issued(run_id: str, task_id: str, job_id: str, name: str, batch_id: int, now: str) -> None:
+    existing = Task.get_or_none((Task.run_id == run_id) & (Task.task_id == task_id))
+    if existing is None:
+        Task.create(run_id=run_id, task_id=task_id, job_id=job_id, name=name[:255], start_time=now,
+                    batch_id=batch_id, attempts=1)
+    else:
+        # A retry: same job, new attempt. The latest attempt's outcome is what counts.
+        Task.update(batch_id=batch_id, attempts=Task.attempts + 1, end_time=None, exit_code=None,
+                    failed=False).where(Task.id == existing.id).execute()
+
+
+def update_task(run_id: str, task_id: str, **fields: Any) -> None:
+    Task.update(**fields).where((Task.run_id == run_id) & (Task.task_id == task_id)).execute()
+
+
+def update_task_by_batch_id(run_id: str, batch_id: int, **fields: Any) -> None:
+    Task.update(**fields).where((Task.run_id == run_id) & (Task.batch_id == batch_id)).execute()
+
+
+def task_log_paths(run_id: str) -> list[str]:
+    rows = Task.select(Task.log_path).where((Task.run_id == run_id) & Task.log_path.is_null(False))
+    return [str(row.log_path) for row in rows]
+
+
+def get_task(run_id: str, task_id: str) -> Task | None:
+    return Task.get_or_none((Task.run_id == run_id) & (Task.task_id == task_id))
+
+
+# ---------------------------------------------------------------- retention
+
+
+def finished_runs(ended_before: str | None = None, complete_any_time: bool = False) -> list[tuple[str, str]]:
+    """(run_id, state) of finished runs that ended before the cutoff (COMPLETE ones whenever
+    they ended, with ``complete_any_time``)."""
+    ended = Run.end_time < ended_before if ended_before is not None else Run.end_time.is_null(False)
+    if complete_any_time:
+        ended = ended | (Run.state == COMPLETE)
+    query = Run.select(Run.run_id, Run.state).where(
+        Run.state.in_(list(TERMINAL)) & Run.end_time.is_null(False) & ended)
+    return [(str(row.run_id), str(row.state)) for row in query]
+
+
+def delete_run(run_id: str) -> None:
+    """The run's record and its tasks, in one transaction."""
+    with write_transaction():
+        Task.delete().where(Task.run_id == run_id).execute()
+        Run.delete().where(Run.run_id == run_id).execute()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import flask
 
+from .config import current_settings
+
 API_BASE = "/ga4gh/wes/v1"
 
 
 def _from_trusted_proxy(request: flask.Request) -> bool:
-    settings = flask.current_app.config["WES_GATEWAY_SETTINGS"]
-    return (request.remote_addr or "unix") in settings.trusted_proxies
+    return (request.remote_addr or "unix") in current_settings().trusted_proxies
 
 
 def external_base() -> str:

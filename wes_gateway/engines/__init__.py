@@ -1,8 +1,10 @@
-"""Workflow languages: how to validate a submission and how to start its Toil leader."""
+"""Workflow languages: how to validate a submission, start its Toil leader and read its tasks.
+
+A language is one module with an Engine (see base.Engine) and one line in ENGINES."""
 
 from __future__ import annotations
 
-from .base import Engine, LeaderSpec, RunPaths
+from .base import Engine, LeaderSpec
 from .cwl import CwlEngine
 from .wdl import WdlEngine
 
@@ -13,4 +15,4 @@ def engine_for(workflow_type: str) -> Engine | None:
     return ENGINES.get(workflow_type.upper())
 
 
-__all__ = ["ENGINES", "Engine", "LeaderSpec", "RunPaths", "engine_for"]
+__all__ = ["ENGINES", "Engine", "LeaderSpec", "engine_for"]

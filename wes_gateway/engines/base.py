@@ -8,87 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from ..config import Settings
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Where everything of one run lives. The directory is the unit of retention."""
-
-    root: Path
-
-    @property
-    def attachments(self) -> Path:
-        return self.root / "attachments"
-
-    @property
-    def params(self) -> Path:
-        return self.root / "params.json"
-
-    @property
-    def jobstore(self) -> Path:
-        return self.root / "jobstore"
-
-    @property
-    def work(self) -> Path:
-        return self.root / "work"
-
-    @property
-    def outdir(self) -> Path:
-        return self.root / "outputs"
-
-    @property
-    def tmp(self) -> Path:
-        return self.root / "tmp"
-
-    @property
-    def home(self) -> Path:
-        return self.root / "home"
-
-    @property
-    def stdout(self) -> Path:
-        return self.root / "stdout.log"
-
-    @property
-    def stderr(self) -> Path:
-        return self.root / "stderr.log"
-
-    @property
-    def messages(self) -> Path:
-        return self.root / "messages.tsv"
-
-    @property
-    def leader_file(self) -> Path:
-        return self.root / "leader.json"
-
-    @property
-    def outline(self) -> Path:
-        return self.root / "outline.json"
-
-    @property
-    def job_logs(self) -> Path:
-        return self.root / "job-logs"
-
-    @property
-    def outputs_json(self) -> Path:
-        return self.root / "outputs.json"
-
-    @property
-    def result(self) -> Path:
-        return self.root / "result.json"
-
-    def read_result(self) -> int | None:
-        """The leader's exit code as it recorded it, or None if it never finished."""
-        try:
-            return int(json.loads(self.result.read_text())["exit_code"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def read_outputs(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.outputs_json.read_text() or "{}")
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+from ..paths import RunPaths
 
 
 @dataclass(frozen=True)
@@ -104,6 +24,20 @@ class LeaderSpec:
 
 class Engine(Protocol):
     workflow_type: str
+    program: str  # the Toil command a leader stands for, as shown in RunLog.cmd
+
+    def warm(self) -> None:
+        """Import the language's Toil front end and load a tiny document, in the forkserver,
+        so that every leader forked afterwards starts with warm parsers."""
+
+    def run_leader(self, argv: list[str], paths: RunPaths) -> int:
+        """Inside the leader process: run Toil's front end; return its exit code."""
+
+    def is_task(self, job_id: str) -> bool:
+        """Whether a Toil job runs a workflow step (the rest is Toil's plumbing)."""
+
+    def task_name(self, job_type: str, workflow_file: str, outline: dict[str, Any]) -> str:
+        """A task's name, from Toil's job type and the outline ``prepare`` returned."""
 
     def versions(self) -> list[str]: ...
 

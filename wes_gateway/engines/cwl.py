@@ -4,18 +4,58 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from ..config import Settings
 from ..errors import BadRequest
-from .base import RunPaths, toil_argv
+from ..paths import RunPaths
+from .base import toil_argv
 
 log = logging.getLogger(__name__)
 
 
+_WARM = """cwlVersion: v1.2
+class: CommandLineTool
+baseCommand: "true"
+inputs: []
+outputs: []
+"""
+# Toil's CWL job kind that runs a step; workflow bodies, scatter and gather bookkeeping are
+# Toil's plumbing and not shown as tasks.
+_STEP_JOB = "kind-CWLJob/"
+_SEGMENT = re.compile(r"^([^.]+)\.(.+?\.(?:cwl|yml|yaml|json)(?:#[^.]*)?)(?:\.(.+))?$")
+
+
 class CwlEngine:
     workflow_type = "CWL"
+    program = "toil-cwl-runner"
+
+    def warm(self) -> None:
+        import toil.cwl.cwltoil  # noqa: F401
+        from cwltool.context import LoadingContext
+        from cwltool.load_tool import load_tool
+        from cwltool.workflow import default_make_tool
+
+        with tempfile.TemporaryDirectory(prefix="wes-gateway-warm-") as tmp:
+            document = Path(tmp) / "warm.cwl"
+            document.write_text(_WARM)
+            load_tool(str(document), LoadingContext({"construct_tool_object": default_make_tool}))
+
+    def run_leader(self, argv: list[str], paths: RunPaths) -> int:
+        import toil.cwl.cwltoil
+
+        with open(paths.outputs_json, "w") as outputs:
+            return int(toil.cwl.cwltoil.main(argv, stdout=outputs) or 0)
+
+    def is_task(self, job_id: str) -> bool:
+        return job_id.startswith(_STEP_JOB)
+
+    def task_name(self, job_type: str, workflow_file: str, outline: dict[str, Any]) -> str:
+        steps = outline.get("steps")
+        return step_name(job_type, workflow_file, steps if isinstance(steps, list) else [])
 
     def versions(self) -> list[str]:
         from cwltool.update import UPDATES
@@ -79,6 +119,28 @@ class CwlEngine:
             # Attachment names are kept verbatim; spaces and "#" are legitimate in them.
             "--relax-path-checks",
         ], user_args, restart)
+
+
+def step_name(job_type: str, workflow_file: str, steps: list[dict[str, object]] | None = None) -> str:
+    """Toil's job type as the CWL step name: 'main.cwl.align.bwa.cwl' -> 'align'; a scatter
+    element 'main.cwl.3.bwa.cwl' -> 'align[3]'; nested steps are joined with '/'."""
+    prefix = os.path.basename(workflow_file.split("#", 1)[0]) + "."
+    if not job_type.startswith(prefix):
+        return job_type
+    rest = job_type[len(prefix):]
+    names: list[str] = []
+    while rest:
+        match = _SEGMENT.match(rest)
+        if not match:
+            names.append(rest)
+            break
+        segment, run = match.group(1), os.path.basename(match.group(2).split("#", 1)[0])
+        if segment.isdigit() and not names:
+            scattered = [s["name"] for s in steps or [] if s.get("scatter") and s.get("run") == run]
+            segment = f"{scattered[0]}[{segment}]" if len(scattered) == 1 else segment
+        names.append(segment)
+        rest = match.group(3) or ""
+    return "/".join(names) or job_type
 
 
 def _steps(process: Any) -> list[dict[str, Any]]:

@@ -1,71 +1,46 @@
 """The code that runs inside each run's leader process.
 
-This module is preloaded into the multiprocessing forkserver, so importing Toil's CWL and
-WDL front ends is paid once, not per run. Each leader is forked from there and owns the
-process-global state Toil insists on (signal handlers, root logger, sys.argv, environ).
+This module is preloaded into the multiprocessing forkserver, so importing each language's
+Toil front end and warming its parser is paid once, not per run. Each leader is forked from
+there and owns the process-global state Toil insists on (signal handlers, root logger,
+sys.argv, environ).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
 import traceback
 from pathlib import Path
 
-# Preload: the expensive imports happen in the forkserver, before any run.
-import toil.cwl.cwltoil  # noqa: F401
-import toil.wdl.wdltoil  # noqa: F401
-
-from .base import LeaderSpec, RunPaths
-
-_WARM_CWL = """cwlVersion: v1.2
-class: CommandLineTool
-baseCommand: "true"
-inputs: []
-outputs: []
-"""
-_WARM_WDL = """version 1.0
-task warm {
-  command <<< true >>>
-}
-"""
+from .. import procs
+from ..paths import RunPaths
+from . import ENGINES, engine_for
+from .base import LeaderSpec
 
 
-def _warm_parsers() -> None:
-    """Load a tiny CWL and WDL document once, here in the forkserver: the first load builds
-    cwltool's schema-salad loaders (over a second) and miniwdl's grammar, and every leader
-    forked afterwards inherits them instead of paying again."""
-    import logging
-    import tempfile
-
+def _warm_engines() -> None:
+    """Preload here, in the forkserver: the first load of cwltool's schema-salad loaders alone
+    takes over a second, and every leader forked afterwards inherits the warm state."""
     quiet = [logging.getLogger(name) for name in ("cwltool", "salad", "toil")]
     levels = [logger.level for logger in quiet]
     for logger in quiet:
         logger.setLevel(logging.CRITICAL)
     try:
-        with tempfile.TemporaryDirectory(prefix="wes-gateway-warm-") as tmp:
-            cwl = Path(tmp) / "warm.cwl"
-            cwl.write_text(_WARM_CWL)
-            from cwltool.context import LoadingContext
-            from cwltool.load_tool import load_tool
-            from cwltool.workflow import default_make_tool
-
-            load_tool(str(cwl), LoadingContext({"construct_tool_object": default_make_tool}))
-            wdl = Path(tmp) / "warm.wdl"
-            wdl.write_text(_WARM_WDL)
-            import WDL
-
-            WDL.load(str(wdl))
-    except Exception:  # warming is an optimisation; a leader still works without it
-        pass
+        for engine in ENGINES.values():
+            try:
+                engine.warm()
+            except Exception:  # warming is an optimisation; a leader still works without it
+                pass
     finally:
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)
 
 
-_warm_parsers()
+_warm_engines()
 
 
 def _redirect(fd: int, path: str) -> None:
@@ -90,9 +65,7 @@ def run_leader(spec: LeaderSpec) -> None:
     os.chdir(spec.root)
     # Who the leader is, for a supervisor that must adopt it after a crash: pid and start time
     # (a forked process's /proc environ still shows the forkserver's, so no marker is visible).
-    with open(f"/proc/{os.getpid()}/stat") as stat:
-        started = int(stat.read().rsplit(") ", 1)[1].split()[19])
-    paths.leader_file.write_text(json.dumps({"pid": os.getpid(), "start": started}))
+    paths.leader_file.write_text(json.dumps({"pid": os.getpid(), "start": procs.start_time(os.getpid())}))
     # Toil pickles the leader's environment into the job store: give it only what we chose.
     os.environ.clear()
     os.environ.update(spec.env)
@@ -102,14 +75,11 @@ def run_leader(spec: LeaderSpec) -> None:
     _redirect(2, str(paths.stderr))
     exit_code = 1
     try:
-        if spec.workflow_type == "CWL":
-            sys.argv = ["toil-cwl-runner", *spec.argv]
-            with open(paths.outputs_json, "w") as outputs:
-                exit_code = int(toil.cwl.cwltoil.main(spec.argv, stdout=outputs) or 0)
-        else:
-            sys.argv = ["toil-wdl-runner", *spec.argv]
-            toil.wdl.wdltoil.main()
-            exit_code = 0
+        engine = engine_for(spec.workflow_type)
+        if engine is None:
+            raise RuntimeError(f"no engine for workflow type {spec.workflow_type}")
+        sys.argv = [engine.program, *spec.argv]
+        exit_code = engine.run_leader(spec.argv, paths)
     except SystemExit as exc:
         code = exc.code
         exit_code = code if isinstance(code, int) else (0 if code is None else 1)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from ..config import Settings
 from ..errors import BadRequest
-from .base import RunPaths, toil_argv
+from ..paths import RunPaths
+from .base import toil_argv
 
 # Toil's interpreter runs these; draft-2 parses in miniwdl but Toil does not execute it.
 VERSIONS = ["1.0", "1.1"]
@@ -24,8 +26,40 @@ def _where(exc: Exception, root: str) -> str:
     return f"{path}:{pos.line}:{pos.column}: "
 
 
+_WARM = """version 1.0
+task warm {
+  command <<< true >>>
+}
+"""
+# Toil's WDL job kind that runs a task's command; the rest is workflow plumbing.
+_TASK_JOB = "kind-WDLTaskJob/"
+
+
 class WdlEngine:
     workflow_type = "WDL"
+    program = "toil-wdl-runner"
+
+    def warm(self) -> None:
+        import toil.wdl.wdltoil  # noqa: F401
+        import WDL
+
+        with tempfile.TemporaryDirectory(prefix="wes-gateway-warm-") as tmp:
+            document = Path(tmp) / "warm.wdl"
+            document.write_text(_WARM)
+            WDL.load(str(document))
+
+    def run_leader(self, argv: list[str], paths: RunPaths) -> int:
+        import toil.wdl.wdltoil
+
+        # toil-wdl-runner reads sys.argv (the leader set it) and writes --outputFile itself.
+        toil.wdl.wdltoil.main()
+        return 0
+
+    def is_task(self, job_id: str) -> bool:
+        return job_id.startswith(_TASK_JOB)
+
+    def task_name(self, job_type: str, workflow_file: str, outline: dict[str, Any]) -> str:
+        return call_name(job_type, str(outline.get("name", "")))
 
     def versions(self) -> list[str]:
         return list(VERSIONS)
@@ -100,6 +134,17 @@ class WdlEngine:
             return value
 
         return {key: convert(value) for key, value in outputs.items()}
+
+
+def call_name(job_type: str, workflow_name: str) -> str:
+    """'chain.shout.command' -> 'shout'; a scatter element 'chain.0.greet.command' -> 'greet[0]'."""
+    core = job_type.removesuffix(".command")
+    if workflow_name and core.startswith(workflow_name + "."):
+        core = core[len(workflow_name) + 1:]
+    parts = core.split(".")
+    indices = "".join(f"[{part}]" for part in parts if part.isdigit())
+    names = "/".join(part for part in parts if not part.isdigit())
+    return (names + indices) or job_type
 
 
 def _calls(workflow: Any) -> list[Any]:

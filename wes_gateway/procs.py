@@ -1,0 +1,87 @@
+"""Processes of this host as /proc shows them: liveness, identity, and the processes of a run.
+
+The supervisor, the leader and the tests all ask these questions; they are answered here only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+log = logging.getLogger(__name__)
+
+# Set in every leader's environment (and so its Toil workers'): names the run it belongs to.
+MARKER = "WES_GATEWAY_RUN_ID"
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state is [0], pgrp [2],
+    starttime [19]); rsplit, because the name itself may contain ") "."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_group(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[2]) if fields else None
+
+
+def marked_pids(run_id: str) -> list[int]:
+    needle = f"{MARKER}={run_id}".encode()
+    found: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as handle:
+                if needle in handle.read().split(b"\0"):
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def run_process_groups(run_id: str) -> set[int]:
+    """Process groups of the run: the leader's and each Toil worker's (Toil starts workers in
+    sessions of their own). Tools inherit their worker's group even where cwltool has cleared
+    their environment, so the groups reach processes that the marker does not."""
+    own = os.getpgrp()
+    return {g for g in (process_group(pid) for pid in marked_pids(run_id)) if g is not None and g != own}
+
+
+def processes_of_run(run_id: str, groups: set[int] | None = None) -> list[int]:
+    """PIDs of the run: everything carrying its marker, and every member of its groups."""
+    marked = marked_pids(run_id)
+    wanted = {g for g in (process_group(pid) for pid in marked) if g is not None} | (groups or set())
+    wanted.discard(os.getpgrp())
+    members = {int(e.name) for e in os.scandir("/proc")
+               if e.name.isdigit() and process_group(int(e.name)) in wanted}
+    members.discard(os.getpid())
+    # Zombies have exited already; only their parent (or init) can clear them.
+    return sorted(pid for pid in set(marked) | members if pid_alive(pid))
+
+
+def kill_run_processes(run_id: str, groups: set[int] | None = None) -> int:
+    pids = processes_of_run(run_id, groups)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if pids:
+        log.info("run %s: killed %d leftover processes", run_id, len(pids))
+    return len(pids)
+
+
+def start_time(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def pid_alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
