@@ -7,21 +7,20 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import tempfile
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from conftest import Server, start_server, stop_server  # noqa: E402,F401  (re-exported)
-
 
 # A server that only answers: no supervisor (seeded runs stay as they are) and no response
 # validation, as a production read path runs.

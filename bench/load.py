@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import requests
-
 from common import QUIET, ROOT, cores, fmt, host_port, load, start_server, stop_server
 from seed import seed_runs
 

@@ -12,12 +12,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
-
 from conftest import ROOT, Server, free_port, start_server, stop_server
 
 D = Path(__file__).parent / "data"

@@ -9,12 +9,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
-
 from conftest import Server, start_server, stop_server
 
 D = Path(__file__).parent / "data"

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import Server
 
 ECHO = (Path(__file__).parent / "data" / "echo.cwl").read_bytes()

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import ROOT, Server
 
 D = Path(__file__).parent / "data"

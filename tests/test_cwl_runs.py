@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
-
 from conftest import Server, leftover_processes, pid_gone, wait_for_tool
 
 
@@ -117,7 +116,7 @@ def test_four_concurrent_runs_complete_with_separate_logs(server: Server, data: 
     with ThreadPoolExecutor(4) as pool:
         run_ids = list(pool.map(submit, messages))
     assert len(set(run_ids)) == 4
-    for run_id, message in zip(run_ids, messages):
+    for run_id, message in zip(run_ids, messages, strict=True):
         assert server.wait(run_id) == "COMPLETE"
         run_log = server.get(f"/runs/{run_id}").json()
         assert output_text(server, run_log, "out") == message + "\n"

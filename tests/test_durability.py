@@ -9,7 +9,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import Server, cmdline, run_groups, kill_all_leaders, leftover_processes, start_server, stop_server
+from conftest import Server, cmdline, kill_all_leaders, leftover_processes, run_groups, start_server, stop_server
+
 from wes_gateway import store
 
 D = Path(__file__).parent / "data"

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from conftest import Server, start_server, stop_server
 from postgres import Postgres, start_postgres
 from test_durability import assert_storm_completes, slow_echo, submit_storm
+
 from wes_gateway import store
 
 D = Path(__file__).parent / "data"

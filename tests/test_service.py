@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-from importlib.metadata import version
-
 from conftest import Server, start_server, stop_server
+
 from wes_gateway import store
 
 

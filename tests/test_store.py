@@ -113,7 +113,7 @@ def test_upgrade_from_the_first_schema_keeps_runs(tmp_path: Path) -> None:
 
 def _writer(path: str, worker: int, count: int) -> int:
     database = store.open_database(f"sqlite:///{path}")
-    for i in range(count):
+    for _ in range(count):
         run_id = make_run(owner=f"w{worker}")
         # A read-then-write transaction, as task ingestion does: the pattern SQLite fails
         # with "database is locked" unless the write lock is taken up front.

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import requests
-
 from conftest import Server
 
 D = Path(__file__).parent / "data"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import requests
-
 from conftest import Server, cmdline, leftover_processes, pid_gone, wait_for_tool
 
 W = Path(__file__).parent / "data" / "wdl"

@@ -26,7 +26,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .accesslog import SCOPE_KEY
 from .config import Settings
@@ -173,7 +173,7 @@ class JwtVerifier:
                     claims = jwt.decode(
                         token, key=getattr(key, "key", key), algorithms=ASYMMETRIC,
                         audience=settings.jwt_audience or None, issuer=settings.jwt_issuer or None,
-                        options=options, leeway=30,
+                        options=cast(Any, options), leeway=30,
                     )
                     break
                 except jwt.InvalidSignatureError as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import peewee
+
 from . import store
 from .config import load_settings
 
@@ -48,7 +50,7 @@ def _runs_purge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_current() -> tuple[object, int]:
+def _open_current() -> tuple[peewee.Database, int]:
     settings = load_settings()
     db = store.open_database(settings.effective_database_url)
     if store.current_version(db) != store.SCHEMA_VERSION:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,8 @@ from . import service_info, staging, store, tasks
 from .auth import User, current_user
 from .config import current_settings
 from .errors import ApiError, BadRequest, NotFound, TooManyRequests
+from .models import Log, RunId, RunListResponse, RunLog, RunRequest, RunStatus, RunSummary, TaskListResponse, TaskLog
 from .paths import RunPaths
-from .models import (Log, RunId, RunListResponse, RunLog, RunRequest, RunStatus, RunSummary, TaskListResponse,
-                     TaskLog)
 from .urls import external_base, external_url
 
 Json = dict[str, Any]

@@ -9,8 +9,8 @@ are accepted and dropped, because the gateway owns output directories and loggin
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .config import Settings
 from .errors import BadRequest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from . import store
 from .config import Settings
@@ -26,7 +26,7 @@ def parse_duration(text: str) -> timedelta:
 
 
 def _cutoff(age: timedelta) -> str:
-    return (datetime.now(timezone.utc) - age).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (datetime.now(UTC) - age).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def sweep_job_stores(settings: Settings) -> int:

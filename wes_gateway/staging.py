@@ -11,9 +11,10 @@ import filecmp
 import json
 import os
 import shutil
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Iterable, Mapping
+from typing import IO, Any
 from urllib.parse import unquote, urlparse
 
 from . import store
@@ -217,7 +218,7 @@ def check_remote(url: str, what: str) -> None:
     if host in METADATA_HOSTS:
         raise BadRequest(f"{what}: {host} is a metadata service and may not be used")
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
     except OSError:
         addresses = set()
     candidates = addresses | {host}

@@ -12,9 +12,10 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import peewee
 from playhouse.db_url import connect as connect_url
@@ -50,7 +51,7 @@ ALLOWED_FROM: dict[str, frozenset[str]] = {
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class JSONField(peewee.TextField):
@@ -363,7 +364,7 @@ def update_run(run_id: str, **fields: Any) -> None:
 
 
 def get_run(run_id: str) -> Run | None:
-    return Run.get_or_none(Run.run_id == run_id)
+    return cast("Run | None", Run.get_or_none(Run.run_id == run_id))
 
 
 def get_run_state(run_id: str) -> tuple[str, str] | None:
@@ -386,7 +387,7 @@ def transition(run_id: str, new_state: str, **fields: Any) -> bool:
         updates.setdefault(Run.end_time, utc_now())
         updates[Run.lease_until] = None
     query = Run.update(updates).where((Run.run_id == run_id) & (Run.state.in_(list(allowed))))
-    changed = query.execute() == 1
+    changed = bool(query.execute() == 1)
     if changed:
         log.info("run %s -> %s", run_id, new_state)
     return changed
@@ -409,7 +410,7 @@ def request_cancel(run_id: str) -> str:
         if run is None:
             raise KeyError(run_id)
         if run.state in TERMINAL or run.state == CANCELING:
-            return run.state
+            return str(run.state)
         if run.state == QUEUED:
             if transition(run_id, CANCELED):
                 return CANCELED
@@ -444,7 +445,7 @@ def claim_next(worker_id: str, lease_seconds: float) -> Run | None:
 
 
 def renew_lease(run_id: str, worker_id: str, lease_seconds: float) -> bool:
-    return (
+    return bool(
         Run.update(lease_until=time.time() + lease_seconds)
         .where((Run.run_id == run_id) & (Run.claimed_by == worker_id) & Run.state.in_(list(ACTIVE)))
         .execute()
@@ -472,8 +473,10 @@ def take_over_expired(worker_id: str, lease_seconds: float) -> list[Run]:
             .execute()
         )
         if changed == 1:
-            taken.append(get_run(run.run_id))
-    return [run for run in taken if run is not None]
+            now_taken = get_run(run.run_id)
+            if now_taken is not None:
+                taken.append(now_taken)
+    return taken
 
 
 def cancel_requested(run_id: str) -> bool:
@@ -482,11 +485,11 @@ def cancel_requested(run_id: str) -> bool:
 
 
 def active_runs(owner: str) -> int:
-    return Run.select().where((Run.owner == owner) & Run.state.in_([QUEUED, *ACTIVE])).count()
+    return int(Run.select().where((Run.owner == owner) & Run.state.in_([QUEUED, *ACTIVE])).count())
 
 
 def create_token(user: str, token_hash: str, label: str) -> ApiToken:
-    return ApiToken.create(user=user, token_hash=token_hash, label=label, created_at=utc_now())
+    return cast(ApiToken, ApiToken.create(user=user, token_hash=token_hash, label=label, created_at=utc_now()))
 
 
 def token_owner(token_hash: str) -> str | None:
@@ -499,8 +502,8 @@ def list_tokens() -> list[ApiToken]:
 
 
 def revoke_token(token_id: int) -> bool:
-    return ApiToken.update(revoked_at=utc_now()).where(
-        (ApiToken.id == token_id) & ApiToken.revoked_at.is_null()).execute() == 1
+    return bool(ApiToken.update(revoked_at=utc_now()).where(
+        (ApiToken.id == token_id) & ApiToken.revoked_at.is_null()).execute() == 1)
 
 
 def state_counts(owner: str | None = None) -> dict[str, int]:
@@ -608,7 +611,7 @@ def task_log_paths(run_id: str) -> list[str]:
 
 
 def get_task(run_id: str, task_id: str) -> Task | None:
-    return Task.get_or_none((Task.run_id == run_id) & (Task.task_id == task_id))
+    return cast("Task | None", Task.get_or_none((Task.run_id == run_id) & (Task.task_id == task_id)))
 
 
 # ---------------------------------------------------------------- retention

@@ -20,9 +20,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 from . import procs, retention, store, tasks
 from .config import Settings
@@ -155,12 +155,12 @@ class Supervisor:
                 log.info("run %s: taking over from a lapsed lease", run.run_id)
                 self.pool.submit(self._guard, run.run_id, self._recover)
         while self._has_slot_for(None):
-            run = store.claim_next(self.worker_id, self.settings.lease_seconds)
-            if run is None:
+            claimed = store.claim_next(self.worker_id, self.settings.lease_seconds)
+            if claimed is None:
                 break
             with self.lock:
-                self.active.add(run.run_id)
-            self.pool.submit(self._guard, run.run_id, self._start)
+                self.active.add(claimed.run_id)
+            self.pool.submit(self._guard, claimed.run_id, self._start)
 
     def _has_slot_for(self, run_id: str | None, force: bool = False) -> bool:
         with self.lock:

@@ -36,7 +36,7 @@ def _warm_engines() -> None:
             except Exception:  # warming is an optimisation; a leader still works without it
                 pass
     finally:
-        for logger, level in zip(quiet, levels):
+        for logger, level in zip(quiet, levels, strict=True):
             logger.setLevel(level)
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..config import Settings
 from ..errors import BadRequest
@@ -86,7 +87,7 @@ class WdlEngine:
         declared = document.wdl_version or "draft-2"
         if declared not in VERSIONS:
             raise BadRequest(f"WDL version {declared} is not run by Toil here; supported: {', '.join(VERSIONS)}")
-        target = document.workflow
+        target: Any = document.workflow
         if target is None:
             if len(document.tasks) != 1:
                 raise BadRequest("the WDL document has no workflow (and not exactly one task)")
