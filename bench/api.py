@@ -33,29 +33,44 @@ def main() -> None:
         ids = seed_runs(data, args.runs)
         rng = random.Random(1)
         sample = [rng.choice(ids) for _ in range(5000)]
-        print(f"cores={cores()} workers={args.workers} runs={args.runs} connections={args.connections} "
-              f"seconds={args.seconds}")
+        print(
+            f"cores={cores()} workers={args.workers} runs={args.runs} connections={args.connections} "
+            f"seconds={args.seconds}"
+        )
         for label in args.classes.split(","):
             worker_class, app, bare = WORKER_CLASSES[label]
             env = {**QUIET, "WES_GATEWAY_THREADS": "8"}
             results = {}
             for kind, target in (("gateway", app), ("bare", bare)):
-                server = start_server(data if kind == "gateway" else Path(tmp) / f"bare-{label}", env,
-                                      workers=args.workers, app=target, worker_class=worker_class)
+                server = start_server(
+                    data if kind == "gateway" else Path(tmp) / f"bare-{label}",
+                    env,
+                    workers=args.workers,
+                    app=target,
+                    worker_class=worker_class,
+                )
                 host, port = host_port(server)
                 try:
-                    results[kind, "status"] = load(host, port, lambda i: f"/ga4gh/wes/v1/runs/{sample[i % len(sample)]}/status",
-                                                   args.seconds, args.connections)
-                    results[kind, "list"] = load(host, port, lambda i: "/ga4gh/wes/v1/runs?page_size=50",
-                                                 args.seconds, args.connections)
+                    results[kind, "status"] = load(
+                        host,
+                        port,
+                        lambda i: f"/ga4gh/wes/v1/runs/{sample[i % len(sample)]}/status",
+                        args.seconds,
+                        args.connections,
+                    )
+                    results[kind, "list"] = load(
+                        host, port, lambda i: "/ga4gh/wes/v1/runs?page_size=50", args.seconds, args.connections
+                    )
                 finally:
                     stop_server(server)
             for op in ("status", "list"):
                 g, b = results["gateway", op], results["bare", op]
                 print(f"[{label:15s}] {op:6s} gateway {fmt(g)}")
                 print(f"[{label:15s}] {op:6s} bare    {fmt(b)}")
-                print(f"[{label:15s}] {op:6s} ratio gateway/bare req/s = {g['rps'] / b['rps']:.2f}  "
-                      f"p99 = {g['p99'] / b['p99']:.2f}  (cores={cores()})")
+                print(
+                    f"[{label:15s}] {op:6s} ratio gateway/bare req/s = {g['rps'] / b['rps']:.2f}  "
+                    f"p99 = {g['p99'] / b['p99']:.2f}  (cores={cores()})"
+                )
 
 
 if __name__ == "__main__":

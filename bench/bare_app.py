@@ -14,8 +14,10 @@ def status(run_id: str) -> dict[str, str]:
 
 
 def runs(page_size: int = 50) -> dict[str, object]:
-    return {"runs": [{"run_id": str(i), "state": "COMPLETE", "tags": {}} for i in range(page_size)],
-            "next_page_token": ""}
+    return {
+        "runs": [{"run_id": str(i), "state": "COMPLETE", "tags": {}} for i in range(page_size)],
+        "next_page_token": "",
+    }
 
 
 def health() -> dict[str, str]:

@@ -24,8 +24,11 @@ from conftest import Server, start_server, stop_server  # noqa: E402,F401  (re-e
 
 # A server that only answers: no supervisor (seeded runs stay as they are) and no response
 # validation, as a production read path runs.
-QUIET = {"WES_GATEWAY_SUPERVISOR": "off", "WES_GATEWAY_RESPONSE_VALIDATION": "false",
-         "WES_GATEWAY_ACCESS_LOG": "/dev/null"}
+QUIET = {
+    "WES_GATEWAY_SUPERVISOR": "off",
+    "WES_GATEWAY_RESPONSE_VALIDATION": "false",
+    "WES_GATEWAY_ACCESS_LOG": "/dev/null",
+}
 
 
 def host_port(server: Server) -> tuple[str, int]:
@@ -56,14 +59,30 @@ def _ms(text: str) -> float:
 
 def _wrk(host: str, port: int, paths: Callable[[int], str], seconds: float, connections: int) -> dict[str, float]:
     listed = ", ".join(json.dumps(paths(i)) for i in range(2000))
-    script = (f"local paths = {{{listed}}}\nlocal i = 0\n"
-              "request = function()\n  i = i + 1\n  return wrk.format('GET', paths[(i % #paths) + 1])\nend\n")
+    script = (
+        f"local paths = {{{listed}}}\nlocal i = 0\n"
+        "request = function()\n  i = i + 1\n  return wrk.format('GET', paths[(i % #paths) + 1])\nend\n"
+    )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
     try:
-        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, int(seconds))}s", "--latency",
-                              "--timeout", "30s", "-s", handle.name, f"http://{host}:{port}"],
-                             capture_output=True, text=True, timeout=seconds + 60).stdout
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{max(1, int(seconds))}s",
+                "--latency",
+                "--timeout",
+                "30s",
+                "-s",
+                handle.name,
+                f"http://{host}:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+        ).stdout
     finally:
         os.unlink(handle.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -78,7 +97,9 @@ def _wrk(host: str, port: int, paths: Callable[[int], str], seconds: float, conn
     return {"rps": rps, "p50": p50, "p99": p99, "errors": errors, "n": total, "median": p50}
 
 
-def _python_load(host: str, port: int, paths: Callable[[int], str], seconds: float, connections: int) -> dict[str, float]:
+def _python_load(
+    host: str, port: int, paths: Callable[[int], str], seconds: float, connections: int
+) -> dict[str, float]:
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -117,12 +138,22 @@ def _python_load(host: str, port: int, paths: Callable[[int], str], seconds: flo
         thread.join()
     elapsed = time.monotonic() - began
     latencies.sort()
+
     def pct(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else float("nan")
-    return {"rps": len(latencies) / elapsed, "p50": pct(0.5), "p99": pct(0.99), "errors": errors[0],
-            "n": len(latencies), "median": statistics.median(latencies) * 1000 if latencies else float("nan")}
+
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50": pct(0.5),
+        "p99": pct(0.99),
+        "errors": errors[0],
+        "n": len(latencies),
+        "median": statistics.median(latencies) * 1000 if latencies else float("nan"),
+    }
 
 
 def fmt(result: dict[str, float]) -> str:
-    return (f"{result['rps']:8.0f} req/s  p50 {result['p50']:6.1f} ms  p99 {result['p99']:6.1f} ms"
-            f"  errors {int(result['errors'])}")
+    return (
+        f"{result['rps']:8.0f} req/s  p50 {result['p50']:6.1f} ms  p99 {result['p99']:6.1f} ms"
+        f"  errors {int(result['errors'])}"
+    )

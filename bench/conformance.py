@@ -41,13 +41,23 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         gateway = through_gateway(suite, args.tags, args.jobs, workdir, label="gateway")
         report(gateway)
-        direct = run_cwltest("direct", suite, args.tags, args.jobs, str(BIN / "toil-cwl-runner"),
-                             ["--no-container", "--disableProgress"], workdir, tool_env())
+        direct = run_cwltest(
+            "direct",
+            suite,
+            args.tags,
+            args.jobs,
+            str(BIN / "toil-cwl-runner"),
+            ["--no-container", "--disableProgress"],
+            workdir,
+            tool_env(),
+        )
         report(direct)
     only_direct = sorted(set(direct.passed) - set(gateway.passed))
     print(f"passed directly but not through the gateway: {' '.join(only_direct) or '-'}")
-    print(f"wall time gateway/direct: {gateway.seconds:.0f} s / {direct.seconds:.0f} s = "
-          f"{gateway.seconds / direct.seconds:.2f}")
+    print(
+        f"wall time gateway/direct: {gateway.seconds:.0f} s / {direct.seconds:.0f} s = "
+        f"{gateway.seconds / direct.seconds:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -25,9 +25,24 @@ def direct(tmp: Path, i: int) -> float:
     bin_dir = Path(sys.executable).parent
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp), "TOIL_HISTORY": "False", "LANG": "C.UTF-8"}
     start = time.perf_counter()
-    subprocess.run([str(bin_dir / "toil-cwl-runner"), "--no-container", "--jobStore", f"file:{tmp}/js{i}",
-                    "--outdir", str(tmp / f"out{i}"), "--workDir", str(tmp), "--disableProgress",
-                    str(TOOL), str(job)], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [
+            str(bin_dir / "toil-cwl-runner"),
+            "--no-container",
+            "--jobStore",
+            f"file:{tmp}/js{i}",
+            "--outdir",
+            str(tmp / f"out{i}"),
+            "--workDir",
+            str(tmp),
+            "--disableProgress",
+            str(TOOL),
+            str(job),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     return time.perf_counter() - start
 
 
@@ -35,10 +50,17 @@ def through_gateway(server, i: int) -> float:
     import requests
 
     start = time.perf_counter()
-    response = requests.post(server.api + "/runs", timeout=60, data={
-        "workflow_url": "echo.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2",
-        "workflow_params": json.dumps({"message": f"bench {i}"})},
-        files=[("workflow_attachment", ("echo.cwl", TOOL.read_bytes()))])
+    response = requests.post(
+        server.api + "/runs",
+        timeout=60,
+        data={
+            "workflow_url": "echo.cwl",
+            "workflow_type": "CWL",
+            "workflow_type_version": "v1.2",
+            "workflow_params": json.dumps({"message": f"bench {i}"}),
+        },
+        files=[("workflow_attachment", ("echo.cwl", TOOL.read_bytes()))],
+    )
     run_id = response.json()["run_id"]
     while True:
         state = requests.get(f"{server.api}/runs/{run_id}/status", timeout=10).json()["state"]

@@ -30,10 +30,17 @@ def submissions(api: str, seconds: float, threads: int) -> dict[str, float]:
         session = requests.Session()
         ok = bad = 0
         while time.monotonic() < stop_at:
-            response = session.post(api + "/runs", timeout=60, data={
-                "workflow_url": "echo.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2",
-                "workflow_params": json.dumps({"message": "load"})},
-                files=[("workflow_attachment", ("echo.cwl", ECHO))])
+            response = session.post(
+                api + "/runs",
+                timeout=60,
+                data={
+                    "workflow_url": "echo.cwl",
+                    "workflow_type": "CWL",
+                    "workflow_type_version": "v1.2",
+                    "workflow_params": json.dumps({"message": "load"}),
+                },
+                files=[("workflow_attachment", ("echo.cwl", ECHO))],
+            )
             if response.status_code == 200:
                 ok += 1
             else:
@@ -66,9 +73,12 @@ def main() -> None:
         sample = [rng.choice(ids) for _ in range(10_000)]
         api = "/ga4gh/wes/v1"
         # The mix: mostly polling, as WES clients do.
-        mix = [lambda i: f"{api}/runs/{sample[i % len(sample)]}/status"] * 5 + \
-              [lambda i: f"{api}/runs/{sample[i % len(sample)]}"] * 2 + \
-              [lambda i: f"{api}/runs?page_size=50"] * 2 + [lambda i: f"{api}/service-info"]
+        mix = (
+            [lambda i: f"{api}/runs/{sample[i % len(sample)]}/status"] * 5
+            + [lambda i: f"{api}/runs/{sample[i % len(sample)]}"] * 2
+            + [lambda i: f"{api}/runs?page_size=50"] * 2
+            + [lambda i: f"{api}/service-info"]
+        )
         env = {**QUIET, "WES_GATEWAY_MAX_ACTIVE_RUNS_PER_USER": "0"}
         server = start_server(data, env, workers=args.workers)
         host, port = host_port(server)
@@ -79,8 +89,9 @@ def main() -> None:
             stop_server(server)
         bare = start_server(Path(tmp) / "bare", env, workers=args.workers, app="bench.bare_app:app")
         host, port = host_port(bare)
-        bare_mix = [lambda i: f"{api}/runs/{sample[i % len(sample)]}/status"] * 7 + \
-                   [lambda i: f"{api}/runs?page_size=50"] * 3
+        bare_mix = [lambda i: f"{api}/runs/{sample[i % len(sample)]}/status"] * 7 + [
+            lambda i: f"{api}/runs?page_size=50"
+        ] * 3
         try:
             baseline = load(host, port, lambda i: bare_mix[i % len(bare_mix)](i), args.seconds, args.connections)
         finally:
@@ -88,10 +99,14 @@ def main() -> None:
     print(f"cores={cores()} workers={args.workers} connections={args.connections} runs={args.runs}")
     print(f"gateway mixed reads  {fmt(reads)}  (cores={cores()})")
     print(f"bare connexion       {fmt(baseline)}  (cores={cores()})")
-    print(f"ratio gateway/bare req/s = {reads['rps'] / baseline['rps']:.2f}, p99 = {reads['p99'] / baseline['p99']:.2f}"
-          f"  (cores={cores()})")
-    print(f"submissions: {submitted['runs_per_s']:.1f} runs/s, {int(submitted['n'])} runs, "
-          f"errors {int(submitted['errors'])}  (cores={cores()})")
+    print(
+        f"ratio gateway/bare req/s = {reads['rps'] / baseline['rps']:.2f}, p99 = {reads['p99'] / baseline['p99']:.2f}"
+        f"  (cores={cores()})"
+    )
+    print(
+        f"submissions: {submitted['runs_per_s']:.1f} runs/s, {int(submitted['n'])} runs, "
+        f"errors {int(submitted['errors'])}  (cores={cores()})"
+    )
 
 
 if __name__ == "__main__":

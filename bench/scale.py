@@ -58,8 +58,10 @@ def main() -> None:
         s, big = small[name], large[name]
         print(f"{name:14s} {args.small:>7d} runs: {fmt(s)}")
         print(f"{name:14s} {args.large:>7d} runs: {fmt(big)}")
-        print(f"{name:14s} ratio {args.large // 1000}k/{args.small // 1000}k  p50 {big['p50'] / s['p50']:.2f}  "
-              f"p99 {big['p99'] / s['p99']:.2f}  (goal <= 1.2; cores={cores()})")
+        print(
+            f"{name:14s} ratio {args.large // 1000}k/{args.small // 1000}k  p50 {big['p50'] / s['p50']:.2f}  "
+            f"p99 {big['p99'] / s['p99']:.2f}  (goal <= 1.2; cores={cores()})"
+        )
 
 
 if __name__ == "__main__":

@@ -24,9 +24,11 @@ def bus_lines(first: int, count: int) -> list[str]:
     lines = []
     for n in range(first, first + count):
         job = f"kind-CWLJob/instance-{n:08d}"
-        lines += [f"toil.bus.JobIssuedMessage\tmain.cwl.{n}.tool.cwl\t{job}\t{n}",
-                  f"toil.bus.ExternalBatchIdMessage\t{n}\t{100000 + n}\tSingleMachineBatchSystem",
-                  f"toil.bus.JobCompletedMessage\tmain.cwl.{n}.tool.cwl\t{job}\t0"]
+        lines += [
+            f"toil.bus.JobIssuedMessage\tmain.cwl.{n}.tool.cwl\t{job}\t{n}",
+            f"toil.bus.ExternalBatchIdMessage\t{n}\t{100000 + n}\tSingleMachineBatchSystem",
+            f"toil.bus.JobCompletedMessage\tmain.cwl.{n}.tool.cwl\t{job}\t0",
+        ]
     return lines
 
 
@@ -63,25 +65,34 @@ def main() -> None:
         full = time.perf_counter() - start
         db.close()
         print(f"cores={cores()} tasks={args.tasks} bus_bytes={paths.messages.stat().st_size}")
-        print(f"incremental poll (20 new jobs): median {statistics.median(poll_costs) * 1000:.2f} ms, "
-              f"max {max(poll_costs) * 1000:.2f} ms; full re-parse of the bus {full * 1000:.1f} ms; "
-              f"ratio poll/full = {statistics.median(poll_costs) / full:.3f}")
+        print(
+            f"incremental poll (20 new jobs): median {statistics.median(poll_costs) * 1000:.2f} ms, "
+            f"max {max(poll_costs) * 1000:.2f} ms; full re-parse of the bus {full * 1000:.1f} ms; "
+            f"ratio poll/full = {statistics.median(poll_costs) / full:.3f}"
+        )
         server = start_server(data, QUIET, workers=cores())
         host, port = host_port(server)
         try:
-            page = load(host, port, lambda i: f"/ga4gh/wes/v1/runs/{run_id}/tasks?page_size=100",
-                        args.seconds, args.connections)
+            page = load(
+                host, port, lambda i: f"/ga4gh/wes/v1/runs/{run_id}/tasks?page_size=100", args.seconds, args.connections
+            )
             token = store.encode_token(1900)
-            deep = load(host, port, lambda i: f"/ga4gh/wes/v1/runs/{run_id}/tasks?page_size=100&page_token={token}",
-                        args.seconds, args.connections)
-            status = load(host, port, lambda i: f"/ga4gh/wes/v1/runs/{run_id}/status",
-                          args.seconds, args.connections)
+            deep = load(
+                host,
+                port,
+                lambda i: f"/ga4gh/wes/v1/runs/{run_id}/tasks?page_size=100&page_token={token}",
+                args.seconds,
+                args.connections,
+            )
+            status = load(host, port, lambda i: f"/ga4gh/wes/v1/runs/{run_id}/status", args.seconds, args.connections)
         finally:
             stop_server(server)
         print(f"tasks page 1   {fmt(page)}")
         print(f"tasks page 20  {fmt(deep)}")
         print(f"status         {fmt(status)}")
-        print(f"ratio p50 tasks-page/status = {page['p50'] / status['p50']:.2f}, deep/first = {deep['p50'] / page['p50']:.2f}")
+        print(
+            f"ratio p50 tasks-page/status = {page['p50'] / status['p50']:.2f}, deep/first = {deep['p50'] / page['p50']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -44,9 +44,11 @@ class Outcome:
     should_fail_ids: set[str] = field(default_factory=set)
 
     def line(self) -> str:
-        return (f"{self.label}: {len(self.passed)} passed, {len(self.failed)} failed, "
-                f"{len(self.unsupported)} unsupported of {self.total} ({self.should_fail} should_fail) "
-                f"in {self.seconds:.0f} s")
+        return (
+            f"{self.label}: {len(self.passed)} passed, {len(self.failed)} failed, "
+            f"{len(self.unsupported)} unsupported of {self.total} ({self.should_fail} should_fail) "
+            f"in {self.seconds:.0f} s"
+        )
 
     @property
     def real_passes(self) -> int:
@@ -90,15 +92,36 @@ def tool_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_cwltest(label: str, suite: Path, tags: str, jobs: int, tool: str, tool_args: list[str],
-                workdir: Path, env: dict[str, str], timeout: int = 600) -> Outcome:
+def run_cwltest(
+    label: str,
+    suite: Path,
+    tags: str,
+    jobs: int,
+    tool: str,
+    tool_args: list[str],
+    workdir: Path,
+    env: dict[str, str],
+    timeout: int = 600,
+) -> Outcome:
     tests = selected_tests(suite, tags)
-    outcome = Outcome(label=label, total=len(tests),
-                      should_fail_ids={test_id(t) for t in tests if t.get("should_fail")})
+    outcome = Outcome(
+        label=label, total=len(tests), should_fail_ids={test_id(t) for t in tests if t.get("should_fail")}
+    )
     outcome.should_fail = len(outcome.should_fail_ids)
     report = workdir / f"{label}.xml"
-    argv = [str(BIN / "cwltest"), "--test", str(suite / "conformance_tests.yaml"), "--tool", tool,
-            "-j", str(jobs), "--timeout", str(timeout), "--junit-xml", str(report)]
+    argv = [
+        str(BIN / "cwltest"),
+        "--test",
+        str(suite / "conformance_tests.yaml"),
+        "--tool",
+        tool,
+        "-j",
+        str(jobs),
+        "--timeout",
+        str(timeout),
+        "--junit-xml",
+        str(report),
+    ]
     if tags != "all":
         argv += ["--tags", tags]
     argv += ["--", *tool_args]
@@ -119,21 +142,40 @@ def run_cwltest(label: str, suite: Path, tags: str, jobs: int, tool: str, tool_a
     return outcome
 
 
-def through_gateway(suite: Path, tags: str, jobs: int, workdir: Path, label: str = "conformance",
-                    extra_env: dict[str, str] | None = None) -> Outcome:
+def through_gateway(
+    suite: Path,
+    tags: str,
+    jobs: int,
+    workdir: Path,
+    label: str = "conformance",
+    extra_env: dict[str, str] | None = None,
+) -> Outcome:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import start_server, stop_server
 
     # As `make run` has it (no response validation, default poll and concurrency), but with
     # one leader per core-and-a-half of parallel tests so that -j is what limits.
-    env = {"WES_GATEWAY_RESPONSE_VALIDATION": "false", "WES_GATEWAY_POLL_INTERVAL": "0.5",
-           "WES_GATEWAY_MAX_CONCURRENT_RUNS": str(max(2, jobs)), "WES_GATEWAY_CANCEL_GRACE_SECONDS": "10",
-           "WES_GATEWAY_RUN_MAX_CORES": "0", "WES_GATEWAY_ACCESS_LOG": str(workdir / "access.log")}
+    env = {
+        "WES_GATEWAY_RESPONSE_VALIDATION": "false",
+        "WES_GATEWAY_POLL_INTERVAL": "0.5",
+        "WES_GATEWAY_MAX_CONCURRENT_RUNS": str(max(2, jobs)),
+        "WES_GATEWAY_CANCEL_GRACE_SECONDS": "10",
+        "WES_GATEWAY_RUN_MAX_CORES": "0",
+        "WES_GATEWAY_ACCESS_LOG": str(workdir / "access.log"),
+    }
     env.update(extra_env or {})
     server = start_server(workdir / "gateway", env)
     try:
-        return run_cwltest(label, suite, tags, jobs, str(BIN / "toil-wes-cwl-runner"),
-                           [f"--wes_endpoint={server.base}"], workdir, tool_env())
+        return run_cwltest(
+            label,
+            suite,
+            tags,
+            jobs,
+            str(BIN / "toil-wes-cwl-runner"),
+            [f"--wes_endpoint={server.base}"],
+            workdir,
+            tool_env(),
+        )
     finally:
         stop_server(server)
 

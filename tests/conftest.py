@@ -77,8 +77,13 @@ class Server:
             return ""
 
 
-def start_server(data_dir: Path, extra_env: dict[str, str] | None = None, workers: int = 2,
-                 app: str | None = None, worker_class: str | None = None) -> Server:
+def start_server(
+    data_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    workers: int = 2,
+    app: str | None = None,
+    worker_class: str | None = None,
+) -> Server:
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WES_GATEWAY_")}
@@ -102,7 +107,10 @@ def start_server(data_dir: Path, extra_env: dict[str, str] | None = None, worker
     log_path = data_dir / "gunicorn.log"
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")],
-        cwd=ROOT, env=env, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     server = Server(base=f"http://127.0.0.1:{port}", data_dir=data_dir, process=process, log_path=log_path, env=env)

@@ -59,8 +59,19 @@ def start_postgres() -> Postgres:
     except subprocess.CalledProcessError as exc:
         raise OSError(f"initdb failed: {exc.stderr.decode(errors='replace')[-500:]}") from None
     pg = Postgres(url=f"postgresql://postgres@127.0.0.1:{port}/wes", data=data, bin_dir=bin_dir, user=user)
-    _run(pg, [str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "server.log"), "-o",
-              f"-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off",
-              "start"])
+    _run(
+        pg,
+        [
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(data / "server.log"),
+            "-o",
+            f"-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off",
+            "start",
+        ],
+    )
     _run(pg, [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "wes"])
     return pg

@@ -56,28 +56,43 @@ def start_apache(backend_port: int) -> Apache:
         lines.append(f"{user}:$2y${hashed[4:]}")  # Apache reads bcrypt as $2y$
     (root / "htpasswd").write_text("\n".join(lines) + "\n")
     port = free_port()
-    modules = ["mpm_event", "authz_core", "authz_user", "authn_core", "authn_file", "auth_basic", "headers",
-               "proxy", "proxy_http", "macro", "unique_id"]
+    modules = [
+        "mpm_event",
+        "authz_core",
+        "authz_user",
+        "authn_core",
+        "authn_file",
+        "auth_basic",
+        "headers",
+        "proxy",
+        "proxy_http",
+        "macro",
+        "unique_id",
+    ]
     conf = root / "httpd.conf"
     run_user = "www-data" if os.geteuid() == 0 else None
-    conf.write_text("\n".join([
-        f'ServerRoot "{root}"',
-        f"PidFile {root}/httpd.pid",
-        f"Listen 127.0.0.1:{port}",
-        "ServerName 127.0.0.1",
-        *[f"LoadModule {name}_module {MODULES}/mod_{name}.so" for name in modules],
-        *([f"User {run_user}", f"Group {run_user}"] if run_user else []),
-        f"ErrorLog {root}/error.log",
-        'LogFormat "%h %u \\"%r\\" %>s %b %{UNIQUE_ID}e" wes',
-        f"CustomLog {root}/access.log wes",
-        f"DefaultRuntimeDir {root}",
-        f"Define WES_BACKEND http://127.0.0.1:{backend_port}",
-        f"Define WES_HTPASSWD {root}/htpasswd",
-        f"Include {ROOT}/deploy/apache/wes-gateway-proxy.conf",
-        "Use WesGateway /wes",
-        'Use WesGateway ""',
-        "",
-    ]))
+    conf.write_text(
+        "\n".join(
+            [
+                f'ServerRoot "{root}"',
+                f"PidFile {root}/httpd.pid",
+                f"Listen 127.0.0.1:{port}",
+                "ServerName 127.0.0.1",
+                *[f"LoadModule {name}_module {MODULES}/mod_{name}.so" for name in modules],
+                *([f"User {run_user}", f"Group {run_user}"] if run_user else []),
+                f"ErrorLog {root}/error.log",
+                'LogFormat "%h %u \\"%r\\" %>s %b %{UNIQUE_ID}e" wes',
+                f"CustomLog {root}/access.log wes",
+                f"DefaultRuntimeDir {root}",
+                f"Define WES_BACKEND http://127.0.0.1:{backend_port}",
+                f"Define WES_HTPASSWD {root}/htpasswd",
+                f"Include {ROOT}/deploy/apache/wes-gateway-proxy.conf",
+                "Use WesGateway /wes",
+                'Use WesGateway ""',
+                "",
+            ]
+        )
+    )
     for path in root.iterdir():
         os.chmod(path, 0o644)
     started = subprocess.run([str(APACHE), "-f", str(conf), "-k", "start"], capture_output=True, text=True, timeout=30)
@@ -99,10 +114,14 @@ def start_apache(backend_port: int) -> Apache:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Apache, Server]]:
     # The gateway trusts only 127.0.0.1 (Apache's side of the proxy connection); the tests'
     # own direct requests come from 127.0.0.2, an untrusted address.
-    server = start_server(tmp_path_factory.mktemp("behind-apache"), {
-        "WES_GATEWAY_AUTH_MODES": "proxy", "WES_GATEWAY_TRUSTED_PROXIES": "127.0.0.1",
-        "WES_GATEWAY_MAX_ATTACHMENT_BYTES": str(300 * 1024 * 1024),
-    })
+    server = start_server(
+        tmp_path_factory.mktemp("behind-apache"),
+        {
+            "WES_GATEWAY_AUTH_MODES": "proxy",
+            "WES_GATEWAY_TRUSTED_PROXIES": "127.0.0.1",
+            "WES_GATEWAY_MAX_ATTACHMENT_BYTES": str(300 * 1024 * 1024),
+        },
+    )
     try:
         apache = start_apache(int(server.base.rsplit(":", 1)[1]))
     except (FileNotFoundError, RuntimeError, OSError) as exc:
@@ -131,13 +150,23 @@ def test_run_through_apache_with_prefixed_urls(stack: tuple[Apache, Server]) -> 
     apache, _ = stack
     alice = ("alice", USERS["alice"])
     assert requests.get(wes(apache) + "/runs", timeout=10).status_code == 401  # Apache asks first
-    response = requests.post(wes(apache) + "/runs", auth=alice, timeout=60, data={
-        "workflow_url": "wf/two_step.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2",
-        "workflow_params": json.dumps({"infile": {"class": "File", "location": "in.txt"}})},
-        files=[("workflow_attachment", ("wf/two_step.cwl", (D / "two_step.cwl").read_bytes())),
-               ("workflow_attachment", ("wf/tools/upper.cwl", (D / "upper.cwl").read_bytes())),
-               ("workflow_attachment", ("wf/tools/rev.cwl", (D / "rev.cwl").read_bytes())),
-               ("workflow_attachment", ("in.txt", b"through apache\n"))])
+    response = requests.post(
+        wes(apache) + "/runs",
+        auth=alice,
+        timeout=60,
+        data={
+            "workflow_url": "wf/two_step.cwl",
+            "workflow_type": "CWL",
+            "workflow_type_version": "v1.2",
+            "workflow_params": json.dumps({"infile": {"class": "File", "location": "in.txt"}}),
+        },
+        files=[
+            ("workflow_attachment", ("wf/two_step.cwl", (D / "two_step.cwl").read_bytes())),
+            ("workflow_attachment", ("wf/tools/upper.cwl", (D / "upper.cwl").read_bytes())),
+            ("workflow_attachment", ("wf/tools/rev.cwl", (D / "rev.cwl").read_bytes())),
+            ("workflow_attachment", ("in.txt", b"through apache\n")),
+        ],
+    )
     assert response.status_code == 200, response.text
     assert response.headers.get("X-Request-ID")  # Apache's UNIQUE_ID, echoed by the gateway
     run_url = f"{wes(apache)}/runs/{response.json()['run_id']}"
@@ -161,10 +190,21 @@ def test_toil_wes_cwl_runner_through_apache(stack: tuple[Apache, Server], tmp_pa
     (tmp_path / "words.txt").write_text("runner via apache\n")
     (tmp_path / "job.json").write_text(json.dumps({"infile": {"class": "File", "location": "words.txt"}}))
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "TOIL_WES_ENDPOINT": apache.base, "TOIL_WES_USER": "bob",
-           "TOIL_WES_PASSWORD": USERS["bob"], "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
-    result = subprocess.run([str(bin_dir / "toil-wes-cwl-runner"), "two_step.cwl", "job.json"], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "TOIL_WES_ENDPOINT": apache.base,
+        "TOIL_WES_USER": "bob",
+        "TOIL_WES_PASSWORD": USERS["bob"],
+        "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+    }
+    result = subprocess.run(
+        [str(bin_dir / "toil-wes-cwl-runner"), "two_step.cwl", "job.json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert Path(json.loads(result.stdout)["result"]["path"]).read_text() == "EHCAPA AIV RENNUR\n"
 
@@ -181,10 +221,18 @@ def test_forged_user_header_straight_to_gunicorn_is_rejected(stack: tuple[Apache
 def test_client_sent_user_header_cannot_impersonate(stack: tuple[Apache, Server]) -> None:
     apache, _ = stack
     alice, bob = ("alice", USERS["alice"]), ("bob", USERS["bob"])
-    response = requests.post(wes(apache) + "/runs", auth=alice, timeout=60, data={
-        "workflow_url": "echo.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2",
-        "workflow_params": json.dumps({"message": "alice only"})},
-        files=[("workflow_attachment", ("echo.cwl", (D / "echo.cwl").read_bytes()))])
+    response = requests.post(
+        wes(apache) + "/runs",
+        auth=alice,
+        timeout=60,
+        data={
+            "workflow_url": "echo.cwl",
+            "workflow_type": "CWL",
+            "workflow_type_version": "v1.2",
+            "workflow_params": json.dumps({"message": "alice only"}),
+        },
+        files=[("workflow_attachment", ("echo.cwl", (D / "echo.cwl").read_bytes()))],
+    )
     run_id = response.json()["run_id"]
     forged = {"X-Remote-User": "alice"}
     assert requests.get(f"{wes(apache)}/runs/{run_id}", auth=bob, headers=forged, timeout=10).status_code == 404
@@ -205,11 +253,21 @@ def test_100_mb_attachment_arrives_intact(stack: tuple[Apache, Server], tmp_path
             handle.write(chunk)
             digest.update(chunk)
     with open(big, "rb") as handle:
-        response = requests.post(wes(apache) + "/runs", auth=alice, timeout=600, data={
-            "workflow_url": "echo.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2",
-            "workflow_params": json.dumps({"message": "big"})},
-            files=[("workflow_attachment", ("echo.cwl", (D / "echo.cwl").read_bytes())),
-                   ("workflow_attachment", ("data/big.bin", handle))])
+        response = requests.post(
+            wes(apache) + "/runs",
+            auth=alice,
+            timeout=600,
+            data={
+                "workflow_url": "echo.cwl",
+                "workflow_type": "CWL",
+                "workflow_type_version": "v1.2",
+                "workflow_params": json.dumps({"message": "big"}),
+            },
+            files=[
+                ("workflow_attachment", ("echo.cwl", (D / "echo.cwl").read_bytes())),
+                ("workflow_attachment", ("data/big.bin", handle)),
+            ],
+        )
     assert response.status_code == 200, response.text
     stored = server.data_dir / "runs" / response.json()["run_id"] / "attachments" / "data" / "big.bin"
     assert stored.stat().st_size == 100 * 1024 * 1024

@@ -19,8 +19,12 @@ from conftest import Server, start_server, stop_server
 
 D = Path(__file__).parent / "data"
 SECRET = "sekrit-do-not-leak-8d1f"
-ECHO = {"workflow_url": "echo.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2",
-        "workflow_params": json.dumps({"message": "mine"})}
+ECHO = {
+    "workflow_url": "echo.cwl",
+    "workflow_type": "CWL",
+    "workflow_type_version": "v1.2",
+    "workflow_params": json.dumps({"message": "mine"}),
+}
 
 
 def rsa_key() -> Any:
@@ -43,27 +47,31 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (root / "htpasswd").write_text(
         f"alice:{bcrypt.hashpw(b'alice-pw', bcrypt.gensalt()).decode()}\n"
         f"bob:{PasswordHasher().hash('bob-pw')}\n"
-        f"boss:{bcrypt.hashpw(b'boss-pw', bcrypt.gensalt()).decode()}\n")
+        f"boss:{bcrypt.hashpw(b'boss-pw', bcrypt.gensalt()).decode()}\n"
+    )
     return {"root": root, "key": key}
 
 
 @pytest.fixture(scope="module")
 def secure(keys: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = keys["root"]
-    server = start_server(tmp_path_factory.mktemp("secure"), {
-        "WES_GATEWAY_AUTH_MODES": "proxy,token,jwt,basic",
-        "WES_GATEWAY_HTPASSWD_FILE": str(root / "htpasswd"),
-        "WES_GATEWAY_JWT_JWKS": str(root / "jwks.json"),
-        "WES_GATEWAY_JWT_ISSUER": "https://idp.example.org",
-        "WES_GATEWAY_JWT_AUDIENCE": "wes-gateway",
-        "WES_GATEWAY_ADMIN_USERS": "boss",
-        # The "proxy" is 127.0.0.2; tests calling from 127.0.0.1 are direct clients.
-        "WES_GATEWAY_TRUSTED_PROXIES": "127.0.0.2",
-        "WES_GATEWAY_STATE_COUNTS_SCOPE": "caller",
-        "WES_GATEWAY_MAX_ACTIVE_RUNS_PER_USER": "2",
-        "WES_GATEWAY_MAX_ATTACHMENT_BYTES": str(1024 * 1024),
-        "SECRET_API_KEY": SECRET,
-    })
+    server = start_server(
+        tmp_path_factory.mktemp("secure"),
+        {
+            "WES_GATEWAY_AUTH_MODES": "proxy,token,jwt,basic",
+            "WES_GATEWAY_HTPASSWD_FILE": str(root / "htpasswd"),
+            "WES_GATEWAY_JWT_JWKS": str(root / "jwks.json"),
+            "WES_GATEWAY_JWT_ISSUER": "https://idp.example.org",
+            "WES_GATEWAY_JWT_AUDIENCE": "wes-gateway",
+            "WES_GATEWAY_ADMIN_USERS": "boss",
+            # The "proxy" is 127.0.0.2; tests calling from 127.0.0.1 are direct clients.
+            "WES_GATEWAY_TRUSTED_PROXIES": "127.0.0.2",
+            "WES_GATEWAY_STATE_COUNTS_SCOPE": "caller",
+            "WES_GATEWAY_MAX_ACTIVE_RUNS_PER_USER": "2",
+            "WES_GATEWAY_MAX_ATTACHMENT_BYTES": str(1024 * 1024),
+            "SECRET_API_KEY": SECRET,
+        },
+    )
     yield server
     stop_server(server)
 
@@ -80,8 +88,15 @@ def jwt_for(keys: dict[str, Any], **overrides: Any) -> str:
     import jwt
 
     now = int(time.time())
-    claims = {"sub": "dave", "iss": "https://idp.example.org", "aud": "wes-gateway", "iat": now,
-              "nbf": now - 5, "exp": now + 300, **overrides}
+    claims = {
+        "sub": "dave",
+        "iss": "https://idp.example.org",
+        "aud": "wes-gateway",
+        "iat": now,
+        "nbf": now - 5,
+        "exp": now + 300,
+        **overrides,
+    }
     return jwt.encode(claims, keys["key"], algorithm="RS256", headers={"kid": "k1"})
 
 
@@ -94,8 +109,13 @@ def from_peer(server: Server, source: str, path: str, headers: dict[str, str]) -
 
 
 def submit(server: Server, headers: dict[str, str], **fields: str) -> requests.Response:
-    return requests.post(server.api + "/runs", headers=headers, timeout=60, data={**ECHO, **fields},
-                         files=[("workflow_attachment", ("echo.cwl", (D / "echo.cwl").read_bytes()))])
+    return requests.post(
+        server.api + "/runs",
+        headers=headers,
+        timeout=60,
+        data={**ECHO, **fields},
+        files=[("workflow_attachment", ("echo.cwl", (D / "echo.cwl").read_bytes()))],
+    )
 
 
 def test_no_credentials_is_401_with_challenge(secure: Server) -> None:
@@ -117,16 +137,23 @@ def test_basic_with_bcrypt_and_argon2(secure: Server) -> None:
 
 def test_api_tokens_issue_and_revoke(secure: Server) -> None:
     env = {**os.environ, "WES_GATEWAY_DATA_DIR": str(secure.data_dir)}
-    created = subprocess.run([sys.executable, "-m", "wes_gateway.cli", "token", "create", "erin", "--label", "ci"],
-                             env=env, capture_output=True, text=True, check=True)
+    created = subprocess.run(
+        [sys.executable, "-m", "wes_gateway.cli", "token", "create", "erin", "--label", "ci"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     token = created.stdout.strip().splitlines()[-1]
     token_id = created.stdout.split()[1]
     assert secure.get("/runs", headers=bearer(token)).status_code == 200
-    listed = subprocess.run([sys.executable, "-m", "wes_gateway.cli", "token", "list"], env=env,
-                            capture_output=True, text=True, check=True).stdout
+    listed = subprocess.run(
+        [sys.executable, "-m", "wes_gateway.cli", "token", "list"], env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert "erin" in listed and token not in listed
-    subprocess.run([sys.executable, "-m", "wes_gateway.cli", "token", "revoke", token_id], env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "wes_gateway.cli", "token", "revoke", token_id], env=env, check=True, capture_output=True
+    )
     assert secure.get("/runs", headers=bearer(token)).status_code == 401
     assert secure.get("/runs", headers=bearer("wes_notatoken")).status_code == 401
 
@@ -136,12 +163,23 @@ def test_jwt_claims_are_checked(secure: Server, keys: dict[str, Any]) -> None:
 
     assert secure.get("/runs", headers=bearer(jwt_for(keys))).status_code == 200
     now = int(time.time())
-    for bad in (jwt_for(keys, exp=now - 120), jwt_for(keys, aud="someone-else"),
-                jwt_for(keys, iss="https://evil.example.org"), jwt_for(keys, nbf=now + 600),
-                jwt.encode({"sub": "dave", "iss": "https://idp.example.org", "aud": "wes-gateway", "exp": now + 60},
-                           "shared-secret-is-not-accepted-here", algorithm="HS256"),
-                jwt.encode({"sub": "dave", "iss": "https://idp.example.org", "aud": "wes-gateway", "exp": now + 60},
-                           rsa_key(), algorithm="RS256", headers={"kid": "k1"})):
+    for bad in (
+        jwt_for(keys, exp=now - 120),
+        jwt_for(keys, aud="someone-else"),
+        jwt_for(keys, iss="https://evil.example.org"),
+        jwt_for(keys, nbf=now + 600),
+        jwt.encode(
+            {"sub": "dave", "iss": "https://idp.example.org", "aud": "wes-gateway", "exp": now + 60},
+            "shared-secret-is-not-accepted-here",
+            algorithm="HS256",
+        ),
+        jwt.encode(
+            {"sub": "dave", "iss": "https://idp.example.org", "aud": "wes-gateway", "exp": now + 60},
+            rsa_key(),
+            algorithm="RS256",
+            headers={"kid": "k1"},
+        ),
+    ):
         response = secure.get("/runs", headers=bearer(bad))
         assert response.status_code == 401, bad
         assert response.json()["status_code"] == 401
@@ -173,9 +211,14 @@ def test_users_are_isolated_on_every_route(secure: Server) -> None:
     task_id = tasks[0]["id"]
     assert run_id in {r["run_id"] for r in secure.get("/runs", headers=alice).json()["runs"]}
     assert run_id not in {r["run_id"] for r in secure.get("/runs", headers=bob).json()["runs"]}
-    for path in (f"/runs/{run_id}", f"/runs/{run_id}/status", f"/runs/{run_id}/tasks",
-                 f"/runs/{run_id}/tasks/{task_id}", f"/runs/{run_id}/logs/stderr",
-                 f"/runs/{run_id}/tasks/{task_id}/logs/stderr"):
+    for path in (
+        f"/runs/{run_id}",
+        f"/runs/{run_id}/status",
+        f"/runs/{run_id}/tasks",
+        f"/runs/{run_id}/tasks/{task_id}",
+        f"/runs/{run_id}/logs/stderr",
+        f"/runs/{run_id}/tasks/{task_id}/logs/stderr",
+    ):
         assert secure.get(path, headers=bob).status_code == 404, path
         assert secure.get(path, headers=alice).status_code == 200, path
         assert secure.get(path, headers=boss).status_code == 200, path
@@ -185,11 +228,16 @@ def test_users_are_isolated_on_every_route(secure: Server) -> None:
     assert secure.get("/service-info", headers=alice).json()["system_state_counts"]["COMPLETE"] >= 1
 
 
-def submit_tool(server: Server, headers: dict[str, str], name: str, params: dict,
-                extra: list | None = None) -> requests.Response:
-    return requests.post(server.api + "/runs", headers=headers, timeout=60, data={
-        **ECHO, "workflow_url": name, "workflow_params": json.dumps(params)},
-        files=[("workflow_attachment", (name, (D / name).read_bytes())), *(extra or [])])
+def submit_tool(
+    server: Server, headers: dict[str, str], name: str, params: dict, extra: list | None = None
+) -> requests.Response:
+    return requests.post(
+        server.api + "/runs",
+        headers=headers,
+        timeout=60,
+        data={**ECHO, "workflow_url": name, "workflow_params": json.dumps(params)},
+        files=[("workflow_attachment", (name, (D / name).read_bytes())), *(extra or [])],
+    )
 
 
 def test_per_user_queue_limit(secure: Server, keys: dict[str, Any]) -> None:
@@ -220,8 +268,16 @@ def run_dirs(server: Server) -> set[str]:
     return {p.name for p in runs.iterdir() if p.name != ".staging"} if runs.exists() else set()
 
 
-@pytest.mark.parametrize("flag", [{"--debugWorker": None}, {"--jobStore": "file:/tmp/x"}, {"--writeLogs": "/etc"},
-                                  {"--setEnv": "A=1"}, {"--batchSystem": "slurm"}])
+@pytest.mark.parametrize(
+    "flag",
+    [
+        {"--debugWorker": None},
+        {"--jobStore": "file:/tmp/x"},
+        {"--writeLogs": "/etc"},
+        {"--setEnv": "A=1"},
+        {"--batchSystem": "slurm"},
+    ],
+)
 def test_disallowed_engine_flags(secure: Server, flag: dict) -> None:
     before = run_dirs(secure)
     response = submit(secure, basic("alice", "alice-pw"), workflow_engine_parameters=json.dumps(flag))
@@ -235,13 +291,15 @@ def test_document_default_pointing_outside_is_refused(secure: Server) -> None:
     response = submit_tool(secure, alice, "steal_default.cwl", {})
     assert response.status_code == 400 and "/etc/passwd" in response.json()["msg"], response.text
     assert run_dirs(secure) == before
-    allowed = submit_tool(secure, alice, "default_attached.cwl", {},
-                          [("workflow_attachment", ("greeting.txt", b"hi from a default\n"))])
+    allowed = submit_tool(
+        secure, alice, "default_attached.cwl", {}, [("workflow_attachment", ("greeting.txt", b"hi from a default\n"))]
+    )
     assert allowed.status_code == 200, allowed.text
 
 
-@pytest.mark.parametrize("name, fragment", [("include_secret.cwl", "/etc/hostname"),
-                                            ("run_outside.cwl", "/etc/wes-gateway-not-allowed.cwl")])
+@pytest.mark.parametrize(
+    "name, fragment", [("include_secret.cwl", "/etc/hostname"), ("run_outside.cwl", "/etc/wes-gateway-not-allowed.cwl")]
+)
 def test_documents_cannot_pull_in_local_files(secure: Server, name: str, fragment: str) -> None:
     before = run_dirs(secure)
     response = submit_tool(secure, basic("alice", "alice-pw"), name, {})
@@ -254,16 +312,28 @@ def test_remote_workflow_url_needs_an_allowed_prefix(secure: Server) -> None:
     for url in ("https://example.org/wf.cwl", "http://169.254.169.254/latest/meta-data/x.cwl"):
         response = submit(secure, alice, workflow_url=url)
         assert response.status_code == 400 and "allowed URL prefix" in response.json()["msg"]
-    inputs = submit(secure, alice, workflow_params=json.dumps(
-        {"message": "x", "f": {"class": "File", "location": "http://169.254.169.254/latest/meta-data"}}))
+    inputs = submit(
+        secure,
+        alice,
+        workflow_params=json.dumps(
+            {"message": "x", "f": {"class": "File", "location": "http://169.254.169.254/latest/meta-data"}}
+        ),
+    )
     assert inputs.status_code == 400 and "link-local" in inputs.json()["msg"]
 
 
 def test_oversized_upload_is_413_and_writes_nothing(secure: Server) -> None:
     before = run_dirs(secure)
-    response = requests.post(secure.api + "/runs", headers=basic("alice", "alice-pw"), timeout=60, data=ECHO,
-                             files=[("workflow_attachment", ("echo.cwl", (D / "echo.cwl").read_bytes())),
-                                    ("workflow_attachment", ("big.bin", b"\0" * (2 * 1024 * 1024)))])
+    response = requests.post(
+        secure.api + "/runs",
+        headers=basic("alice", "alice-pw"),
+        timeout=60,
+        data=ECHO,
+        files=[
+            ("workflow_attachment", ("echo.cwl", (D / "echo.cwl").read_bytes())),
+            ("workflow_attachment", ("big.bin", b"\0" * (2 * 1024 * 1024))),
+        ],
+    )
     assert response.status_code == 413 and response.json()["status_code"] == 413
     assert run_dirs(secure) == before
 

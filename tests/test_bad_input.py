@@ -9,8 +9,12 @@ import requests
 from conftest import Server
 
 ECHO = (Path(__file__).parent / "data" / "echo.cwl").read_bytes()
-GOOD = {"workflow_url": "echo.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2",
-        "workflow_params": '{"message": "x"}'}
+GOOD = {
+    "workflow_url": "echo.cwl",
+    "workflow_type": "CWL",
+    "workflow_type_version": "v1.2",
+    "workflow_params": '{"message": "x"}',
+}
 
 
 def assert_error(response: requests.Response, status: int, *fragments: str) -> None:
@@ -51,12 +55,18 @@ def run_dirs(server: Server) -> set[str]:
         ({**GOOD, "workflow_engine_version": "0.1"}, "workflow_engine_version '0.1' is not available"),
         ({**GOOD, "workflow_url": "missing.cwl"}, "is neither an attachment nor an http(s) URL"),
         ({**GOOD, "workflow_url": "file:///etc/passwd"}, "outside the directories this service may read"),
-        ({**GOOD, "workflow_params": '{"f": {"class": "File", "location": "file:///etc/passwd"}}'},
-         "outside the directories this service may read"),
-        ({**GOOD, "workflow_params": '{"f": {"class": "File", "path": "/etc/passwd"}}'},
-         "outside the directories this service may read"),
-        ({**GOOD, "workflow_params": '{"f": {"class": "File", "location": "nothere.txt"}}'},
-         "is not among the attachments"),
+        (
+            {**GOOD, "workflow_params": '{"f": {"class": "File", "location": "file:///etc/passwd"}}'},
+            "outside the directories this service may read",
+        ),
+        (
+            {**GOOD, "workflow_params": '{"f": {"class": "File", "path": "/etc/passwd"}}'},
+            "outside the directories this service may read",
+        ),
+        (
+            {**GOOD, "workflow_params": '{"f": {"class": "File", "location": "nothere.txt"}}'},
+            "is not among the attachments",
+        ),
         ({**GOOD, "unexpected_field": "x"}, "unexpected_field"),
     ],
 )
@@ -70,8 +80,9 @@ def test_bad_fields(server: Server, fields: dict[str, str], fragment: str) -> No
 @pytest.mark.parametrize("name", ["../escape.cwl", "a/../../escape.cwl", "/etc/cron.d/evil", "..", "./../escape.cwl"])
 def test_traversal_attachment_names(server: Server, name: str) -> None:
     before = run_dirs(server)
-    response = server.post("/runs", data=GOOD, files=[("workflow_attachment", ("echo.cwl", ECHO)),
-                                                      ("workflow_attachment", (name, b"x"))])
+    response = server.post(
+        "/runs", data=GOOD, files=[("workflow_attachment", ("echo.cwl", ECHO)), ("workflow_attachment", (name, b"x"))]
+    )
     assert_error(response, 400, "workflow_attachment")
     assert run_dirs(server) == before
     assert not (server.data_dir / "escape.cwl").exists()
@@ -79,8 +90,11 @@ def test_traversal_attachment_names(server: Server, name: str) -> None:
 
 def test_invalid_cwl_names_the_problem(server: Server, data: Path) -> None:
     before = run_dirs(server)
-    response = server.post("/runs", data={**GOOD, "workflow_url": "invalid.cwl"},
-                           files=[("workflow_attachment", ("invalid.cwl", (data / "invalid.cwl").read_bytes()))])
+    response = server.post(
+        "/runs",
+        data={**GOOD, "workflow_url": "invalid.cwl"},
+        files=[("workflow_attachment", ("invalid.cwl", (data / "invalid.cwl").read_bytes()))],
+    )
     assert_error(response, 400, "invalid CWL document", "strnig")
     assert run_dirs(server) == before
 
@@ -91,8 +105,13 @@ def test_not_multipart(server: Server) -> None:
 
 
 def test_unknown_run_everywhere(server: Server) -> None:
-    for path in ("/runs/nope", "/runs/nope/status", "/runs/nope/tasks", "/runs/nope/tasks/t1",
-                 "/runs/nope/logs/stdout"):
+    for path in (
+        "/runs/nope",
+        "/runs/nope/status",
+        "/runs/nope/tasks",
+        "/runs/nope/tasks/t1",
+        "/runs/nope/logs/stdout",
+    ):
         assert_error(server.get(path), 404, "nope")
     assert_error(server.post("/runs/nope/cancel"), 404, "nope")
 
@@ -116,9 +135,11 @@ def test_page_size_zero_means_the_default_and_unknown_parameters_are_ignored(ser
 
 
 def test_options_lists_the_methods_of_a_route(server: Server) -> None:
-    for path, methods in (("/runs", {"GET", "POST", "HEAD", "OPTIONS"}),
-                          ("/runs/x/cancel", {"POST", "OPTIONS"}),
-                          ("/service-info", {"GET", "HEAD", "OPTIONS"})):
+    for path, methods in (
+        ("/runs", {"GET", "POST", "HEAD", "OPTIONS"}),
+        ("/runs/x/cancel", {"POST", "OPTIONS"}),
+        ("/service-info", {"GET", "HEAD", "OPTIONS"}),
+    ):
         response = requests.options(server.api + path, timeout=10)
         assert response.status_code == 204, (path, response.text)
         assert {m.strip() for m in response.headers["Allow"].split(",")} == methods, path

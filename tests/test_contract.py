@@ -20,8 +20,13 @@ CHECKS = "not_a_server_error,response_schema_conformance,status_code_conformance
 @pytest.fixture(scope="module")
 def known_ids(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished run with a task, so generated requests also reach real records."""
-    run_id = server.submit_ok({"echo.cwl": D / "echo.cwl"}, workflow_url="echo.cwl", workflow_type="CWL",
-                              workflow_type_version="v1.2", workflow_params={"message": "contract"})
+    run_id = server.submit_ok(
+        {"echo.cwl": D / "echo.cwl"},
+        workflow_url="echo.cwl",
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
+        workflow_params={"message": "contract"},
+    )
     assert server.wait(run_id) == "COMPLETE"
     task_id = server.get(f"/runs/{run_id}/tasks").json()["task_logs"][0]["id"]
     config = tmp_path_factory.mktemp("st") / "schemathesis.toml"
@@ -32,10 +37,30 @@ def known_ids(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def schemathesis(spec: Path, server: Server, config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     st = Path(sys.executable).parent / "st"
     return subprocess.run(
-        [str(st), "--config-file", str(config), "run", str(spec), "--url", server.api, "-c", CHECKS,
-         "-n", "25", "--seed", "20261123", "--request-timeout", "30", "--phases", "examples,coverage,fuzzing,stateful",
-         *extra],
-        capture_output=True, text=True, timeout=600, cwd=config.parent,
+        [
+            str(st),
+            "--config-file",
+            str(config),
+            "run",
+            str(spec),
+            "--url",
+            server.api,
+            "-c",
+            CHECKS,
+            "-n",
+            "25",
+            "--seed",
+            "20261123",
+            "--request-timeout",
+            "30",
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=config.parent,
     )
 
 
@@ -70,17 +95,39 @@ def failures(output: str) -> set[tuple[str, str, str]]:
 # (no field is required), yet no workflow can be run from it; and any string is a valid
 # page_token there, yet one this service never issued names no page (400, which ListRuns
 # documents; the hardening issue asks for a 4xx for forged tokens).
-OFFICIAL_KNOWN = {("POST /runs", "ST202", "workflow_url is required"),
-                  ("GET /runs", "ST202", "page_token is not one this service issued")}
+OFFICIAL_KNOWN = {
+    ("POST /runs", "ST202", "workflow_url is required"),
+    ("GET /runs", "ST202", "page_token is not one this service issued"),
+}
 
 
-@pytest.mark.skipif(not OFFICIAL.exists(), reason="the official WES bundle (../shared/reference/openapi.yaml) is absent")
+@pytest.mark.skipif(
+    not OFFICIAL.exists(), reason="the official WES bundle (../shared/reference/openapi.yaml) is absent"
+)
 def test_schemathesis_against_the_official_spec(server: Server, known_ids: Path) -> None:
     st = Path(sys.executable).parent / "st"
     result = subprocess.run(
-        [str(st), "--config-file", str(known_ids), "run", str(OFFICIAL), "--url", server.api, "-c", "all",
-         "-n", "30", "--seed", "1", "--request-timeout", "30"],
-        capture_output=True, text=True, timeout=600, cwd=known_ids.parent,
+        [
+            str(st),
+            "--config-file",
+            str(known_ids),
+            "run",
+            str(OFFICIAL),
+            "--url",
+            server.api,
+            "-c",
+            "all",
+            "-n",
+            "30",
+            "--seed",
+            "1",
+            "--request-timeout",
+            "30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=known_ids.parent,
     )
     found = failures(result.stdout)
     assert found <= OFFICIAL_KNOWN, result.stdout[-8000:] + result.stderr[-2000:]
@@ -89,11 +136,15 @@ def test_schemathesis_against_the_official_spec(server: Server, known_ids: Path)
 
 # Regression seeds from schemathesis findings (each was a 500 or an undocumented status).
 
+
 def test_seed_malformed_multipart_is_400(server: Server) -> None:
     boundary = "a222103b9b30b1f9e8be6882ecedb1d2"
-    response = requests.post(server.api + "/runs", timeout=10,
-                             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-                             data=f"--{boundary}\r\n[]--{boundary}--\r\n")
+    response = requests.post(
+        server.api + "/runs",
+        timeout=10,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        data=f"--{boundary}\r\n[]--{boundary}--\r\n",
+    )
     assert response.status_code == 400 and response.json()["status_code"] == 400
 
 

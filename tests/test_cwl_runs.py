@@ -22,8 +22,11 @@ def output_text(server: Server, run_log: dict, name: str) -> str:
 def test_echo_tool_completes_with_outputs_and_logs(server: Server, data: Path) -> None:
     run_id = server.submit_ok(
         {"echo.cwl": data / "echo.cwl"},
-        workflow_url="echo.cwl", workflow_type="cwl", workflow_type_version="v1.2",
-        workflow_params={"message": "hello from wes"}, tags={"project": "demo"},
+        workflow_url="echo.cwl",
+        workflow_type="cwl",
+        workflow_type_version="v1.2",
+        workflow_params={"message": "hello from wes"},
+        tags={"project": "demo"},
     )
     assert server.wait(run_id) == "COMPLETE"
     run_log = server.get(f"/runs/{run_id}").json()
@@ -40,9 +43,13 @@ def test_echo_tool_completes_with_outputs_and_logs(server: Server, data: Path) -
     stdout = requests.get(run_log["run_log"]["stdout"], timeout=10)
     assert stdout.status_code == 200
     summary = next(r for r in server.get("/runs?page_size=100").json()["runs"] if r["run_id"] == run_id)
-    assert summary == {"run_id": run_id, "state": "COMPLETE", "tags": {"project": "demo"},
-                       "start_time": run_log["run_log"]["start_time"],
-                       "end_time": run_log["run_log"]["end_time"]}
+    assert summary == {
+        "run_id": run_id,
+        "state": "COMPLETE",
+        "tags": {"project": "demo"},
+        "start_time": run_log["run_log"]["start_time"],
+        "end_time": run_log["run_log"]["end_time"],
+    }
 
 
 def test_two_step_workflow_with_attached_input_in_subdirectory(server: Server, data: Path) -> None:
@@ -53,7 +60,9 @@ def test_two_step_workflow_with_attached_input_in_subdirectory(server: Server, d
             "wf/tools/rev.cwl": data / "rev.cwl",
             "inputs/item #1.txt": b"abc def\nxyz\n",
         },
-        workflow_url="wf/two_step.cwl", workflow_type="CWL", workflow_type_version="v1.2",
+        workflow_url="wf/two_step.cwl",
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
         # URL-quoted and relative to the attachments, as clients write it.
         workflow_params={"infile": {"class": "File", "location": "inputs/item%20%231.txt"}},
     )
@@ -65,7 +74,9 @@ def test_two_step_workflow_with_attached_input_in_subdirectory(server: Server, d
 def test_attachment_names_are_kept_verbatim(server: Server, data: Path) -> None:
     run_id = server.submit_ok(
         {"colon:test.cwl": data / "echo.cwl"},
-        workflow_url="colon:test.cwl", workflow_type="CWL", workflow_type_version="v1.2",
+        workflow_url="colon:test.cwl",
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
         workflow_params={"message": "colons are fine"},
     )
     assert server.wait(run_id) == "COMPLETE"
@@ -75,7 +86,9 @@ def test_attachment_names_are_kept_verbatim(server: Server, data: Path) -> None:
 def test_failing_tool_is_executor_error_with_readable_stderr(server: Server, data: Path) -> None:
     run_id = server.submit_ok(
         {"fail.cwl": data / "fail.cwl"},
-        workflow_url="fail.cwl", workflow_type="CWL", workflow_type_version="v1.2",
+        workflow_url="fail.cwl",
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
     )
     assert server.wait(run_id) == "EXECUTOR_ERROR"
     run_log = server.get(f"/runs/{run_id}").json()
@@ -87,7 +100,9 @@ def test_failing_tool_is_executor_error_with_readable_stderr(server: Server, dat
 def test_cancel_running_sleep_leaves_no_processes(server: Server, data: Path) -> None:
     run_id = server.submit_ok(
         {"sleep.cwl": data / "sleep.cwl"},
-        workflow_url="sleep.cwl", workflow_type="CWL", workflow_type_version="v1.2",
+        workflow_url="sleep.cwl",
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
         workflow_params={"seconds": 600},
     )
     tool, groups = wait_for_tool(run_id, b"sleep\x00600")
@@ -109,7 +124,9 @@ def test_four_concurrent_runs_complete_with_separate_logs(server: Server, data: 
     def submit(message: str) -> str:
         return server.submit_ok(
             {"echo.cwl": data / "echo.cwl"},
-            workflow_url="echo.cwl", workflow_type="CWL", workflow_type_version="v1.2",
+            workflow_url="echo.cwl",
+            workflow_type="CWL",
+            workflow_type_version="v1.2",
             workflow_params={"message": message},
         )
 
@@ -138,11 +155,18 @@ def test_toil_wes_cwl_runner_against_live_server(server: Server, data: Path, tmp
     (workdir / "job.json").write_text(json.dumps({"infile": {"class": "File", "location": "inputs/words.txt"}}))
     runner = Path(sys.executable).parent / "toil-wes-cwl-runner"
     # As a user with the venv activated: the runner shells out to cwltool for dependencies.
-    env = {**os.environ, "TOIL_WES_ENDPOINT": server.base,
-           "PATH": f"{runner.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "TOIL_WES_ENDPOINT": server.base,
+        "PATH": f"{runner.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     result = subprocess.run(
         [str(runner), "two_step.cwl", "job.json", f"--outdir={tmp_path / 'out'}", "--quiet"],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     outputs = json.loads(result.stdout)
@@ -151,8 +175,12 @@ def test_toil_wes_cwl_runner_against_live_server(server: Server, data: Path, tmp
 
 def test_repeated_identical_attachment_is_stored_once(server: Server, data: Path) -> None:
     # toil-wes-cwl-runner sends a file once per document that references it.
-    fields = {"workflow_url": "echo.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2",
-              "workflow_params": json.dumps({"message": "twice"})}
+    fields = {
+        "workflow_url": "echo.cwl",
+        "workflow_type": "CWL",
+        "workflow_type_version": "v1.2",
+        "workflow_params": json.dumps({"message": "twice"}),
+    }
     body = (data / "echo.cwl").read_bytes()
     twice = [("workflow_attachment", ("echo.cwl", body)), ("workflow_attachment", ("echo.cwl", body))]
     response = server.post("/runs", data=fields, files=twice)
@@ -169,9 +197,13 @@ def test_repeated_identical_attachment_is_stored_once(server: Server, data: Path
 def test_fragment_names_a_process_in_a_packed_document(server: Server, data: Path) -> None:
     expected = {"main": "shouted: packed\n", "shout": "shouted: packed\n", "whisper": "whispered: packed\n"}
     run_ids = {
-        fragment: server.submit_ok({"packed.cwl": data / "packed.cwl"}, workflow_url=f"packed.cwl#{fragment}",
-                                   workflow_type="CWL", workflow_type_version="v1.2",
-                                   workflow_params={"message": "packed"})
+        fragment: server.submit_ok(
+            {"packed.cwl": data / "packed.cwl"},
+            workflow_url=f"packed.cwl#{fragment}",
+            workflow_type="CWL",
+            workflow_type_version="v1.2",
+            workflow_params={"message": "packed"},
+        )
         for fragment in expected
     }
     for fragment, run_id in run_ids.items():
@@ -180,8 +212,13 @@ def test_fragment_names_a_process_in_a_packed_document(server: Server, data: Pat
 
 
 def test_unknown_fragment_is_400_without_internal_paths(server: Server, data: Path) -> None:
-    response = server.submit({"packed.cwl": data / "packed.cwl"}, workflow_url="packed.cwl#nowhere",
-                             workflow_type="CWL", workflow_type_version="v1.2", workflow_params={"message": "x"})
+    response = server.submit(
+        {"packed.cwl": data / "packed.cwl"},
+        workflow_url="packed.cwl#nowhere",
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
+        workflow_params={"message": "x"},
+    )
     assert response.status_code == 400
     msg = response.json()["msg"]
     assert "nowhere" in msg

@@ -18,9 +18,13 @@ FAST = {"WES_GATEWAY_LEASE_SECONDS": "4", "WES_GATEWAY_POLL_INTERVAL": "0.2"}
 
 
 def slow_echo(server: Server, message: str, seconds: int = 10) -> str:
-    return server.submit_ok({"slow_echo.cwl": D / "slow_echo.cwl"}, workflow_url="slow_echo.cwl",
-                            workflow_type="CWL", workflow_type_version="v1.2",
-                            workflow_params={"seconds": seconds, "message": message})
+    return server.submit_ok(
+        {"slow_echo.cwl": D / "slow_echo.cwl"},
+        workflow_url="slow_echo.cwl",
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
+        workflow_params={"seconds": seconds, "message": message},
+    )
 
 
 def tool_running(run_id: str) -> bool:
@@ -158,8 +162,13 @@ def test_unresumable_run_is_system_error_with_reason(tmp_path: Path) -> None:
 
 def submit_storm(server: Server, count: int = 200, threads: int = 20) -> list[str]:
     def one(i: int) -> tuple[int, str]:
-        response = server.submit({"echo.cwl": D / "echo.cwl"}, workflow_url="echo.cwl", workflow_type="CWL",
-                                 workflow_type_version="v1.2", workflow_params={"message": f"storm-{i}"})
+        response = server.submit(
+            {"echo.cwl": D / "echo.cwl"},
+            workflow_url="echo.cwl",
+            workflow_type="CWL",
+            workflow_type_version="v1.2",
+            workflow_params={"message": f"storm-{i}"},
+        )
         return response.status_code, response.text
 
     with ThreadPoolExecutor(threads) as pool:

@@ -44,10 +44,18 @@ def test_store_is_postgres(postgres: Postgres, pg_server: Server) -> None:
 
 def test_run_tasks_and_cancel_on_postgres(pg_server: Server) -> None:
     run_id = pg_server.submit_ok(
-        {"three_step.cwl": D / "three_step.cwl", "upper.cwl": D / "upper.cwl", "rev.cwl": D / "rev.cwl",
-         "count.cwl": D / "count.cwl", "in.txt": b"postgres\n"},
-        workflow_url="three_step.cwl", workflow_type="CWL", workflow_type_version="v1.2",
-        workflow_params={"infile": {"class": "File", "location": "in.txt"}})
+        {
+            "three_step.cwl": D / "three_step.cwl",
+            "upper.cwl": D / "upper.cwl",
+            "rev.cwl": D / "rev.cwl",
+            "count.cwl": D / "count.cwl",
+            "in.txt": b"postgres\n",
+        },
+        workflow_url="three_step.cwl",
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
+        workflow_params={"infile": {"class": "File", "location": "in.txt"}},
+    )
     long_id = slow_echo(pg_server, "cancel me", seconds=120)
     assert pg_server.wait(run_id) == "COMPLETE"
     tasks = pg_server.get(f"/runs/{run_id}/tasks", params={"page_size": 2}).json()

@@ -16,9 +16,9 @@ def test_a_response_outside_the_contract_is_caught(tmp_path: Path, monkeypatch: 
     # The integration fixtures start every server with WES_GATEWAY_RESPONSE_VALIDATION=true.
     client = create_app(load_settings({}, data_dir=tmp_path, response_validation=True)).test_client()
     assert client.get("/ga4gh/wes/v1/runs").status_code == 200
-    monkeypatch.setattr(handlers, "list_runs", lambda **_: {"runs": [{"run_id": 7, "state": "BOGUS"}],
-                                                           "next_page_token": ""})
+    monkeypatch.setattr(
+        handlers, "list_runs", lambda **_: {"runs": [{"run_id": 7, "state": "BOGUS"}], "next_page_token": ""}
+    )
     broken = create_app(load_settings({}, data_dir=tmp_path, response_validation=True)).test_client()
     response = broken.get("/ga4gh/wes/v1/runs")
     assert response.status_code == 500 and response.json()["status_code"] == 500
-

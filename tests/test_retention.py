@@ -15,8 +15,11 @@ from wes_gateway.config import load_settings
 
 def finished_run(settings, state: str, end_time: str) -> str:
     run_id = store.new_run_id()
-    store.create_run(store.NewRun(run_id=run_id, owner="", workflow_type="CWL", request={}, engine_args=[],
-                                  workflow_path="/x", tags={}))
+    store.create_run(
+        store.NewRun(
+            run_id=run_id, owner="", workflow_type="CWL", request={}, engine_args=[], workflow_path="/x", tags={}
+        )
+    )
     store.Run.update(state=state, end_time=end_time).where(store.Run.run_id == run_id).execute()
     (settings.runs_dir / run_id / "jobstore").mkdir(parents=True)
     (settings.runs_dir / run_id / "stdout.log").write_text("x")
@@ -54,8 +57,11 @@ def test_purge_cli(settings) -> None:
     old = finished_run(settings, store.COMPLETE, "2020-01-01T00:00:00Z")
     recent = finished_run(settings, store.COMPLETE, store.utc_now())
     queued = store.new_run_id()
-    store.create_run(store.NewRun(run_id=queued, owner="", workflow_type="CWL", request={}, engine_args=[],
-                                  workflow_path="/x", tags={}))
+    store.create_run(
+        store.NewRun(
+            run_id=queued, owner="", workflow_type="CWL", request={}, engine_args=[], workflow_path="/x", tags={}
+        )
+    )
     env = {**os.environ, "WES_GATEWAY_DATA_DIR": str(settings.data_dir)}
     cli = [sys.executable, "-m", "wes_gateway.cli", "runs", "purge"]
     dry = subprocess.run(cli + ["--older-than", "30d", "--dry-run"], env=env, capture_output=True, text=True)

@@ -20,11 +20,17 @@ def seed(data_dir: Path, count: int) -> list[str]:
     with db.atomic():
         for i in range(count):
             run_id = store.new_run_id()
-            store.create_run(store.NewRun(run_id=run_id, owner="", workflow_type="CWL",
-                                          request={"workflow_url": "x.cwl", "workflow_type": "CWL",
-                                                   "workflow_type_version": "v1.2"},
-                                          engine_args=[], workflow_path="/x",
-                                          tags={"i": str(i)}))
+            store.create_run(
+                store.NewRun(
+                    run_id=run_id,
+                    owner="",
+                    workflow_type="CWL",
+                    request={"workflow_url": "x.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2"},
+                    engine_args=[],
+                    workflow_path="/x",
+                    tags={"i": str(i)},
+                )
+            )
             ids.append(run_id)
     db.close()
     return ids
@@ -35,8 +41,10 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, l
     data_dir = tmp_path_factory.mktemp("seeded")
     ids = seed(data_dir, 23)
     # No supervisor: the seeded runs stay QUEUED and nothing executes.
-    server = start_server(data_dir, {"WES_GATEWAY_SUPERVISOR": "off", "WES_GATEWAY_DEFAULT_PAGE_SIZE": "10",
-                                     "WES_GATEWAY_MAX_PAGE_SIZE": "20"})
+    server = start_server(
+        data_dir,
+        {"WES_GATEWAY_SUPERVISOR": "off", "WES_GATEWAY_DEFAULT_PAGE_SIZE": "10", "WES_GATEWAY_MAX_PAGE_SIZE": "20"},
+    )
     yield server, ids
     stop_server(server)
 
@@ -93,8 +101,13 @@ def test_swagger_ui_and_spec_are_served(seeded: tuple[Server, list[str]]) -> Non
 
 def test_wsgi_entry_point_keeps_validation(tmp_path: Path) -> None:
     seed(tmp_path, 1)
-    server = start_server(tmp_path, {"WES_GATEWAY_SUPERVISOR": "off"}, workers=1,
-                          app="wes_gateway.wsgi:application", worker_class="gthread")
+    server = start_server(
+        tmp_path,
+        {"WES_GATEWAY_SUPERVISOR": "off"},
+        workers=1,
+        app="wes_gateway.wsgi:application",
+        worker_class="gthread",
+    )
     try:
         assert server.get("/service-info").status_code == 200
         bad = server.get("/runs?page_size=notanumber")
@@ -111,13 +124,22 @@ def test_active_run_limit_holds_under_simultaneous_submissions(tmp_path: Path) -
     from concurrent.futures import ThreadPoolExecutor
 
     limit = 3
-    server = start_server(tmp_path / "limit", {"WES_GATEWAY_SUPERVISOR": "off",
-                                               "WES_GATEWAY_MAX_ACTIVE_RUNS_PER_USER": str(limit)}, workers=4)
+    server = start_server(
+        tmp_path / "limit",
+        {"WES_GATEWAY_SUPERVISOR": "off", "WES_GATEWAY_MAX_ACTIVE_RUNS_PER_USER": str(limit)},
+        workers=4,
+    )
     echo = (Path(__file__).parent / "data" / "echo.cwl").read_bytes()
     try:
+
         def submit(i: int) -> int:
-            return server.submit({"echo.cwl": echo}, workflow_url="echo.cwl", workflow_type="CWL",
-                                 workflow_type_version="v1.2", workflow_params={"message": str(i)}).status_code
+            return server.submit(
+                {"echo.cwl": echo},
+                workflow_url="echo.cwl",
+                workflow_type="CWL",
+                workflow_type_version="v1.2",
+                workflow_params={"message": str(i)},
+            ).status_code
 
         with ThreadPoolExecutor(2 * limit) as pool:
             codes = sorted(pool.map(submit, range(2 * limit)))

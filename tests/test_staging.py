@@ -17,9 +17,14 @@ def settings(tmp_path: Path, **overrides: object):
     return load_settings({}, data_dir=tmp_path, **overrides)
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("a.cwl", "a.cwl"), ("dir/sub/a b#1:x.cwl", "dir/sub/a b#1:x.cwl"), ("./a//b.cwl", "a/b.cwl"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("a.cwl", "a.cwl"),
+        ("dir/sub/a b#1:x.cwl", "dir/sub/a b#1:x.cwl"),
+        ("./a//b.cwl", "a/b.cwl"),
+    ],
+)
 def test_safe_names_are_verbatim(name: str, expected: str) -> None:
     assert str(staging.safe_relative_name(name)) == expected
 
@@ -31,10 +36,14 @@ def test_unsafe_names(name: str) -> None:
 
 
 def test_parse_request_normalises(tmp_path: Path) -> None:
-    request = staging.parse_request({
-        "workflow_url": "wf.cwl", "workflow_type": "cwl", "workflow_type_version": "v1.0",
-        "workflow_engine_parameters": '{"--outdir": "/tmp/x", "--quiet": null, "--maxCores": 1}',
-    })
+    request = staging.parse_request(
+        {
+            "workflow_url": "wf.cwl",
+            "workflow_type": "cwl",
+            "workflow_type_version": "v1.0",
+            "workflow_engine_parameters": '{"--outdir": "/tmp/x", "--quiet": null, "--maxCores": 1}',
+        }
+    )
     assert request.workflow_type == "CWL"
     assert request.workflow_engine_parameters == {"--outdir": "/tmp/x", "--quiet": None, "--maxCores": "1"}
     assert engine_argv(request.workflow_engine_parameters, settings(tmp_path)) == ["--maxCores", "1"]
@@ -43,10 +52,21 @@ def test_parse_request_normalises(tmp_path: Path) -> None:
 def test_policy_bounds(tmp_path: Path) -> None:
     s = settings(tmp_path, run_max_memory="2G")
     assert engine_argv({"--defaultMemory": "1G", "--stats": None, "--logLevel": "debug"}, s) == [
-        "--defaultMemory", str(1024**3), "--stats", "--logLevel", "DEBUG"]
-    for bad in ({"--defaultMemory": "3G"}, {"--retryCount": "-1"}, {"--stats": "yes"},
-                {"--logLevel": "LOUD"}, {"--writeLogs": "/etc"}, {"--debugWorker": None},
-                {"--batchSystem": "slurm"}):
+        "--defaultMemory",
+        str(1024**3),
+        "--stats",
+        "--logLevel",
+        "DEBUG",
+    ]
+    for bad in (
+        {"--defaultMemory": "3G"},
+        {"--retryCount": "-1"},
+        {"--stats": "yes"},
+        {"--logLevel": "LOUD"},
+        {"--writeLogs": "/etc"},
+        {"--debugWorker": None},
+        {"--batchSystem": "slurm"},
+    ):
         with pytest.raises(BadRequest):
             engine_argv(bad, s)
 
@@ -59,8 +79,9 @@ def test_attachment_limits_leave_nothing(tmp_path: Path) -> None:
     with pytest.raises(PayloadTooLarge):
         staging.write_attachments(tmp_path / "b", [staging.Attachment(str(i), io.BytesIO(b"1")) for i in range(3)], s)
     with pytest.raises(BadRequest):
-        staging.write_attachments(tmp_path / "c", [staging.Attachment("d", io.BytesIO(b"1")),
-                                                   staging.Attachment("d", io.BytesIO(b"2"))], s)
+        staging.write_attachments(
+            tmp_path / "c", [staging.Attachment("d", io.BytesIO(b"1")), staging.Attachment("d", io.BytesIO(b"2"))], s
+        )
 
 
 def test_locations_resolve_to_attachments_and_policy(tmp_path: Path) -> None:
@@ -74,10 +95,12 @@ def test_locations_resolve_to_attachments_and_policy(tmp_path: Path) -> None:
     def resolve(reference: str) -> str:
         return staging.resolve_input(reference, root, s)
 
-    params = {"a": {"class": "File", "location": "in/item%20%231.txt"},
-              "b": [{"class": "File", "path": "in/item #1.txt", "secondaryFiles": []}],
-              "c": {"class": "File", "location": "https://example.org/x.txt"},
-              "d": "plain string"}
+    params = {
+        "a": {"class": "File", "location": "in/item%20%231.txt"},
+        "b": [{"class": "File", "path": "in/item #1.txt", "secondaryFiles": []}],
+        "c": {"class": "File", "location": "https://example.org/x.txt"},
+        "d": "plain string",
+    }
     out = _rewrite_locations(params, resolve)
     expected = (root / "in" / "item #1.txt").as_uri()
     assert out["a"]["location"] == expected and out["b"][0]["path"] == expected

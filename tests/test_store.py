@@ -19,9 +19,17 @@ def db(tmp_path: Path) -> peewee.Database:
 
 def make_run(owner: str = "", tags: dict[str, str] | None = None) -> str:
     run_id = store.new_run_id()
-    store.create_run(store.NewRun(run_id=run_id, owner=owner, workflow_type="CWL",
-                                  request={"workflow_url": "x.cwl"}, engine_args=[],
-                                  workflow_path="/x.cwl", tags=tags or {}))
+    store.create_run(
+        store.NewRun(
+            run_id=run_id,
+            owner=owner,
+            workflow_type="CWL",
+            request={"workflow_url": "x.cwl"},
+            engine_args=[],
+            workflow_path="/x.cwl",
+            tags=tags or {},
+        )
+    )
     return run_id
 
 
@@ -103,7 +111,8 @@ def test_upgrade_from_the_first_schema_keeps_runs(tmp_path: Path) -> None:
     database.execute_sql(
         "INSERT INTO run (run_id, owner, state, workflow_type, request, engine_args, workflow_path,"
         " params_path, tags, submitted_at, system_logs, cancel_requested, attempts)"
-        " VALUES ('old', '', 'COMPLETE', 'CWL', '{}', '[]', '/x', '/p', '{}', '2026-01-01T00:00:00Z', '[]', 0, 1)")
+        " VALUES ('old', '', 'COMPLETE', 'CWL', '{}', '[]', '/x', '/p', '{}', '2026-01-01T00:00:00Z', '[]', 0, 1)"
+    )
     assert store.current_version(database) == 1
     assert store.upgrade(database) == list(range(2, store.SCHEMA_VERSION + 1))
     run = store.get_run("old")
@@ -172,9 +181,18 @@ def _limited_creator(path: str, attempts: int) -> int:
     created = 0
     for _ in range(attempts):
         try:
-            store.create_run(store.NewRun(run_id=store.new_run_id(), owner="u", workflow_type="CWL",
-                                          request={"workflow_url": "x.cwl"}, engine_args=[],
-                                          workflow_path="/x.cwl", tags={}), max_active=4)
+            store.create_run(
+                store.NewRun(
+                    run_id=store.new_run_id(),
+                    owner="u",
+                    workflow_type="CWL",
+                    request={"workflow_url": "x.cwl"},
+                    engine_args=[],
+                    workflow_path="/x.cwl",
+                    tags={},
+                ),
+                max_active=4,
+            )
             created += 1
         except store.LimitReached:
             pass

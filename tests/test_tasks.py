@@ -14,8 +14,9 @@ D = Path(__file__).parent / "data"
 def cwl(server: Server, workflow: str, files: list[str], params: dict, extra: dict | None = None) -> str:
     attachments: dict[str, bytes | Path] = {name: D / name for name in files}
     attachments.update(extra or {})
-    return server.submit_ok(attachments, workflow_url=workflow, workflow_type="CWL",
-                            workflow_type_version="v1.2", workflow_params=params)
+    return server.submit_ok(
+        attachments, workflow_url=workflow, workflow_type="CWL", workflow_type_version="v1.2", workflow_params=params
+    )
 
 
 def all_tasks(server: Server, run_id: str, page_size: int = 100) -> list[dict]:
@@ -34,8 +35,13 @@ def all_tasks(server: Server, run_id: str, page_size: int = 100) -> list[dict]:
 
 
 def test_three_step_workflow_lists_named_tasks_in_order(server: Server) -> None:
-    run_id = cwl(server, "three_step.cwl", ["three_step.cwl", "upper.cwl", "rev.cwl", "count.cwl"],
-                 {"infile": {"class": "File", "location": "in.txt"}}, {"in.txt": b"hello\n"})
+    run_id = cwl(
+        server,
+        "three_step.cwl",
+        ["three_step.cwl", "upper.cwl", "rev.cwl", "count.cwl"],
+        {"infile": {"class": "File", "location": "in.txt"}},
+        {"in.txt": b"hello\n"},
+    )
     assert server.wait(run_id) == "COMPLETE"
     task_list = all_tasks(server, run_id)
     assert [t["name"] for t in task_list] == ["shout", "reverse", "count"]
@@ -54,8 +60,13 @@ def test_three_step_workflow_lists_named_tasks_in_order(server: Server) -> None:
 
 
 def test_failed_second_step_has_exit_code_and_stderr(server: Server) -> None:
-    run_id = cwl(server, "fail_second.cwl", ["fail_second.cwl", "upper.cwl", "fail_file.cwl"],
-                 {"infile": {"class": "File", "location": "in.txt"}}, {"in.txt": b"x\n"})
+    run_id = cwl(
+        server,
+        "fail_second.cwl",
+        ["fail_second.cwl", "upper.cwl", "fail_file.cwl"],
+        {"infile": {"class": "File", "location": "in.txt"}},
+        {"in.txt": b"x\n"},
+    )
     assert server.wait(run_id) == "EXECUTOR_ERROR"
     by_name = {t["name"]: t for t in all_tasks(server, run_id)}
     assert by_name["shout"]["exit_code"] == 0
@@ -78,8 +89,12 @@ def test_scatter_of_30_pages_each_task_once(server: Server) -> None:
 
 
 def test_tasks_appear_while_running_and_survive_cancel(server: Server) -> None:
-    run_id = cwl(server, "echo_and_sleep.cwl", ["echo_and_sleep.cwl", "echo.cwl", "sleep.cwl"],
-                 {"message": "early", "seconds": 300})
+    run_id = cwl(
+        server,
+        "echo_and_sleep.cwl",
+        ["echo_and_sleep.cwl", "echo.cwl", "sleep.cwl"],
+        {"message": "early", "seconds": 300},
+    )
     deadline = time.monotonic() + 120
     seen: list[dict] = []
     while time.monotonic() < deadline:

@@ -10,16 +10,22 @@ from conftest import Server, cmdline, leftover_processes, pid_gone, wait_for_too
 W = Path(__file__).parent / "data" / "wdl"
 
 
-def submit(server: Server, workflow: str, files: dict[str, bytes | Path], params: dict, version: str = "1.0") -> requests.Response:
-    return server.submit(files, workflow_url=workflow, workflow_type="wdl", workflow_type_version=version,
-                         workflow_params=params)
+def submit(
+    server: Server, workflow: str, files: dict[str, bytes | Path], params: dict, version: str = "1.0"
+) -> requests.Response:
+    return server.submit(
+        files, workflow_url=workflow, workflow_type="wdl", workflow_type_version=version, workflow_params=params
+    )
 
 
 def test_wdl_runs_fail_and_cancel(server: Server) -> None:
     # Three runs at once: WDL runs are slow to start, so they share the wait.
-    chain = submit(server, "chain.wdl", {"chain.wdl": W / "chain.wdl", "lib/tasks.wdl": W / "lib" / "tasks.wdl",
-                                         "data/in put.txt": b"abc def\n"},
-                   {"chain.infile": "data/in put.txt", "chain.names": ["ann", "bob", "cy"]})
+    chain = submit(
+        server,
+        "chain.wdl",
+        {"chain.wdl": W / "chain.wdl", "lib/tasks.wdl": W / "lib" / "tasks.wdl", "data/in put.txt": b"abc def\n"},
+        {"chain.infile": "data/in put.txt", "chain.names": ["ann", "bob", "cy"]},
+    )
     assert chain.status_code == 200, chain.text
     failing = submit(server, "fail.wdl", {"fail.wdl": W / "fail.wdl"}, {})
     napping = submit(server, "sleep.wdl", {"sleep.wdl": W / "sleep.wdl"}, {"napping.seconds": 600}, version="1.1")
@@ -68,8 +74,9 @@ def test_wdl_syntax_error_gives_position(server: Server) -> None:
 def test_missing_and_unknown_wdl_inputs(server: Server) -> None:
     missing = submit(server, "sleep.wdl", {"sleep.wdl": W / "sleep.wdl"}, {}, version="1.1")
     assert missing.status_code == 400 and "seconds" in missing.json()["msg"], missing.text
-    unknown = submit(server, "sleep.wdl", {"sleep.wdl": W / "sleep.wdl"}, {"napping.seconds": 1, "napping.bogus": 2},
-                     version="1.1")
+    unknown = submit(
+        server, "sleep.wdl", {"sleep.wdl": W / "sleep.wdl"}, {"napping.seconds": 1, "napping.bogus": 2}, version="1.1"
+    )
     assert unknown.status_code == 400 and "bogus" in unknown.json()["msg"], unknown.text
     draft = submit(server, "sleep.wdl", {"sleep.wdl": W / "sleep.wdl"}, {"napping.seconds": 1}, version="draft-2")
     assert draft.status_code == 400 and "workflow_type_version" in draft.json()["msg"]

@@ -33,8 +33,10 @@ class AccessLog:
         async def send_logged(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 record["status"] = message["status"]
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (b"x-request-id", request_id.encode("latin-1"))]}
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))],
+                }
             elif message["type"] == "http.response.body":
                 record["bytes"] += len(message.get("body", b""))
             await send(message)
@@ -45,5 +47,14 @@ class AccessLog:
             peer = (scope.get("client") or ("-", 0))[0]
             query = scope.get("query_string", b"").decode("latin-1")
             target = scope["path"] + (f"?{query}" if query else "")
-            log.info('%s %s "%s %s" %s %d %.1fms rid=%s', peer, record["user"] or "-", scope["method"], target,
-                     record["status"], record["bytes"], (time.perf_counter() - started) * 1000, request_id)
+            log.info(
+                '%s %s "%s %s" %s %d %.1fms rid=%s',
+                peer,
+                record["user"] or "-",
+                scope["method"],
+                target,
+                record["status"],
+                record["bytes"],
+                (time.perf_counter() - started) * 1000,
+                request_id,
+            )

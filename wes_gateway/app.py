@@ -31,9 +31,18 @@ log = logging.getLogger(__name__)
 SPEC_DIR = Path(__file__).resolve().parent.parent / "openapi"
 SPEC_FILE = "wes.yaml"
 
-_REASONS = {400: "bad request", 401: "unauthorized", 403: "forbidden", 404: "not found",
-            405: "method not allowed", 406: "not acceptable", 413: "payload too large",
-            415: "unsupported media type", 429: "too many requests", 500: "internal error"}
+_REASONS = {
+    400: "bad request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not found",
+    405: "method not allowed",
+    406: "not acceptable",
+    413: "payload too large",
+    415: "unsupported media type",
+    429: "too many requests",
+    500: "internal error",
+}
 
 
 class OperationResolver(Resolver):
@@ -110,18 +119,21 @@ class RequestGuard:
                     await send({"type": "http.response.start", "status": 204, "headers": allow})
                     await send({"type": "http.response.body", "body": b""})
                 else:
-                    await send_error(send, 405, f"{scope['method']} is not allowed here; use {', '.join(allowed)}",
-                                      allow)
+                    await send_error(
+                        send, 405, f"{scope['method']} is not allowed here; use {', '.join(allowed)}", allow
+                    )
                 return
             if scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/runs"):
                 headers = dict(scope.get("headers") or [])
                 content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
                 if not content_type.startswith("multipart/form-data") or "boundary=" not in content_type:
-                    await send_error(send, 400, "POST /runs takes a multipart/form-data body "
-                                                 "(RunRequest fields and workflow_attachment files)")
+                    await send_error(
+                        send,
+                        400,
+                        "POST /runs takes a multipart/form-data body (RunRequest fields and workflow_attachment files)",
+                    )
                     return
         await self.app(scope, receive, send)
-
 
     def _methods(self, path: str) -> list[str] | None:
         """The methods the spec gives the route at ``path`` (with HEAD and OPTIONS), or None."""
@@ -170,11 +182,9 @@ def create_app(settings: Settings | None = None, validate_responses: bool | None
         validate_responses=settings.response_validation if validate_responses is None else validate_responses,
     )
     app.add_middleware(AccessLog, position=MiddlewarePosition.BEFORE_EXCEPTION)
-    app.add_middleware(AuthMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings,
-                       api_base=API_BASE)
+    app.add_middleware(AuthMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE)
     spec = yaml.safe_load((SPEC_DIR / SPEC_FILE).read_text())
-    app.add_middleware(RequestGuard, position=MiddlewarePosition.BEFORE_SWAGGER,
-                       routes=spec_routes(spec, API_BASE))
+    app.add_middleware(RequestGuard, position=MiddlewarePosition.BEFORE_SWAGGER, routes=spec_routes(spec, API_BASE))
     app.add_error_handler(ProblemException, _problem)
     app.add_error_handler(HTTPException, _http)
     app.add_error_handler(ApiError, _api)

@@ -76,7 +76,8 @@ def check_settings(settings: Settings) -> None:
     if not settings.auth_modes and not is_loopback_bind(settings.bind):
         raise ConfigError(
             f"WES_GATEWAY_AUTH_MODES is empty but the service binds {settings.bind}: "
-            "authentication may be off only on loopback")
+            "authentication may be off only on loopback"
+        )
     if "basic" in settings.auth_modes and not settings.htpasswd_file:
         raise ConfigError("auth mode basic needs WES_GATEWAY_HTPASSWD_FILE")
     if "jwt" in settings.auth_modes and not (settings.jwt_jwks or settings.jwt_public_key):
@@ -171,9 +172,13 @@ class JwtVerifier:
             for key in candidates:
                 try:
                     claims = jwt.decode(
-                        token, key=getattr(key, "key", key), algorithms=ASYMMETRIC,
-                        audience=settings.jwt_audience or None, issuer=settings.jwt_issuer or None,
-                        options=cast(Any, options), leeway=30,
+                        token,
+                        key=getattr(key, "key", key),
+                        algorithms=ASYMMETRIC,
+                        audience=settings.jwt_audience or None,
+                        issuer=settings.jwt_issuer or None,
+                        options=cast(Any, options),
+                        leeway=30,
                     )
                     break
                 except jwt.InvalidSignatureError as exc:
@@ -261,7 +266,7 @@ class AuthMiddleware:
     def _public(self, path: str) -> bool:
         if not path.startswith(self.api_base):
             return True  # not an API route: Connexion answers it (404) without data
-        rest = path[len(self.api_base):]
+        rest = path[len(self.api_base) :]
         if rest.startswith("/ui") or rest.endswith(PUBLIC_SUFFIXES):
             return True
         return rest.rstrip("/") == "/service-info" and not self.settings.auth_service_info
@@ -294,4 +299,3 @@ def current_user(headers: Any) -> User:
     """The caller, as the middleware recorded it (handlers call this with flask.request.headers)."""
     name = headers.get(USER_HEADER.decode(), "")
     return User(name, admin=headers.get(ADMIN_HEADER.decode(), "0") == "1")
-

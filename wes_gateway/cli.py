@@ -97,13 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wes-gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     supervise = commands.add_parser("supervise", help="claim and run queued workflows")
-    supervise.add_argument("--exit-with-parent", action="store_true",
-                           help="stop when the parent process (Gunicorn's master) goes away")
+    supervise.add_argument(
+        "--exit-with-parent", action="store_true", help="stop when the parent process (Gunicorn's master) goes away"
+    )
     supervise.set_defaults(func=_supervise)
     db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="apply pending schema migrations").set_defaults(func=_db_upgrade)
     token = commands.add_parser("token", help="API tokens for auth mode token").add_subparsers(
-        dest="token_command", required=True)
+        dest="token_command", required=True
+    )
     create = token.add_parser("create", help="issue a token for USER")
     create.add_argument("user")
     create.add_argument("--label", default="")
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("id", type=int)
     revoke.set_defaults(func=_token_revoke)
     runs = commands.add_parser("runs", help="run records and directories").add_subparsers(
-        dest="runs_command", required=True)
+        dest="runs_command", required=True
+    )
     purge = runs.add_parser("purge", help="delete finished runs (records and directories)")
     purge.add_argument("--older-than", required=True, help="age since the run ended, e.g. 30d, 12h")
     purge.add_argument("--dry-run", action="store_true", help="list what would be purged")

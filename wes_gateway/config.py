@@ -23,13 +23,9 @@ class Settings(BaseModel):
 
     bind: str = Field("127.0.0.1:8080", description="Where Gunicorn listens (host:port or unix:PATH).")
     data_dir: Path = Field(Path("var"), description="Root for the SQLite file and run directories.")
-    database_url: str = Field(
-        "", description="Peewee db_url; empty means SQLite at <data_dir>/wes.sqlite3."
-    )
+    database_url: str = Field("", description="Peewee db_url; empty means SQLite at <data_dir>/wes.sqlite3.")
     max_concurrent_runs: int = Field(2, ge=1, description="Runs whose leaders may run at once.")
-    run_max_cores: int = Field(
-        0, ge=0, description="--maxCores for each run; 0 means the machine's core count."
-    )
+    run_max_cores: int = Field(0, ge=0, description="--maxCores for each run; 0 means the machine's core count.")
     run_max_memory: str = Field("4G", description="--maxMemory for each run.")
     default_page_size: int = Field(50, ge=1)
     max_page_size: int = Field(1000, ge=1)
@@ -95,8 +91,15 @@ class Settings(BaseModel):
     max_attachment_file_bytes: int = Field(1024**3, ge=1, description="Size of one attachment.")
     response_validation: bool = Field(False, description="Validate responses against the YAML.")
 
-    @field_validator("trusted_proxies", "extra_path", "allowed_file_roots", "auth_modes", "admin_users",
-                     "allowed_url_prefixes", mode="before")
+    @field_validator(
+        "trusted_proxies",
+        "extra_path",
+        "allowed_file_roots",
+        "auth_modes",
+        "admin_users",
+        "allowed_url_prefixes",
+        mode="before",
+    )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):

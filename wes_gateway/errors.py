@@ -17,9 +17,13 @@ def error_body(status: int, msg: str) -> bytes:
 async def send_error(send: Send, status: int, msg: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     """An ErrorResponse sent straight from ASGI middleware, before Connexion is involved."""
     body = error_body(status, msg)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

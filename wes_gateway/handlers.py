@@ -50,8 +50,9 @@ def get_service_info() -> Json:
 def list_runs(page_size: int | None = None, page_token: str | None = None) -> Json:
     try:
         caller = _caller()
-        rows, next_token = store.list_runs(_page_size(page_size), page_token,
-                                           owner=None if caller.admin else caller.name)
+        rows, next_token = store.list_runs(
+            _page_size(page_size), page_token, owner=None if caller.admin else caller.name
+        )
     except store.BadPageToken as exc:
         raise BadRequest(str(exc)) from None
     runs = [
@@ -78,8 +79,10 @@ def run_workflow(**_fields: Any) -> Json:
     settings = current_settings()
     caller = _caller()
     limit = settings.max_active_runs_per_user
-    too_many = TooManyRequests(f"{caller.name or 'you'} already have {limit} queued or running runs",
-                               headers={"Retry-After": str(int(max(settings.poll_interval * 20, 30)))})
+    too_many = TooManyRequests(
+        f"{caller.name or 'you'} already have {limit} queued or running runs",
+        headers={"Retry-After": str(int(max(settings.poll_interval * 20, 30)))},
+    )
     # Early, so an over-limit user does not upload for nothing; create_run enforces it.
     if limit and store.active_runs(caller.name) >= limit:
         raise too_many
@@ -166,8 +169,9 @@ def list_tasks(run_id: str, page_size: int | None = None, page_token: str | None
         # WES documents no 400 for the task routes: an unknown page is "not found".
         raise NotFound(f"run {run_id} has no task page for that page_token") from None
     api = external_base()  # once per page, not twice per task
-    return TaskListResponse(task_logs=[_task_log(run_id, row, api) for row in rows],
-                            next_page_token=next_token).to_json()
+    return TaskListResponse(
+        task_logs=[_task_log(run_id, row, api) for row in rows], next_page_token=next_token
+    ).to_json()
 
 
 def get_task(run_id: str, task_id: str) -> Json:

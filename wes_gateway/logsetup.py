@@ -8,6 +8,4 @@ import logging
 def setup_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(
-            level=level, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
-        )
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")

@@ -51,8 +51,7 @@ class RunRequest(WesModel):
         data = super().to_json()
         # Bare flags are null in the submission, but the schema says string values.
         data["workflow_engine_parameters"] = {
-            key: ("" if value is None else value)
-            for key, value in self.workflow_engine_parameters.items()
+            key: ("" if value is None else value) for key, value in self.workflow_engine_parameters.items()
         }
         return data
 

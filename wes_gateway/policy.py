@@ -99,12 +99,19 @@ def _dropped(value: str | None, _: Settings) -> list[str]:
 OPTIONS: dict[str, Option] = {
     option.name: option
     for option in [
-        Option("--maxCores", "int", lambda s: str(s.effective_max_cores), _int_range("--maxCores", 1, lambda s: s.effective_max_cores)),
+        Option(
+            "--maxCores",
+            "int",
+            lambda s: str(s.effective_max_cores),
+            _int_range("--maxCores", 1, lambda s: s.effective_max_cores),
+        ),
         Option("--defaultCores", "float", "1", _float_range("--defaultCores", lambda s: float(s.effective_max_cores))),
         Option("--defaultMemory", "size", "2G", _memory("--defaultMemory")),
         Option("--defaultDisk", "size", "3G", _memory("--defaultDisk")),
         Option("--retryCount", "int", "1", _int_range("--retryCount", 0, lambda s: 10)),
-        Option("--logLevel", "choice", "INFO", _choice("--logLevel", ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"))),
+        Option(
+            "--logLevel", "choice", "INFO", _choice("--logLevel", ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"))
+        ),
         Option("--logDebug", "flag", "off", _bare("--logDebug")),
         Option("--stats", "flag", "off", _bare("--stats")),
         Option("--outdir", "ignored", "owned by the gateway", _dropped),
@@ -124,9 +131,7 @@ def engine_argv(params: dict[str, str | None], settings: Settings) -> list[str]:
         name = key if key.startswith("--") else f"--{key}"
         option = OPTIONS.get(name)
         if option is None:
-            raise BadRequest(
-                f"workflow_engine_parameters: {key} is not allowed here; allowed: {', '.join(OPTIONS)}"
-            )
+            raise BadRequest(f"workflow_engine_parameters: {key} is not allowed here; allowed: {', '.join(OPTIONS)}")
         if value is not None and not isinstance(value, str):
             value = str(value)
         try:

@@ -58,8 +58,7 @@ def processes_of_run(run_id: str, groups: set[int] | None = None) -> list[int]:
     marked = marked_pids(run_id)
     wanted = {g for g in (process_group(pid) for pid in marked) if g is not None} | (groups or set())
     wanted.discard(os.getpgrp())
-    members = {int(e.name) for e in os.scandir("/proc")
-               if e.name.isdigit() and process_group(int(e.name)) in wanted}
+    members = {int(e.name) for e in os.scandir("/proc") if e.name.isdigit() and process_group(int(e.name)) in wanted}
     members.discard(os.getpid())
     # Zombies have exited already; only their parent (or init) can clear them.
     return sorted(pid for pid in set(marked) | members if pid_alive(pid))

@@ -25,10 +25,7 @@ def toil_version() -> str:
 
 @lru_cache(maxsize=1)
 def _type_versions() -> dict[str, WorkflowTypeVersion]:
-    return {
-        name: WorkflowTypeVersion(workflow_type_version=engine.versions())
-        for name, engine in ENGINES.items()
-    }
+    return {name: WorkflowTypeVersion(workflow_type_version=engine.versions()) for name, engine in ENGINES.items()}
 
 
 def filesystem_protocols(settings: Settings) -> list[str]:
@@ -55,7 +52,9 @@ def build(settings: Settings, counts: dict[str, int]) -> ServiceInfo:
         supported_filesystem_protocols=filesystem_protocols(settings),
         workflow_engine_versions={"toil": WorkflowEngineVersion(workflow_engine_version=[toil_version()])},
         default_workflow_engine_parameters=[
-            DefaultWorkflowEngineParameter(name=option.name, type=option.type, default_value=default_of(option, settings))
+            DefaultWorkflowEngineParameter(
+                name=option.name, type=option.type, default_value=default_of(option, settings)
+            )
             for option in OPTIONS.values()
         ],
         system_state_counts=counts,
@@ -72,9 +71,21 @@ def build(settings: Settings, counts: dict[str, int]) -> ServiceInfo:
 
 
 def state_counts(owner: str | None = None) -> dict[str, int]:
-    counts = {state: 0 for state in (
-        "UNKNOWN", "QUEUED", "INITIALIZING", "RUNNING", "PAUSED", "COMPLETE",
-        "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "CANCELING", "PREEMPTED",
-    )}
+    counts = {
+        state: 0
+        for state in (
+            "UNKNOWN",
+            "QUEUED",
+            "INITIALIZING",
+            "RUNNING",
+            "PAUSED",
+            "COMPLETE",
+            "EXECUTOR_ERROR",
+            "SYSTEM_ERROR",
+            "CANCELED",
+            "CANCELING",
+            "PREEMPTED",
+        )
+    }
     counts.update(store.state_counts(owner))
     return counts

@@ -64,7 +64,9 @@ def parse_request(form: Mapping[str, str]) -> RunRequest:
     """Check the form's text fields; nothing is written."""
     unknown = sorted(set(form) - FORM_FIELDS)
     if unknown:
-        raise BadRequest(f"unknown form field(s): {', '.join(unknown)}; a RunRequest has {', '.join(sorted(FORM_FIELDS))}")
+        raise BadRequest(
+            f"unknown form field(s): {', '.join(unknown)}; a RunRequest has {', '.join(sorted(FORM_FIELDS))}"
+        )
     workflow_url = _required(form, "workflow_url")
     workflow_type = _required(form, "workflow_type").upper()
     version = _required(form, "workflow_type_version")
@@ -113,7 +115,11 @@ def safe_relative_name(name: str) -> PurePosixPath:
     """An attachment name as a relative path inside the run, verbatim but for '.' parts."""
     if not name or "\0" in name:
         raise BadRequest("workflow_attachment: every part needs a non-empty filename")
-    if name.startswith("/") or name.startswith("\\") or (len(name) > 1 and name[1] == ":" and name[0].isalpha() and name[2:3] in ("/", "\\")):
+    if (
+        name.startswith("/")
+        or name.startswith("\\")
+        or (len(name) > 1 and name[1] == ":" and name[0].isalpha() and name[2:3] in ("/", "\\"))
+    ):
         raise BadRequest(f"workflow_attachment: absolute file name {name!r} is not allowed")
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if any(part == ".." for part in parts) or not parts:
@@ -129,9 +135,7 @@ def write_attachments(target: Path, attachments: Iterable[Attachment], settings:
     for attachment in attachments:
         relative = safe_relative_name(attachment.filename)
         if len(written) >= settings.max_attachment_count:
-            raise PayloadTooLarge(
-                f"workflow_attachment: more than {settings.max_attachment_count} files"
-            )
+            raise PayloadTooLarge(f"workflow_attachment: more than {settings.max_attachment_count} files")
         destination = target.joinpath(*relative.parts)
         try:
             destination.parent.mkdir(parents=True, exist_ok=True)
@@ -174,9 +178,7 @@ def _write_one(path: Path, attachment: Attachment, settings: Settings, total: in
                     f"workflow_attachment: {attachment.filename!r} is larger than {settings.max_attachment_file_bytes} bytes"
                 )
             if total > settings.max_attachment_bytes:
-                raise PayloadTooLarge(
-                    f"workflow_attachment: more than {settings.max_attachment_bytes} bytes in total"
-                )
+                raise PayloadTooLarge(f"workflow_attachment: more than {settings.max_attachment_bytes} bytes in total")
             out.write(chunk)
     return total
 
@@ -241,8 +243,10 @@ def resolve_workflow_url(url: str, attachments: Path, settings: Settings) -> tup
     scheme = urlparse(base).scheme.lower()
     if scheme in REMOTE_SCHEMES:
         if not any(url.startswith(prefix) for prefix in settings.allowed_url_prefixes):
-            raise BadRequest(f"workflow_url {url!r} is not under an allowed URL prefix "
-                             f"({', '.join(settings.allowed_url_prefixes) or 'none are configured'}); attach the workflow instead")
+            raise BadRequest(
+                f"workflow_url {url!r} is not under an allowed URL prefix "
+                f"({', '.join(settings.allowed_url_prefixes) or 'none are configured'}); attach the workflow instead"
+            )
         check_remote(url, "workflow_url")
         return url, ""
     if scheme == "file":
@@ -310,7 +314,8 @@ def stage(form: Mapping[str, str], attachments: Iterable[Attachment], settings: 
         write_attachments(final.attachments, attachments, settings)
         workflow = engine.workflow_reference(*resolve_workflow_url(request.workflow_url, final.attachments, settings))
         params, outline = engine.prepare(
-            workflow, request.workflow_params,
+            workflow,
+            request.workflow_params,
             lambda reference: resolve_input(reference, final.attachments, settings),
         )
         final.outline.write_text(json.dumps(outline))

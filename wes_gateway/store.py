@@ -188,10 +188,30 @@ def write_transaction() -> Any:
 
 def _migration_1(db: peewee.Database) -> None:
     # The first schema, frozen by name: fields added later arrive through later migrations.
-    columns = ["id", "run_id", "owner", "state", "workflow_type", "request", "engine_args",
-               "workflow_path", "params_path", "tags", "submitted_at", "start_time", "end_time",
-               "exit_code", "outputs", "cmd", "system_logs", "claimed_by", "lease_until",
-               "leader_pid", "cancel_requested", "attempts"]
+    columns = [
+        "id",
+        "run_id",
+        "owner",
+        "state",
+        "workflow_type",
+        "request",
+        "engine_args",
+        "workflow_path",
+        "params_path",
+        "tags",
+        "submitted_at",
+        "start_time",
+        "end_time",
+        "exit_code",
+        "outputs",
+        "cmd",
+        "system_logs",
+        "claimed_by",
+        "lease_until",
+        "leader_pid",
+        "cancel_requested",
+        "attempts",
+    ]
 
     class RunV1(peewee.Model):
         class Meta:
@@ -209,8 +229,12 @@ def _migration_1(db: peewee.Database) -> None:
 
 
 def _field_kwargs(field: peewee.Field) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"null": field.null, "index": field.index, "unique": field.unique,
-                              "primary_key": field.primary_key}
+    kwargs: dict[str, Any] = {
+        "null": field.null,
+        "index": field.index,
+        "unique": field.unique,
+        "primary_key": field.primary_key,
+    }
     if field.default is not None:
         kwargs["default"] = field.default
     if isinstance(field, peewee.CharField):
@@ -274,7 +298,9 @@ def _migration_4(db: peewee.Database) -> None:
     for statement in triggers:
         db.execute_sql(statement)
     # Existing runs are counted once; from here on the triggers keep the counts.
-    db.execute_sql("INSERT INTO state_count (owner, state, n) SELECT owner, state, COUNT(*) FROM run GROUP BY owner, state")
+    db.execute_sql(
+        "INSERT INTO state_count (owner, state, n) SELECT owner, state, COUNT(*) FROM run GROUP BY owner, state"
+    )
 
 
 def _migration_5(db: peewee.Database) -> None:
@@ -285,8 +311,13 @@ def _migration_5(db: peewee.Database) -> None:
 
 
 # Append, never edit: deployed databases have run the earlier entries.
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [_migration_1, _migration_2, _migration_3, _migration_4,
-                                                       _migration_5]
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [
+    _migration_1,
+    _migration_2,
+    _migration_3,
+    _migration_4,
+    _migration_5,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -397,9 +428,11 @@ def append_system_log(run_id: str, line: str) -> None:
     """One UPDATE that appends to the JSON list in place, like every other racing write."""
     item = json.dumps(line)
     text = Run.system_logs
-    appended = peewee.Case(None, [(peewee.fn.LENGTH(text) <= 2, peewee.Value(f"[{item}]", converter=False))],
-                           peewee.fn.SUBSTR(text, 1, peewee.fn.LENGTH(text) - 1).concat(
-                               peewee.Value(f", {item}]", converter=False)))
+    appended = peewee.Case(
+        None,
+        [(peewee.fn.LENGTH(text) <= 2, peewee.Value(f"[{item}]", converter=False))],
+        peewee.fn.SUBSTR(text, 1, peewee.fn.LENGTH(text) - 1).concat(peewee.Value(f", {item}]", converter=False)),
+    )
     Run.update({Run.system_logs: appended}).where(Run.run_id == run_id).execute()
 
 
@@ -424,9 +457,7 @@ def request_cancel(run_id: str) -> str:
 def claim_next(worker_id: str, lease_seconds: float) -> Run | None:
     """Atomically take the oldest QUEUED run for ``worker_id``, or return None."""
     for _ in range(10):
-        candidate = (
-            Run.select(Run.id, Run.run_id).where(Run.state == QUEUED).order_by(Run.id).first()
-        )
+        candidate = Run.select(Run.id, Run.run_id).where(Run.state == QUEUED).order_by(Run.id).first()
         if candidate is None:
             return None
         taken = (
@@ -457,9 +488,7 @@ def take_over_expired(worker_id: str, lease_seconds: float) -> list[Run]:
     """Claim active runs whose supervisor stopped renewing its lease."""
     now = time.time()
     stale = list(
-        Run.select().where(
-            Run.state.in_(list(ACTIVE)) & ((Run.lease_until.is_null()) | (Run.lease_until < now))
-        )
+        Run.select().where(Run.state.in_(list(ACTIVE)) & ((Run.lease_until.is_null()) | (Run.lease_until < now)))
     )
     taken: list[Run] = []
     for run in stale:
@@ -502,8 +531,10 @@ def list_tokens() -> list[ApiToken]:
 
 
 def revoke_token(token_id: int) -> bool:
-    return bool(ApiToken.update(revoked_at=utc_now()).where(
-        (ApiToken.id == token_id) & ApiToken.revoked_at.is_null()).execute() == 1)
+    return bool(
+        ApiToken.update(revoked_at=utc_now()).where((ApiToken.id == token_id) & ApiToken.revoked_at.is_null()).execute()
+        == 1
+    )
 
 
 def state_counts(owner: str | None = None) -> dict[str, int]:
@@ -538,8 +569,9 @@ def decode_token(token: str) -> int:
         raise BadPageToken("page_token is not one this service issued") from exc
 
 
-def _keyset_page(query: peewee.ModelSelect, key: peewee.Field, page_size: int, page_token: str | None,
-                 descending: bool) -> tuple[list[Any], str]:
+def _keyset_page(
+    query: peewee.ModelSelect, key: peewee.Field, page_size: int, page_token: str | None, descending: bool
+) -> tuple[list[Any], str]:
     """One page ordered on ``key``, resumed after the token's key: rows inserted meanwhile
     never shift a page, unlike OFFSET."""
     if page_token:
@@ -560,8 +592,7 @@ def list_runs(page_size: int, page_token: str | None, owner: str | None = None) 
 
 def list_tasks(run_id: str, page_size: int, page_token: str | None) -> tuple[list[Task], str]:
     """In order of first appearance."""
-    return _keyset_page(Task.select().where(Task.run_id == run_id), Task.id, page_size, page_token,
-                        descending=False)
+    return _keyset_page(Task.select().where(Task.run_id == run_id), Task.id, page_size, page_token, descending=False)
 
 
 def iter_runs(states: Iterable[str]) -> list[Run]:
@@ -589,12 +620,20 @@ def set_bus_offset(run_id: str, offset: int) -> None:
 def task_issued(run_id: str, task_id: str, job_id: str, name: str, batch_id: int, now: str) -> None:
     existing = Task.get_or_none((Task.run_id == run_id) & (Task.task_id == task_id))
     if existing is None:
-        Task.create(run_id=run_id, task_id=task_id, job_id=job_id, name=name[:255], start_time=now,
-                    batch_id=batch_id, attempts=1)
+        Task.create(
+            run_id=run_id,
+            task_id=task_id,
+            job_id=job_id,
+            name=name[:255],
+            start_time=now,
+            batch_id=batch_id,
+            attempts=1,
+        )
     else:
         # A retry: same job, new attempt. The latest attempt's outcome is what counts.
-        Task.update(batch_id=batch_id, attempts=Task.attempts + 1, end_time=None, exit_code=None,
-                    failed=False).where(Task.id == existing.id).execute()
+        Task.update(batch_id=batch_id, attempts=Task.attempts + 1, end_time=None, exit_code=None, failed=False).where(
+            Task.id == existing.id
+        ).execute()
 
 
 def update_task(run_id: str, task_id: str, **fields: Any) -> None:
@@ -623,8 +662,7 @@ def finished_runs(ended_before: str | None = None, complete_any_time: bool = Fal
     ended = Run.end_time < ended_before if ended_before is not None else Run.end_time.is_null(False)
     if complete_any_time:
         ended = ended | (Run.state == COMPLETE)
-    query = Run.select(Run.run_id, Run.state).where(
-        Run.state.in_(list(TERMINAL)) & Run.end_time.is_null(False) & ended)
+    query = Run.select(Run.run_id, Run.state).where(Run.state.in_(list(TERMINAL)) & Run.end_time.is_null(False) & ended)
     return [(str(row.run_id), str(row.state)) for row in query]
 
 

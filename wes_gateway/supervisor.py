@@ -292,8 +292,9 @@ class Supervisor:
                 self._cancel(run_id, leader, paths)
                 break
         self._ingest_tasks(run, engine, paths, known_logs)
-        self._finish(run, engine, paths, leader.exitcode, cancelled=cancelled or store.cancel_requested(run_id),
-                     groups=groups)
+        self._finish(
+            run, engine, paths, leader.exitcode, cancelled=cancelled or store.cancel_requested(run_id), groups=groups
+        )
 
     def _cancel(self, run_id: str, leader: Leader, paths: RunPaths) -> None:
         grace = self.settings.cancel_grace_seconds
@@ -307,8 +308,15 @@ class Supervisor:
                 leader.signal_group(signal.SIGKILL)
                 leader.wait(grace)
 
-    def _finish(self, run: store.Run, engine: Engine, paths: RunPaths, exitcode: int | None, cancelled: bool,
-                groups: set[int] | None = None) -> None:
+    def _finish(
+        self,
+        run: store.Run,
+        engine: Engine,
+        paths: RunPaths,
+        exitcode: int | None,
+        cancelled: bool,
+        groups: set[int] | None = None,
+    ) -> None:
         run_id = run.run_id
         procs.kill_run_processes(run_id, groups)
         recorded = paths.read_result()
@@ -366,6 +374,7 @@ def serve(settings: Settings, stop_on_parent_exit: bool = False) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     if stop_on_parent_exit:
+
         def watch_parent() -> None:
             while not supervisor.stop_event.wait(1.0):
                 if os.getppid() != parent:

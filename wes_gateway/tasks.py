@@ -71,21 +71,24 @@ def ingest(run_id: str, engine: Engine, workflow_file: str, paths: RunPaths, kno
         with store.write_transaction():
             for line in lines:
                 topic, _, rest = line.partition(b"\t")
-                _apply(run_id, engine, workflow_file, outline, topic.decode("ascii", "replace"),
-                       _parse_fields(rest), now)
+                _apply(
+                    run_id, engine, workflow_file, outline, topic.decode("ascii", "replace"), _parse_fields(rest), now
+                )
             store.set_bus_offset(run_id, offset + end + 1)
         consumed = len(lines)
     _attach_logs(run_id, paths, known_logs)
     return consumed
 
 
-def _apply(run_id: str, engine: Engine, workflow_file: str, outline: dict[str, Any],
-           topic: str, fields: list[str], now: str) -> None:
+def _apply(
+    run_id: str, engine: Engine, workflow_file: str, outline: dict[str, Any], topic: str, fields: list[str], now: str
+) -> None:
     if topic == "toil.bus.JobIssuedMessage" and len(fields) >= 3:
         job_type, job_id, batch_id = fields[0], fields[1], int(fields[2])
         if engine.is_task(job_id):
-            store.task_issued(run_id, task_id_for(job_id), job_id, engine.task_name(job_type, workflow_file, outline),
-                              batch_id, now)
+            store.task_issued(
+                run_id, task_id_for(job_id), job_id, engine.task_name(job_type, workflow_file, outline), batch_id, now
+            )
     elif topic == "toil.bus.JobCompletedMessage" and len(fields) >= 3:
         store.update_task(run_id, task_id_for(fields[1]), exit_code=int(fields[2]), end_time=now)
     elif topic == "toil.bus.JobFailedMessage" and len(fields) >= 2:
@@ -151,4 +154,3 @@ def system_logs(task: store.Task) -> list[str]:
     if task.failed:
         lines.append("failed: Toil gave up on this job after its retries")
     return lines
-

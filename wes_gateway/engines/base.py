@@ -44,8 +44,9 @@ class Engine(Protocol):
         """What names the workflow to the validator and the leader: ``location`` is a local
         path or an http(s) URL, ``fragment`` what followed '#' after a local path (or '')."""
 
-    def prepare(self, workflow: str, params: dict[str, Any],
-                resolve_input: Callable[[str], str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def prepare(
+        self, workflow: str, params: dict[str, Any], resolve_input: Callable[[str], str]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Check the document (and the inputs, where the language allows) and return the
         params with file references passed through ``resolve_input`` (which applies the
         input policy), plus an outline of the workflow (its steps) for naming tasks.
@@ -53,27 +54,38 @@ class Engine(Protocol):
 
     def present_outputs(self, outputs: dict[str, Any], paths: RunPaths) -> dict[str, Any]: ...
 
-    def argv(self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings,
-             restart: bool) -> list[str]: ...
+    def argv(
+        self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings, restart: bool
+    ) -> list[str]: ...
 
 
-def toil_argv(workflow: str, paths: RunPaths, settings: Settings, language_args: list[str],
-              user_args: list[str], restart: bool) -> list[str]:
+def toil_argv(
+    workflow: str, paths: RunPaths, settings: Settings, language_args: list[str], user_args: list[str], restart: bool
+) -> list[str]:
     """The leader's argv: what every run gets, the language's own flags, then the client's
     vetted flags (last, so a client may lower --maxCores within the policy's bounds)."""
     argv = [
         workflow,
         str(paths.params),
-        "--jobStore", f"file:{paths.jobstore}",
-        "--workDir", str(paths.work),
-        "--writeMessages", str(paths.messages),
-        "--writeLogs", str(paths.job_logs),
-        "--writeLogsFromAllJobs", "true",
+        "--jobStore",
+        f"file:{paths.jobstore}",
+        "--workDir",
+        str(paths.work),
+        "--writeMessages",
+        str(paths.messages),
+        "--writeLogs",
+        str(paths.job_logs),
+        "--writeLogsFromAllJobs",
+        "true",
         # One Toil job per step, so every step shows up as a task of its own.
-        "--disableChaining", "true",
-        "--batchSystem", "single_machine",
-        "--maxCores", str(settings.effective_max_cores),
-        "--maxMemory", settings.run_max_memory,
+        "--disableChaining",
+        "true",
+        "--batchSystem",
+        "single_machine",
+        "--maxCores",
+        str(settings.effective_max_cores),
+        "--maxMemory",
+        settings.run_max_memory,
         "--disableProgress",
         *language_args,
         *user_args,

@@ -70,8 +70,9 @@ class CwlEngine:
             return f"{Path(location).as_uri()}#{fragment}"
         return location
 
-    def prepare(self, workflow: str, params: dict[str, Any],
-                resolve_input: Callable[[str], str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def prepare(
+        self, workflow: str, params: dict[str, Any], resolve_input: Callable[[str], str]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         params = _rewrite_locations(params, resolve_input)
         return params, self._validate(workflow, resolve_input)
 
@@ -83,9 +84,13 @@ class CwlEngine:
         from schema_salad.exceptions import ValidationException
 
         context = LoadingContext(
-            {"do_update": True, "strict": True, "relax_path_checks": True,
-             "construct_tool_object": default_make_tool,
-             "fetcher_constructor": _policed_fetcher(resolve_input)}
+            {
+                "do_update": True,
+                "strict": True,
+                "relax_path_checks": True,
+                "construct_tool_object": default_make_tool,
+                "fetcher_constructor": _policed_fetcher(resolve_input),
+            }
         )
         # Quiet cwltool's own logger: its complaints become our 400 message instead.
         cwl_logger = logging.getLogger("cwltool")
@@ -110,16 +115,27 @@ class CwlEngine:
     def present_outputs(self, outputs: dict[str, Any], paths: RunPaths) -> dict[str, Any]:
         return outputs
 
-    def argv(self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings,
-             restart: bool) -> list[str]:
-        return toil_argv(workflow, paths, settings, [
-            "--outdir", str(paths.outdir),
-            "--tmpdir-prefix", f"{paths.tmp}/",
-            "--tmp-outdir-prefix", f"{paths.tmp}/",
-            "--no-container",
-            # Attachment names are kept verbatim; spaces and "#" are legitimate in them.
-            "--relax-path-checks",
-        ], user_args, restart)
+    def argv(
+        self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings, restart: bool
+    ) -> list[str]:
+        return toil_argv(
+            workflow,
+            paths,
+            settings,
+            [
+                "--outdir",
+                str(paths.outdir),
+                "--tmpdir-prefix",
+                f"{paths.tmp}/",
+                "--tmp-outdir-prefix",
+                f"{paths.tmp}/",
+                "--no-container",
+                # Attachment names are kept verbatim; spaces and "#" are legitimate in them.
+                "--relax-path-checks",
+            ],
+            user_args,
+            restart,
+        )
 
 
 def step_name(job_type: str, workflow_file: str, steps: list[dict[str, object]] | None = None) -> str:
@@ -128,7 +144,7 @@ def step_name(job_type: str, workflow_file: str, steps: list[dict[str, object]] 
     prefix = os.path.basename(workflow_file.split("#", 1)[0]) + "."
     if not job_type.startswith(prefix):
         return job_type
-    rest = job_type[len(prefix):]
+    rest = job_type[len(prefix) :]
     names: list[str] = []
     while rest:
         match = _SEGMENT.match(rest)
@@ -150,11 +166,13 @@ def _steps(process: Any) -> list[dict[str, Any]]:
     for step in getattr(process, "steps", []):
         run = step.tool.get("run")
         run_name = run if isinstance(run, str) else (run or {}).get("id", "")
-        steps.append({
-            "name": step.id.rsplit("#", 1)[-1].rsplit("/", 1)[-1],
-            "run": os.path.basename(str(run_name).split("#", 1)[0]),
-            "scatter": bool(step.tool.get("scatter")),
-        })
+        steps.append(
+            {
+                "name": step.id.rsplit("#", 1)[-1].rsplit("/", 1)[-1],
+                "run": os.path.basename(str(run_name).split("#", 1)[0]),
+                "scatter": bool(step.tool.get("scatter")),
+            }
+        )
     return steps
 
 

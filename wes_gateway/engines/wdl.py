@@ -23,7 +23,7 @@ def _where(exc: Exception, root: str) -> str:
         return ""
     path = pos.abspath or pos.uri
     if root and path.startswith(root + os.sep):
-        path = path[len(root) + 1:]
+        path = path[len(root) + 1 :]
     return f"{path}:{pos.line}:{pos.column}: "
 
 
@@ -70,8 +70,9 @@ class WdlEngine:
             raise BadRequest(f"workflow_url: a WDL document takes no fragment ('#{fragment}')")
         return location
 
-    def prepare(self, workflow: str, params: dict[str, Any],
-                resolve_input: Callable[[str], str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def prepare(
+        self, workflow: str, params: dict[str, Any], resolve_input: Callable[[str], str]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         import WDL
 
         root = os.path.dirname(workflow) if workflow.startswith("/") else ""
@@ -97,8 +98,9 @@ class WdlEngine:
             type_text = str(binding.value.type)
             if "File" in type_text or "Directory" in type_text:
                 file_keys.add(f"{target.name}.{binding.name}")
-        params = {key: _map_strings(value, resolve_input) if key in file_keys else value
-                  for key, value in params.items()}
+        params = {
+            key: _map_strings(value, resolve_input) if key in file_keys else value for key, value in params.items()
+        }
         try:
             WDL.values_from_json(params, target.available_inputs, target.required_inputs, namespace=target.name)
         except WDL.Error.InputError as exc:
@@ -108,16 +110,28 @@ class WdlEngine:
         calls = sorted({call.name for call in _calls(target)})
         return params, {"steps": [{"name": name} for name in calls], "name": target.name}
 
-    def argv(self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings,
-             restart: bool) -> list[str]:
-        return toil_argv(workflow, paths, settings, [
-            "--outputDirectory", str(paths.outdir),
-            "--outputFile", str(paths.outputs_json),
-            "--container", settings.wdl_container,
-        ], user_args, restart)
+    def argv(
+        self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings, restart: bool
+    ) -> list[str]:
+        return toil_argv(
+            workflow,
+            paths,
+            settings,
+            [
+                "--outputDirectory",
+                str(paths.outdir),
+                "--outputFile",
+                str(paths.outputs_json),
+                "--container",
+                settings.wdl_container,
+            ],
+            user_args,
+            restart,
+        )
 
     def present_outputs(self, outputs: dict[str, Any], paths: RunPaths) -> dict[str, Any]:
         """WDL outputs with local files shown as CWL shows them (class, location, path...)."""
+
         def convert(value: Any) -> Any:
             if isinstance(value, list):
                 return [convert(item) for item in value]
@@ -127,8 +141,12 @@ class WdlEngine:
                 path = Path(value)
                 if path.is_relative_to(paths.root) and path.exists():
                     kind = "Directory" if path.is_dir() else "File"
-                    shown: dict[str, Any] = {"class": kind, "location": path.as_uri(), "path": str(path),
-                                             "basename": path.name}
+                    shown: dict[str, Any] = {
+                        "class": kind,
+                        "location": path.as_uri(),
+                        "path": str(path),
+                        "basename": path.name,
+                    }
                     if kind == "File":
                         shown["size"] = path.stat().st_size
                     return shown
@@ -141,7 +159,7 @@ def call_name(job_type: str, workflow_name: str) -> str:
     """'chain.shout.command' -> 'shout'; a scatter element 'chain.0.greet.command' -> 'greet[0]'."""
     core = job_type.removesuffix(".command")
     if workflow_name and core.startswith(workflow_name + "."):
-        core = core[len(workflow_name) + 1:]
+        core = core[len(workflow_name) + 1 :]
     parts = core.split(".")
     indices = "".join(f"[{part}]" for part in parts if part.isdigit())
     names = "/".join(part for part in parts if not part.isdigit())
