@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 CONFORMANCE_STAMP := $(VENV)/.installed-conformance
 
-.PHONY: run test conformance install clean system-deps
+.PHONY: run test lint conformance install clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,13 @@ run: $(STAMP)
 system-deps:
 	@scripts/system-deps
 
-test: $(TEST_STAMP) system-deps
+# The guards: lint, formatting and strict typing, with no findings allowed.
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: $(TEST_STAMP) system-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The CWL v1.2 conformance suite through the gateway with toil-wes-cwl-runner.

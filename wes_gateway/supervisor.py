@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import procs, retention, store, tasks
 from .config import Settings
-from .engines import Engine, LeaderSpec, engine_for
+from .engines import Engine, LeaderSpec, engine_for, toil_argv
 from .logsetup import setup_logging
 from .paths import RunPaths
 
@@ -199,7 +199,14 @@ class Supervisor:
         paths = RunPaths.of(self.settings, run_id)
         for directory in (paths.work, paths.outdir, paths.tmp, paths.home):
             directory.mkdir(parents=True, exist_ok=True)
-        argv = engine.argv(run.workflow_path, paths, run.engine_args, self.settings, restart)
+        argv = toil_argv(
+            run.workflow_path,
+            paths,
+            self.settings,
+            engine.language_args(paths, self.settings),
+            run.engine_args,
+            restart,
+        )
         spec = LeaderSpec(
             run_id=run_id,
             workflow_type=run.workflow_type,

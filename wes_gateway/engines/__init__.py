@@ -4,7 +4,7 @@ A language is one module with an Engine (see base.Engine) and one line in ENGINE
 
 from __future__ import annotations
 
-from .base import Engine, LeaderSpec
+from .base import Engine, LeaderSpec, toil_argv
 from .cwl import CwlEngine
 from .wdl import WdlEngine
 
@@ -15,4 +15,4 @@ def engine_for(workflow_type: str) -> Engine | None:
     return ENGINES.get(workflow_type.upper())
 
 
-__all__ = ["ENGINES", "Engine", "LeaderSpec", "engine_for"]
+__all__ = ["ENGINES", "Engine", "LeaderSpec", "engine_for", "toil_argv"]

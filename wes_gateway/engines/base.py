@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..config import Settings
@@ -54,9 +56,16 @@ class Engine(Protocol):
 
     def present_outputs(self, outputs: dict[str, Any], paths: RunPaths) -> dict[str, Any]: ...
 
-    def argv(
-        self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings, restart: bool
-    ) -> list[str]: ...
+    def language_args(self, paths: RunPaths, settings: Settings) -> list[str]:
+        """The language's own flags for its Toil front end (outputs, containers, tmp dirs)."""
+
+
+def load_scratch_document(name: str, text: str, load: Callable[[str], object]) -> None:
+    """Write a tiny document to a scratch directory and load it: how engines warm a parser."""
+    with tempfile.TemporaryDirectory(prefix="wes-gateway-warm-") as tmp:
+        document = Path(tmp) / name
+        document.write_text(text)
+        load(str(document))
 
 
 def toil_argv(

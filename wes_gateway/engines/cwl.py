@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 from ..config import Settings
 from ..errors import BadRequest
 from ..paths import RunPaths
-from .base import toil_argv
+from .base import load_scratch_document
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +39,11 @@ class CwlEngine:
         from cwltool.load_tool import load_tool
         from cwltool.workflow import default_make_tool
 
-        with tempfile.TemporaryDirectory(prefix="wes-gateway-warm-") as tmp:
-            document = Path(tmp) / "warm.cwl"
-            document.write_text(_WARM)
-            load_tool(str(document), LoadingContext({"construct_tool_object": default_make_tool}))
+        load_scratch_document(
+            "warm.cwl",
+            _WARM,
+            lambda path: load_tool(path, LoadingContext({"construct_tool_object": default_make_tool})),
+        )
 
     def run_leader(self, argv: list[str], paths: RunPaths) -> int:
         import toil.cwl.cwltoil
@@ -115,27 +115,18 @@ class CwlEngine:
     def present_outputs(self, outputs: dict[str, Any], paths: RunPaths) -> dict[str, Any]:
         return outputs
 
-    def argv(
-        self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings, restart: bool
-    ) -> list[str]:
-        return toil_argv(
-            workflow,
-            paths,
-            settings,
-            [
-                "--outdir",
-                str(paths.outdir),
-                "--tmpdir-prefix",
-                f"{paths.tmp}/",
-                "--tmp-outdir-prefix",
-                f"{paths.tmp}/",
-                "--no-container",
-                # Attachment names are kept verbatim; spaces and "#" are legitimate in them.
-                "--relax-path-checks",
-            ],
-            user_args,
-            restart,
-        )
+    def language_args(self, paths: RunPaths, settings: Settings) -> list[str]:
+        return [
+            "--outdir",
+            str(paths.outdir),
+            "--tmpdir-prefix",
+            f"{paths.tmp}/",
+            "--tmp-outdir-prefix",
+            f"{paths.tmp}/",
+            "--no-container",
+            # Attachment names are kept verbatim; spaces and "#" are legitimate in them.
+            "--relax-path-checks",
+        ]
 
 
 def step_name(job_type: str, workflow_file: str, steps: list[dict[str, object]] | None = None) -> str:

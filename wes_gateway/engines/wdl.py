@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 from ..config import Settings
 from ..errors import BadRequest
 from ..paths import RunPaths
-from .base import toil_argv
+from .base import load_scratch_document
 
 # Toil's interpreter runs these; draft-2 parses in miniwdl but Toil does not execute it.
 VERSIONS = ["1.0", "1.1"]
@@ -44,10 +43,7 @@ class WdlEngine:
         import toil.wdl.wdltoil  # noqa: F401
         import WDL
 
-        with tempfile.TemporaryDirectory(prefix="wes-gateway-warm-") as tmp:
-            document = Path(tmp) / "warm.wdl"
-            document.write_text(_WARM)
-            WDL.load(str(document))
+        load_scratch_document("warm.wdl", _WARM, WDL.load)
 
     def run_leader(self, argv: list[str], paths: RunPaths) -> int:
         import toil.wdl.wdltoil
@@ -110,24 +106,15 @@ class WdlEngine:
         calls = sorted({call.name for call in _calls(target)})
         return params, {"steps": [{"name": name} for name in calls], "name": target.name}
 
-    def argv(
-        self, workflow: str, paths: RunPaths, user_args: list[str], settings: Settings, restart: bool
-    ) -> list[str]:
-        return toil_argv(
-            workflow,
-            paths,
-            settings,
-            [
-                "--outputDirectory",
-                str(paths.outdir),
-                "--outputFile",
-                str(paths.outputs_json),
-                "--container",
-                settings.wdl_container,
-            ],
-            user_args,
-            restart,
-        )
+    def language_args(self, paths: RunPaths, settings: Settings) -> list[str]:
+        return [
+            "--outputDirectory",
+            str(paths.outdir),
+            "--outputFile",
+            str(paths.outputs_json),
+            "--container",
+            settings.wdl_container,
+        ]
 
     def present_outputs(self, outputs: dict[str, Any], paths: RunPaths) -> dict[str, Any]:
         """WDL outputs with local files shown as CWL shows them (class, location, path...)."""
