@@ -41,6 +41,14 @@ run_supervisor = os.environ.get("WES_GATEWAY_SUPERVISOR", "embedded") == "embedd
 
 
 def on_starting(server):
+    # Refuse to start without the run sandbox the settings ask for, before anything listens.
+    from wes_gateway.sandbox import SandboxUnavailable, check
+
+    try:
+        check(load_settings())
+    except SandboxUnavailable as exc:
+        server.log.error("wes-gateway cannot start: %s", exc)
+        sys.exit(1)
     # Migrate once, here, rather than racing in every worker.
     from wes_gateway.cli import main
 

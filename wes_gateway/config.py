@@ -79,6 +79,13 @@ class Settings(BaseModel):
         default_factory=list,
         description="Directories put first on the leaders' PATH (helper tools, container engines).",
     )
+    run_sandbox: Literal["bwrap", "none"] = Field(
+        "bwrap", description="Sandbox of every run's leader: bwrap (bubblewrap), or none (an explicit opt-out)."
+    )
+    run_user: str = Field(
+        "nobody",
+        description="Account leaders drop to when the supervisor runs as root; empty keeps root (inside a user namespace).",
+    )
     wdl_container: Literal["singularity", "docker", "auto"] = Field(
         "singularity", description="Toil's --container for WDL: singularity, docker or auto."
     )

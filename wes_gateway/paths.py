@@ -62,8 +62,19 @@ class RunPaths:
         return self.root / "messages.tsv"
 
     @property
+    def control(self) -> Path:
+        """The supervisor's own files about the run; hidden from the run's sandbox, so that
+        nothing the workflow does can change what the supervisor believes of it."""
+        return self.root / "control"
+
+    @property
     def leader_file(self) -> Path:
-        return self.root / "leader.json"
+        return self.control / "leader.json"
+
+    @property
+    def inputs(self) -> Path:
+        """Local paths the input policy let the run name (bound read-only into its sandbox)."""
+        return self.control / "inputs.json"
 
     @property
     def outline(self) -> Path:
@@ -79,7 +90,7 @@ class RunPaths:
 
     @property
     def result(self) -> Path:
-        return self.root / "result.json"
+        return self.control / "result.json"
 
     def read_result(self) -> int | None:
         """The leader's exit code as it recorded it, or None if it never finished."""
@@ -87,6 +98,13 @@ class RunPaths:
             return int(json.loads(self.result.read_text())["exit_code"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+    def read_inputs(self) -> list[str]:
+        try:
+            data = json.loads(self.inputs.read_text())
+        except (OSError, ValueError):
+            return []
+        return [item for item in data if isinstance(item, str)] if isinstance(data, list) else []
 
     def read_outputs(self) -> dict[str, Any]:
         try:

@@ -66,6 +66,7 @@ def build(settings: Settings, counts: dict[str, int]) -> ServiceInfo:
             "default_page_size": str(settings.default_page_size),
             "max_page_size": str(settings.max_page_size),
             "wdl_container_engine": settings.wdl_container,
+            "run_sandbox": settings.run_sandbox,
         },
     )
 

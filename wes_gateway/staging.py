@@ -312,14 +312,23 @@ def stage(form: Mapping[str, str], attachments: Iterable[Attachment], settings: 
     try:
         final.root.symlink_to(staged, target_is_directory=True)
         write_attachments(final.attachments, attachments, settings)
-        workflow = engine.workflow_reference(*resolve_workflow_url(request.workflow_url, final.attachments, settings))
-        params, outline = engine.prepare(
-            workflow,
-            request.workflow_params,
-            lambda reference: resolve_input(reference, final.attachments, settings),
-        )
+        location, fragment = resolve_workflow_url(request.workflow_url, final.attachments, settings)
+        workflow = engine.workflow_reference(location, fragment)
+        # Local files the policy admitted outside the attachments: the run's sandbox shows them.
+        approved: list[str] = [location] if location.startswith("/") else []
+
+        def admit(reference: str) -> str:
+            resolved = resolve_input(reference, final.attachments, settings)
+            if resolved.startswith("/"):
+                approved.append(resolved)
+            return resolved
+
+        params, outline = engine.prepare(workflow, request.workflow_params, admit)
         final.outline.write_text(json.dumps(outline))
         final.params.write_text(json.dumps(params))
+        outside = [path for path in dict.fromkeys(approved) if not Path(path).is_relative_to(final.attachments)]
+        final.control.mkdir(mode=0o700)
+        final.inputs.write_text(json.dumps(outside))
         # Nothing reads runs/<id> before its record exists, so the swap need not be atomic.
         final.root.unlink()
         os.rename(staged, final.root)

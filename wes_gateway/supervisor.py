@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import procs, retention, store, tasks
+from . import procs, retention, sandbox, store, tasks
 from .config import Settings
 from .engines import Engine, LeaderSpec, engine_for, toil_argv
 from .logsetup import setup_logging
@@ -120,8 +120,11 @@ class Leader:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, hidden_files: list[str] | None = None) -> None:
         self.settings = settings
+        # Read once, before the environment is scrubbed: the service's own secret files.
+        self.hidden_files = hidden_files or []
+        self.identity = sandbox.run_identity(settings)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop_event = threading.Event()
         self.pool = ThreadPoolExecutor(settings.max_concurrent_runs, thread_name_prefix="run")
@@ -197,8 +200,7 @@ class Supervisor:
         if engine is None:
             return
         paths = RunPaths.of(self.settings, run_id)
-        for directory in (paths.work, paths.outdir, paths.tmp, paths.home):
-            directory.mkdir(parents=True, exist_ok=True)
+        sandbox.hand_over(paths, self.identity)
         argv = toil_argv(
             run.workflow_path,
             paths,
@@ -213,6 +215,8 @@ class Supervisor:
             argv=argv,
             env=leader_env(self.settings, run_id, paths),
             root=str(paths.root),
+            sandbox=self._sandbox_of(paths),
+            run_as=None if self.identity is None else (self.identity.uid, self.identity.gid),
         )
         paths.result.unlink(missing_ok=True)
         paths.leader_file.unlink(missing_ok=True)
@@ -227,6 +231,11 @@ class Supervisor:
             # Cancelled while we were starting it: record the pid so the cancel can find it.
             store.update_run(run_id, **fields)
         self._watch(run, engine, Leader(process.pid, process), paths)
+
+    def _sandbox_of(self, paths: RunPaths) -> sandbox.SandboxSpec | None:
+        if self.settings.run_sandbox == "none":
+            return None
+        return sandbox.plan(self.settings, paths, paths.read_inputs(), self.hidden_files, self.identity)
 
     def _recover(self, run_id: str) -> None:
         """Take over a run whose supervisor died: adopt, finish, resume or fail it."""
@@ -367,12 +376,18 @@ def _run_leader(spec: LeaderSpec) -> None:
 def serve(settings: Settings, stop_on_parent_exit: bool = False) -> None:
     """Run a supervisor until SIGTERM/SIGINT (or, optionally, until its parent dies)."""
     setup_logging()
+    sandbox.check(settings)
     store.open_database(settings.effective_database_url)
     store.upgrade(store.database.obj)
+    hidden = sandbox.secret_files(settings, os.environ)
+    if sandbox.run_identity(settings) is not None:
+        # Only the service reads the data directory; a run sees its own directory, in its sandbox.
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(settings.data_dir, 0o700)
     # The forkserver, and so every leader, inherits this process's environment at start-up
     # (and /proc shows it): drop everything but the allowlist before it is spawned.
     scrub_environment()
-    supervisor = Supervisor(settings)
+    supervisor = Supervisor(settings, hidden)
     parent = os.getppid()
 
     def stop(signum: int, _frame: object) -> None:

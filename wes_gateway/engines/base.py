@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from ..config import Settings
 from ..paths import RunPaths
+from ..sandbox import SandboxSpec
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class LeaderSpec:
     argv: list[str]
     env: dict[str, str]
     root: str
+    sandbox: SandboxSpec | None = None
+    run_as: tuple[int, int] | None = None  # uid and gid to drop to (supervisor running as root)
 
 
 class Engine(Protocol):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .. import procs
 from ..paths import RunPaths
+from ..sandbox import Sandbox, become
 from . import ENGINES, engine_for
 from .base import LeaderSpec
 
@@ -44,7 +45,7 @@ _warm_engines()
 
 
 def _redirect(fd: int, path: str) -> None:
-    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     os.dup2(target, fd)
     os.close(target)
 
@@ -56,7 +57,8 @@ def _write_result(paths: RunPaths, exit_code: int) -> None:
 
 
 def run_leader(spec: LeaderSpec) -> None:
-    """Entry point in the child. Never returns: exits with the leader's exit code."""
+    """Entry point in the child (the run's launcher). Never returns: it exits with the
+    leader's exit code, or dies of the signal that killed the leader."""
     # Own process group, so cancel can signal the leader and everything it started.
     os.setsid()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -65,16 +67,46 @@ def run_leader(spec: LeaderSpec) -> None:
     os.chdir(spec.root)
     # Who the leader is, for a supervisor that must adopt it after a crash: pid and start time
     # (a forked process's /proc environ still shows the forkserver's, so no marker is visible).
+    # In the control directory, which the sandbox hides: no workflow can point it elsewhere.
     paths.leader_file.write_text(json.dumps({"pid": os.getpid(), "start": procs.start_time(os.getpid())}))
-    # Toil pickles the leader's environment into the job store: give it only what we chose.
-    os.environ.clear()
-    os.environ.update(spec.env)
     sys.stdout.flush()
     sys.stderr.flush()
     _redirect(1, str(paths.stdout))
     _redirect(2, str(paths.stderr))
+    box = None
+    if spec.sandbox is not None:
+        try:
+            box = Sandbox(spec.sandbox)
+        except Exception:
+            traceback.print_exc()
+            os._exit(1)
+    # The leader proper is a child: the first process of the sandbox's PID namespace that
+    # runs Toil. This launcher stays outside and alone records the result.
+    pid = os.fork()
+    if pid == 0:
+        os._exit(_lead(spec, paths, box))
+    _, status = os.waitpid(pid, 0)
+    if box is not None:
+        box.close()
+    if os.WIFEXITED(status):
+        _write_result(paths, os.WEXITSTATUS(status))
+        os._exit(os.WEXITSTATUS(status))
+    # Killed: no result, and the supervisor sees the same signal as its exit status.
+    signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+    os.kill(os.getpid(), os.WTERMSIG(status))
+    os._exit(128 + os.WTERMSIG(status))
+
+
+def _lead(spec: LeaderSpec, paths: RunPaths, box: Sandbox | None) -> int:
+    """In the leader: enter the sandbox, drop root, run the language's Toil front end."""
     exit_code = 1
     try:
+        if box is not None:
+            box.enter()
+        become(spec.run_as)
+        # Toil pickles the leader's environment into the job store: give it only what we chose.
+        os.environ.clear()
+        os.environ.update(spec.env)
         engine = engine_for(spec.workflow_type)
         if engine is None:
             raise RuntimeError(f"no engine for workflow type {spec.workflow_type}")
@@ -88,10 +120,7 @@ def run_leader(spec: LeaderSpec) -> None:
     except BaseException:
         traceback.print_exc()
         exit_code = 1
-    try:
-        _write_result(paths, exit_code)
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Skip interpreter teardown: Toil leaves threads and atexit hooks behind.
-        os._exit(exit_code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: Toil leaves threads and atexit hooks behind.
+    return exit_code & 0xFF if exit_code >= 0 else 1

@@ -1,0 +1,65 @@
+"""What a hostile workflow step tries from inside a run (tests/test_sandbox.py).
+
+Reads a JSON list of attempts, makes each, and prints one JSON object: attempt name -> "ok: ..."
+or "denied: ...". It never fails itself, so the run completes and its report is an output."""
+
+import json
+import os
+import sqlite3
+import sys
+import urllib.error
+import urllib.request
+
+
+def attempt(kind, target, extra):
+    if kind == "read":
+        with open(target, "rb") as handle:
+            return f"{len(handle.read())} bytes"
+    if kind == "list":
+        return ",".join(sorted(os.listdir(target))[:20])
+    if kind == "write":
+        with open(target, "w") as handle:
+            handle.write("written by another user's run\n")
+        return "written"
+    if kind == "environ":
+        with open(target, "rb") as handle:
+            found = extra.encode() in handle.read()
+        return "secret seen" if found else "read, no secret"
+    if kind == "sql":
+        db = sqlite3.connect(target, timeout=5)
+        db.execute(
+            "INSERT INTO api_token (user, token_hash, label, created_at) VALUES (?, ?, 'probe', '2026-01-01')",
+            ("admin", extra),
+        )
+        db.commit()
+        return "row inserted"
+    if kind == "processes":
+        seen = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                        seen.append(handle.read().replace(b"\0", b" ").decode(errors="replace"))
+                except OSError:
+                    pass
+        gateway = [line for line in seen if any(needle in line for needle in extra.split("|"))]
+        if gateway:
+            return f"{len(gateway)} gateway processes seen: {gateway[0][:80]}"
+        raise PermissionError(f"no gateway process among {len(seen)} visible")
+    if kind == "http":
+        request = urllib.request.Request(target, headers=json.loads(extra))
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:
+            raise PermissionError(f"HTTP {exc.code}") from None
+    raise ValueError(kind)
+
+
+report = {}
+for name, kind, target, extra in json.load(open(sys.argv[1])):
+    try:
+        report[name] = "ok: " + attempt(kind, target, extra)
+    except Exception as exc:  # every failure is the answer we want to see
+        report[name] = f"denied: {type(exc).__name__}: {exc}"
+print(json.dumps(report, indent=1))

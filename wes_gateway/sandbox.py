@@ -1,0 +1,356 @@
+"""The sandbox every run's leader lives in, built by bubblewrap and joined by the leader.
+
+A leader is forked from the Toil-preloaded forkserver, so it cannot simply be exec'd under
+``bwrap``: that would throw the preloaded interpreter away. Instead bwrap builds the sandbox
+around a tiny holder process (``cat`` on a pipe), and the leader joins the holder's
+namespaces with setns(2):
+
+1. the leader's launcher (still outside) starts bwrap, waits until the holder runs, and joins
+   its user namespace (where there is one) and its PID namespace, which only its children
+   enter;
+2. it forks the leader proper, which joins the mount namespace, chroots into the holder's
+   root, drops to ``run_user`` (or, in a user namespace, drops every capability) and sets
+   no_new_privs before any of Toil's code runs;
+3. when the launcher exits, the pipe closes, the holder exits, and with the PID namespace's
+   init gone the kernel kills whatever the run left behind.
+
+The view holds the operating system and the Python environment read-only, the run's own
+directory read-write (less its ``control`` directory, which only the supervisor writes), the
+run's tmp as /tmp as well, and read-only the inputs that the policy let the run name under
+``allowed_file_roots``. Nothing else of the data directory, no config, key or password file
+and no home is there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Settings
+from .paths import RunPaths
+
+log = logging.getLogger(__name__)
+
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWPID = 0x20000000
+_PR_SET_NO_NEW_PRIVS = 38
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+# The operating system as a tool sees it. /bin, /lib... are symlinks into /usr on current
+# Debian; where they are real directories they are bound like /usr.
+_SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt")
+
+
+class SandboxUnavailable(RuntimeError):
+    """bwrap is missing or cannot build a sandbox on this host."""
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What one leader's sandbox holds; built by the supervisor, pickled to the leader."""
+
+    bwrap: str
+    run_root: str
+    control: str
+    tmp: str
+    read_only: tuple[str, ...]
+    symlinks: tuple[tuple[str, str], ...]
+    hidden_files: tuple[str, ...]
+    user_namespace: bool
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Who a leader runs as once it has dropped root: run_user's uid and the group shared
+    with the service account, so that the supervisor can still read the run's files."""
+
+    uid: int
+    gid: int
+    shared_gid: int
+
+
+def run_identity(settings: Settings) -> RunIdentity | None:
+    """The identity leaders drop to: only when the supervisor runs as root."""
+    if os.geteuid() != 0 or not settings.run_user:
+        return None
+    try:
+        entry = pwd.getpwnam(settings.run_user)
+    except KeyError:
+        raise SandboxUnavailable(f"run_user {settings.run_user!r} is not an account on this host") from None
+    if entry.pw_uid == 0:
+        raise SandboxUnavailable("run_user may not be root")
+    return RunIdentity(uid=entry.pw_uid, gid=entry.pw_gid, shared_gid=os.getegid())
+
+
+def hand_over(paths: RunPaths, identity: RunIdentity | None) -> None:
+    """Make the run directory the leader's own (group-shared with the service account),
+    while its control directory stays the supervisor's alone."""
+    for directory in (paths.root, paths.work, paths.outdir, paths.tmp, paths.home, paths.job_logs):
+        directory.mkdir(parents=True, exist_ok=True)
+    paths.control.mkdir(mode=0o700, exist_ok=True)
+    if identity is None:
+        return
+    os.chmod(paths.control, 0o700)
+    for path in _tree(paths.root, skip=paths.control):
+        if path.is_symlink():
+            continue
+        stat = path.lstat()
+        if stat.st_uid != identity.uid or stat.st_gid != identity.shared_gid:
+            os.chown(path, identity.uid, identity.shared_gid)
+        if path.is_dir():
+            os.chmod(path, 0o2770)
+
+
+def _tree(root: Path, skip: Path) -> Iterable[Path]:
+    yield root
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = [name for name in dirnames if here / name != skip]
+        for name in (*dirnames, *filenames):
+            yield here / name
+
+
+def secret_files(settings: Settings, environ: dict[str, str] | os._Environ[str]) -> list[str]:
+    """Files of the service's own that no run may read even where the OS view holds them
+    (a config or htpasswd file under /etc, say)."""
+    candidates = [environ.get("WES_GATEWAY_CONFIG", ""), settings.htpasswd_file, settings.jwt_public_key]
+    if settings.jwt_jwks and "://" not in settings.jwt_jwks:
+        candidates.append(settings.jwt_jwks)
+    return [os.path.realpath(path) for path in candidates if path and os.path.isfile(path)]
+
+
+def python_dirs() -> list[str]:
+    """The interpreter and environment every Toil worker and helper tool starts from."""
+    found = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}
+    return sorted(os.path.realpath(path) for path in found)
+
+
+def plan(
+    settings: Settings,
+    paths: RunPaths,
+    inputs: Iterable[str],
+    hidden: Iterable[str],
+    identity: RunIdentity | None,
+) -> SandboxSpec:
+    """The sandbox of one run: what it sees, and who its leader becomes."""
+    binary = shutil.which("bwrap") or "/usr/bin/bwrap"
+    read_only: list[str] = []
+    symlinks: list[tuple[str, str]] = []
+    for directory in _SYSTEM_DIRS:
+        if os.path.islink(directory):
+            symlinks.append((os.readlink(directory), directory))
+        elif os.path.isdir(directory):
+            read_only.append(directory)
+    for directory in [*python_dirs(), *settings.extra_path]:
+        if os.path.isdir(directory) and not _covered(directory, read_only):
+            read_only.append(os.path.realpath(directory))
+    data_dir = os.path.realpath(settings.data_dir)
+    for reference in inputs:
+        # Re-checked here: the list was written at submission, and the policy may have narrowed.
+        real = os.path.realpath(reference)
+        if os.path.exists(real) and _under_allowed_root(real, settings) and not _is_under(real, data_dir):
+            read_only.append(real)
+    return SandboxSpec(
+        bwrap=binary,
+        run_root=str(paths.root),
+        control=str(paths.control),
+        tmp=str(paths.tmp),
+        read_only=tuple(dict.fromkeys(read_only)),
+        symlinks=tuple(symlinks),
+        hidden_files=tuple(path for path in hidden if _covered(path, read_only)),
+        # Without a uid to drop to, a user namespace keeps the leader's powers inside it.
+        user_namespace=identity is None,
+    )
+
+
+def _is_under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _covered(path: str, roots: Iterable[str]) -> bool:
+    return any(_is_under(os.path.realpath(path), os.path.realpath(root)) for root in roots)
+
+
+def _under_allowed_root(path: str, settings: Settings) -> bool:
+    return any(_is_under(path, os.path.realpath(root)) for root in settings.allowed_file_roots)
+
+
+def _parents(path: str) -> list[str]:
+    parts = Path(path).parts[1:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def bwrap_argv(spec: SandboxSpec, info_fd: int) -> list[str]:
+    """bwrap's command line: the view, the namespaces, and the holder process."""
+    argv = [spec.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    if spec.user_namespace:
+        argv.append("--unshare-user")
+    argv += ["--die-with-parent", "--info-fd", str(info_fd)]
+    made: set[str] = set()
+
+    def parents_of(target: str) -> list[str]:
+        # bwrap makes missing parents 0700 (owned by whoever runs it): a dropped leader could
+        # not walk them, so every parent is made 0755 first.
+        out: list[str] = []
+        for parent in _parents(target):
+            if parent not in made:
+                made.add(parent)
+                out += ["--perms", "0755", "--dir", parent]
+        return out
+
+    for target, link in spec.symlinks:
+        argv += ["--symlink", target, link]
+    # /tmp first: anything bound below it afterwards (a data directory under /tmp) lands in
+    # the run's own tmp rather than being hidden by it.
+    argv += ["--bind", spec.tmp, "/tmp"]
+    made.add("/tmp")
+    for path in spec.read_only:
+        argv += [*parents_of(path), "--ro-bind", path, path]
+        made.add(path)
+    for path in spec.hidden_files:
+        argv += ["--ro-bind", "/dev/null", path]
+    argv += [*parents_of(spec.run_root), "--bind", spec.run_root, spec.run_root]
+    # The control directory (leader identity, result) is the supervisor's word: hidden.
+    argv += ["--tmpfs", spec.control, "--proc", "/proc", "--dev", "/dev"]
+    argv += ["--chdir", spec.run_root, "--", "/bin/sh", "-c", "echo; exec cat"]
+    return argv
+
+
+class _Libc:
+    def __init__(self) -> None:
+        self.lib = ctypes.CDLL(None, use_errno=True)
+
+    def call(self, name: str, *args: object) -> None:
+        if getattr(self.lib, name)(*args) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"{name}: {os.strerror(errno)}")
+
+    def setns(self, path: str, kind: int) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.call("setns", fd, kind)
+        finally:
+            os.close(fd)
+
+    def drop_capabilities(self) -> None:
+        class Header(ctypes.Structure):
+            _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+        class Data(ctypes.Structure):
+            _fields_ = [
+                ("effective", ctypes.c_uint32),
+                ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32),
+            ]
+
+        header = Header(_LINUX_CAPABILITY_VERSION_3, 0)
+        data = (Data * 2)()
+        self.call("capset", ctypes.byref(header), ctypes.byref(data))
+
+    def no_new_privs(self) -> None:
+        self.call("prctl", _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+
+
+class Sandbox:
+    """A built sandbox, held open by its holder process, that the launcher has half joined."""
+
+    def __init__(self, spec: SandboxSpec) -> None:
+        self.spec = spec
+        self.libc = _Libc()
+        info_read, info_write = os.pipe()
+        hold_read, self._hold = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                bwrap_argv(spec, info_write),
+                stdin=hold_read,
+                stdout=subprocess.PIPE,
+                pass_fds=(info_write,),
+                close_fds=True,
+            )
+        finally:
+            os.close(info_write)
+            os.close(hold_read)
+        with os.fdopen(info_read, "rb") as info:
+            text = info.read(4096)
+        assert self.process.stdout is not None
+        # The holder prints one line once bwrap has set up the whole view.
+        ready = self.process.stdout.read(1)
+        if not text or not ready:
+            self.process.wait()
+            raise SandboxUnavailable(f"bwrap did not start (exit status {self.process.returncode})")
+        self.holder = int(json.loads(text)["child-pid"])
+        self._root = os.open(f"/proc/{self.holder}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._mount = os.open(f"/proc/{self.holder}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        if spec.user_namespace:
+            self.libc.setns(f"/proc/{self.holder}/ns/user", _CLONE_NEWUSER)
+        # Only children enter a PID namespace: the leader forked next is the first of the run.
+        self.libc.setns(f"/proc/{self.holder}/ns/pid", _CLONE_NEWPID)
+
+    def enter(self) -> None:
+        """In the leader, just forked: join the view (``become`` then drops its powers)."""
+        self.libc.call("setns", self._mount, _CLONE_NEWNS)
+        os.fchdir(self._root)
+        os.chroot(".")
+        os.chdir(self.spec.run_root)
+        for fd in (self._root, self._mount, self._hold):
+            os.close(fd)
+        if self.spec.user_namespace:
+            # Joining the user namespace gave every capability inside it; keep none.
+            self.libc.drop_capabilities()
+
+    def close(self) -> None:
+        """The holder exits; the kernel then ends every process left in the sandbox."""
+        os.close(self._hold)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def become(identity: tuple[int, int] | None) -> None:
+    """In the leader, before Toil runs: drop root for run_user and forbid regaining powers
+    through setuid binaries."""
+    if identity is not None:
+        uid, gid = identity
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+        # Run directories are setgid to the service's group: the service reads what the run writes.
+        os.umask(0o007)
+    _Libc().no_new_privs()
+
+
+def check(settings: Settings) -> None:
+    """At start-up: refuse to run if the configured sandbox cannot be built here."""
+    if settings.run_sandbox == "none":
+        log.warning(
+            "run_sandbox is 'none': workflows run unsandboxed and can read and change this "
+            "service's data directory, database and other users' runs"
+        )
+        return
+    advice = (
+        "install bubblewrap (apt-get install bubblewrap) and allow user namespaces "
+        "(sysctl kernel.unprivileged_userns_clone=1 where the kernel has it), or opt out "
+        "with WES_GATEWAY_RUN_SANDBOX=none (runs can then read the service's data)"
+    )
+    binary = shutil.which("bwrap")
+    if binary is None:
+        raise SandboxUnavailable(f"run_sandbox is 'bwrap' but bwrap is not installed: {advice}")
+    identity = run_identity(settings)
+    argv = [binary, "--unshare-pid", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
+    if identity is None:
+        argv.insert(1, "--unshare-user")
+    result = subprocess.run([*argv, "true"], capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        raise SandboxUnavailable(f"bwrap cannot build a sandbox here ({result.stderr.strip()}): {advice}")
