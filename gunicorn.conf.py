@@ -13,7 +13,10 @@ import sys
 # One source for the bind address, shared with the app (which refuses no-auth off loopback).
 from wes_gateway.config import load_settings
 
-bind = load_settings().bind
+# Several listeners may be given, comma-separated (a unix socket for Apache, loopback TCP).
+bind = [address.strip() for address in load_settings().bind.split(",") if address.strip()]
+# A unix socket is born without access for others (chmod 0660 follows in when_ready).
+umask = 0o007
 workers = int(os.environ.get("WES_GATEWAY_WORKERS", str(min(2 * multiprocessing.cpu_count() + 1, 8))))
 worker_class = os.environ.get("WES_GATEWAY_WORKER_CLASS", "wes_gateway.serving.UvicornWorker")
 wsgi_app = os.environ.get("WES_GATEWAY_APP", "wes_gateway.asgi:app")
@@ -56,6 +59,29 @@ def on_starting(server):
 
 
 def when_ready(server):
+    # Judge what was bound, not what the settings said (GUNICORN_CMD_ARGS can change it).
+    from wes_gateway.auth import exposed_listeners
+
+    settings = load_settings()
+    exposed = exposed_listeners(settings, [listener.sock.getsockname() for listener in server.LISTENERS])
+    if exposed:
+        server.log.error(
+            "wes-gateway refuses to serve without authentication on %s: set WES_GATEWAY_AUTH_MODES, "
+            "or listen on loopback or a unix socket only",
+            ", ".join(exposed),
+        )
+        server.halt(exit_status=1)
+    for listener in server.LISTENERS:
+        path = listener.sock.getsockname()
+        if isinstance(path, str) and path:
+            # Only the web server's group may speak to a unix socket: it is trusted to name users.
+            group = -1
+            if settings.socket_group:
+                import grp
+
+                group = grp.getgrnam(settings.socket_group).gr_gid
+            os.chown(path, -1, group)
+            os.chmod(path, 0o660)
     if run_supervisor:
         server.wes_supervisor = subprocess.Popen(
             [sys.executable, "-m", "wes_gateway.cli", "supervise", "--exit-with-parent"]

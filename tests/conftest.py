@@ -77,20 +77,39 @@ class Server:
             return ""
 
 
+def unix_request(socket_path: Path, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    """GET over a unix socket, as Apache's mod_proxy does for a unix: backend."""
+    import http.client
+    import socket
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(10)
+            self.sock.connect(str(socket_path))
+
+    conn = UnixConnection("localhost", timeout=10)
+    conn.request("GET", path, headers=headers or {})
+    response = conn.getresponse()
+    return response.status, json.loads(response.read() or b"{}")
+
+
 def start_server(
     data_dir: Path,
     extra_env: dict[str, str] | None = None,
     workers: int = 2,
     app: str | None = None,
     worker_class: str | None = None,
+    unix_socket: Path | None = None,
 ) -> Server:
+    """Gunicorn on a free loopback port (and, if asked, a unix socket as well)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WES_GATEWAY_")}
     env.update(
         {
             "WES_GATEWAY_DATA_DIR": str(data_dir),
-            "WES_GATEWAY_BIND": f"127.0.0.1:{port}",
+            "WES_GATEWAY_BIND": (f"unix:{unix_socket}," if unix_socket else "") + f"127.0.0.1:{port}",
             "WES_GATEWAY_WORKERS": str(workers),
             "WES_GATEWAY_RESPONSE_VALIDATION": "true",
             "WES_GATEWAY_POLL_INTERVAL": "0.2",

@@ -42,7 +42,7 @@ class Apache:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_apache(backend_port: int) -> Apache:
+def start_apache(backend: str) -> Apache:
     if not APACHE.exists():
         raise FileNotFoundError("Apache httpd is not installed (scripts/system-deps installs Debian's apache2)")
     # Apache's children run as www-data: everything they read lives in a world-readable place.
@@ -84,7 +84,7 @@ def start_apache(backend_port: int) -> Apache:
                 'LogFormat "%h %u \\"%r\\" %>s %b %{UNIQUE_ID}e" wes',
                 f"CustomLog {root}/access.log wes",
                 f"DefaultRuntimeDir {root}",
-                f"Define WES_BACKEND http://127.0.0.1:{backend_port}",
+                f'Define WES_BACKEND "{backend}"',
                 f"Define WES_HTPASSWD {root}/htpasswd",
                 f"Include {ROOT}/deploy/apache/wes-gateway-proxy.conf",
                 "Use WesGateway /wes",
@@ -112,24 +112,32 @@ def start_apache(backend_port: int) -> Apache:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Apache, Server]]:
-    # The gateway trusts only 127.0.0.1 (Apache's side of the proxy connection); the tests'
-    # own direct requests come from 127.0.0.2, an untrusted address.
+    # Apache reaches the gateway over a unix socket that only its group may open, and only
+    # that socket is trusted to name users; the loopback TCP port (which the tests' direct
+    # requests use) is not, whatever the peer address.
+    sockets = Path(tempfile.mkdtemp(prefix="wes-gateway-sock-"))
+    os.chmod(sockets, 0o755)
+    socket_path = sockets / "wes.sock"
+    group = "www-data" if os.geteuid() == 0 else ""
     server = start_server(
         tmp_path_factory.mktemp("behind-apache"),
         {
             "WES_GATEWAY_AUTH_MODES": "proxy",
-            "WES_GATEWAY_TRUSTED_PROXIES": "127.0.0.1",
+            "WES_GATEWAY_TRUSTED_PROXIES": "unix",
+            "WES_GATEWAY_SOCKET_GROUP": group,
             "WES_GATEWAY_MAX_ATTACHMENT_BYTES": str(300 * 1024 * 1024),
         },
+        unix_socket=socket_path,
     )
     try:
-        apache = start_apache(int(server.base.rsplit(":", 1)[1]))
+        apache = start_apache(f"unix:{socket_path}|http://localhost")
     except (FileNotFoundError, RuntimeError, OSError) as exc:
         stop_server(server)
         pytest.skip(f"no Apache httpd can be started here: {exc}")
     yield apache, server
     apache.stop()
     stop_server(server)
+    shutil.rmtree(sockets, ignore_errors=True)
 
 
 def wes(apache: Apache, prefix: str = "/wes") -> str:
@@ -212,10 +220,12 @@ def test_toil_wes_cwl_runner_through_apache(stack: tuple[Apache, Server], tmp_pa
 def test_forged_user_header_straight_to_gunicorn_is_rejected(stack: tuple[Apache, Server]) -> None:
     _, server = stack
     host, port = server.base.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10, source_address=("127.0.0.2", 0))
-    conn.request("GET", "/ga4gh/wes/v1/runs", headers={"X-Remote-User": "alice"})
-    response = conn.getresponse()
-    assert response.status == 401 and json.loads(response.read())["status_code"] == 401
+    # From Apache's own address too: loopback proves nothing, only the socket does.
+    for source in ("127.0.0.2", "127.0.0.1"):
+        conn = http.client.HTTPConnection(host, int(port), timeout=10, source_address=(source, 0))
+        conn.request("GET", "/ga4gh/wes/v1/runs", headers={"X-Remote-User": "alice"})
+        response = conn.getresponse()
+        assert response.status == 401 and json.loads(response.read())["status_code"] == 401
 
 
 def test_client_sent_user_header_cannot_impersonate(stack: tuple[Apache, Server]) -> None:

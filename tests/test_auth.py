@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import Server, start_server, stop_server
+from conftest import Server, start_server, stop_server, unix_request
 
 D = Path(__file__).parent / "data"
 SECRET = "sekrit-do-not-leak-8d1f"
+PROXY_SECRET = "apache-only-3f9a0c"
 ECHO = {
     "workflow_url": "echo.cwl",
     "workflow_type": "CWL",
@@ -55,9 +56,11 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def secure(keys: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = keys["root"]
+    data_dir = tmp_path_factory.mktemp("secure")
     server = start_server(
-        tmp_path_factory.mktemp("secure"),
-        {
+        data_dir,
+        unix_socket=data_dir.parent / f"{data_dir.name}.sock",
+        extra_env={
             "WES_GATEWAY_AUTH_MODES": "proxy,token,jwt,basic",
             "WES_GATEWAY_HTPASSWD_FILE": str(root / "htpasswd"),
             "WES_GATEWAY_JWT_JWKS": str(root / "jwks.json"),
@@ -66,6 +69,8 @@ def secure(keys: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> It
             "WES_GATEWAY_ADMIN_USERS": "boss",
             # The "proxy" is 127.0.0.2; tests calling from 127.0.0.1 are direct clients.
             "WES_GATEWAY_TRUSTED_PROXIES": "127.0.0.2",
+            "WES_GATEWAY_AUTH_PROXY_PEERS": "127.0.0.2",
+            "WES_GATEWAY_AUTH_PROXY_SECRET": PROXY_SECRET,
             "WES_GATEWAY_STATE_COUNTS_SCOPE": "caller",
             "WES_GATEWAY_MAX_ACTIVE_RUNS_PER_USER": "2",
             "WES_GATEWAY_MAX_ATTACHMENT_BYTES": str(1024 * 1024),
@@ -192,6 +197,23 @@ def test_proxy_header_only_from_the_trusted_proxy(secure: Server) -> None:
     assert status == 401 and "trusted proxy" in body["msg"]
     status, _ = from_peer(secure, "127.0.0.2", "/runs", {})
     assert status == 401
+    # Loopback is no proof of being the proxy: every local process (a workflow step, too) has it.
+    status, body = from_peer(secure, "127.0.0.1", "/runs", {"X-Remote-User": "boss"})
+    assert status == 401
+    # The shared secret that Apache adds proves it, from any address; a wrong one does not.
+    status, body = from_peer(
+        secure, "127.0.0.1", "/runs", {"X-Remote-User": "carol", "X-WES-Gateway-Proxy-Secret": PROXY_SECRET}
+    )
+    assert status == 200 and "runs" in body
+    status, _ = from_peer(
+        secure, "127.0.0.1", "/runs", {"X-Remote-User": "carol", "X-WES-Gateway-Proxy-Secret": "guess"}
+    )
+    assert status == 401
+    # So does the unix socket, which only the web server's group may open.
+    socket_path = secure.data_dir.parent / f"{secure.data_dir.name}.sock"
+    assert socket_path.stat().st_mode & 0o777 == 0o660
+    status, body = unix_request(socket_path, "/ga4gh/wes/v1/runs", {"X-Remote-User": "carol"})
+    assert status == 200 and "runs" in body
     # A client cannot plant the internal user headers either.
     status, _ = from_peer(secure, "127.0.0.1", "/runs", {"X-WES-Gateway-User": "alice", "X-WES-Gateway-Admin": "1"})
     assert status == 401
@@ -345,7 +367,7 @@ def test_server_secrets_reach_no_run(secure: Server) -> None:
     leader_env = b""
     deadline = time.monotonic() + 120
     while secure.get(f"/runs/{run_id}/status", headers=alice).json()["state"] not in ("EXECUTOR_ERROR", "COMPLETE"):
-        leader_file = secure.data_dir / "runs" / run_id / "leader.json"
+        leader_file = secure.data_dir / "runs" / run_id / "control" / "leader.json"
         if leader_file.exists() and not leader_env:
             try:
                 pid = json.loads(leader_file.read_text())["pid"]
@@ -371,3 +393,10 @@ def test_no_auth_off_loopback_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="loopback"):
         create_app(load_settings({}, data_dir=tmp_path, bind="0.0.0.0:8080"))
     create_app(load_settings({}, data_dir=tmp_path, bind="0.0.0.0:8080", auth_modes=["token"]))
+
+
+def test_no_auth_on_a_real_non_loopback_listener_is_refused(tmp_path: Path) -> None:
+    # The settings say loopback; Gunicorn is told otherwise on its command line.
+    with pytest.raises(RuntimeError) as failure:
+        start_server(tmp_path / "data", {"GUNICORN_CMD_ARGS": "--bind 0.0.0.0:0"})
+    assert "refuses to serve without authentication on 0.0.0.0" in str(failure.value)

@@ -48,9 +48,10 @@ def start(tmp: Path, **env: str) -> Server:
     (tools / "wes.toml").write_text('organization_name = "Probe Target"\n')
     return start_server(
         tmp / "data",
-        {
+        unix_socket=tmp / "wes.sock",
+        extra_env={
             "WES_GATEWAY_CONFIG": str(tools / "wes.toml"),
-            "WES_GATEWAY_AUTH_MODES": "basic,token",
+            "WES_GATEWAY_AUTH_MODES": "basic,token,proxy",
             "WES_GATEWAY_HTPASSWD_FILE": str(tools / "htpasswd"),
             "WES_GATEWAY_EXTRA_PATH": f"{tools},{ROOT / 'tests' / 'bin'}",
             "SECRET_API_KEY": SECRET,
@@ -121,6 +122,10 @@ def probe(server: Server) -> tuple[str, dict[str, str], str, Path]:
         ["write_other_run", "write", str(bob_dir / "outputs" / "planted.txt"), ""],
         ["mint_admin_token", "sql", str(data / "wes.sqlite3"), hashlib.sha256(token.encode()).hexdigest()],
         ["see_processes", "processes", "/proc", "gunicorn|wes_gateway.cli"],
+        # In proxy mode, a step that claims to be the proxy: over loopback TCP, and over the
+        # unix socket that only the web server may open.
+        ["forge_identity_tcp", "http", f"{server.api}/runs", json.dumps({"X-Remote-User": "admin"})],
+        ["forge_identity_unix", "unix_http", str(data.parent / "wes.sock"), json.dumps({"X-Remote-User": "admin"})],
     ]
     attempts += [
         [f"environ_{name}", "environ", f"/proc/{pid}/environ", SECRET] for name, pid in service_pids(server).items()
@@ -195,6 +200,8 @@ def test_probe_succeeds_without_the_sandbox(tmp_path: Path) -> None:
         assert minted.status_code == 200
     finally:
         stop_server(server)
+    # Loopback TCP never proves the proxy, sandbox or not.
+    assert report.pop("forge_identity_tcp").startswith("denied: PermissionError: HTTP 401")
     denied = {name: outcome for name, outcome in report.items() if not outcome.startswith("ok:")}
     assert denied == {}
     assert report["environ_supervisor"] == "ok: secret seen" or report["environ_master"] == "ok: secret seen"

@@ -2,7 +2,9 @@
 
 Modes (settings.auth_modes, tried in this order, any may be combined):
 - ``proxy``: a user header (``X-Remote-User`` by default) set by a reverse proxy, honoured
-  only from ``trusted_proxies``; the same header from anyone else is refused.
+  only on a unix socket, from ``auth_proxy_peers`` (none by default), or with the shared
+  secret ``auth_proxy_secret``; the same header from anyone else is refused. A loopback
+  address is no proof: every local process, a workflow's steps among them, has one.
 - ``token``: static API tokens from ``wes-gateway token create USER``, stored as SHA-256.
 - ``jwt``: bearer JWTs verified against a JWKS (file or URL) or a public key; asymmetric
   algorithms only; ``iss``, ``aud``, ``exp`` and ``nbf`` are checked.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import ipaddress
 import json
 import logging
@@ -73,7 +76,7 @@ def check_settings(settings: Settings) -> None:
     unknown = set(settings.auth_modes) - {"proxy", "token", "jwt", "basic"}
     if unknown:
         raise ConfigError(f"unknown auth modes: {', '.join(sorted(unknown))}")
-    if not settings.auth_modes and not is_loopback_bind(settings.bind):
+    if not settings.auth_modes and not all(is_loopback_bind(part.strip()) for part in settings.bind.split(",")):
         raise ConfigError(
             f"WES_GATEWAY_AUTH_MODES is empty but the service binds {settings.bind}: "
             "authentication may be off only on loopback"
@@ -82,6 +85,18 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError("auth mode basic needs WES_GATEWAY_HTPASSWD_FILE")
     if "jwt" in settings.auth_modes and not (settings.jwt_jwks or settings.jwt_public_key):
         raise ConfigError("auth mode jwt needs WES_GATEWAY_JWT_JWKS or WES_GATEWAY_JWT_PUBLIC_KEY")
+
+
+def exposed_listeners(settings: Settings, addresses: list[str | tuple[Any, ...]]) -> list[str]:
+    """The sockets actually bound (Gunicorn's, whatever the settings said) that reach beyond
+    this host while authentication is off; unix sockets are local."""
+    if settings.auth_modes:
+        return []
+    exposed = []
+    for address in addresses:
+        if isinstance(address, tuple) and not is_loopback_bind(f"[{address[0]}]:{address[1]}"):
+            exposed.append(f"{address[0]}:{address[1]}")
+    return exposed
 
 
 # ---------------------------------------------------------------- the individual checks
@@ -200,6 +215,8 @@ class Authenticator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.proxy_header = settings.auth_proxy_header.lower().encode()
+        self.secret_header = settings.auth_proxy_secret_header.lower().encode()
+        self.secret = settings.auth_proxy_secret.encode()
         self.htpasswd = Htpasswd(Path(settings.htpasswd_file)) if "basic" in settings.auth_modes else None
         self.jwt = JwtVerifier(settings) if "jwt" in settings.auth_modes else None
 
@@ -211,7 +228,7 @@ class Authenticator:
         if not modes:
             return User("", admin=True)
         forwarded_user = headers.get(self.proxy_header)
-        trusted = peer in self.settings.trusted_proxies
+        trusted = self.identity_trusted(peer, headers)
         if "proxy" in modes and forwarded_user is not None:
             if not trusted:
                 raise Unauthorized(f"{self.settings.auth_proxy_header} is only honoured from the trusted proxy")
@@ -245,6 +262,13 @@ class Authenticator:
             raise Unauthorized(f"the proxy sent no {self.settings.auth_proxy_header}")
         raise Unauthorized("credentials required")
 
+    def identity_trusted(self, peer: str, headers: dict[bytes, bytes]) -> bool:
+        """Whether this request may name its user in the proxy header."""
+        if peer == "unix" or peer in self.settings.auth_proxy_peers:
+            return True
+        sent = headers.get(self.secret_header)
+        return bool(self.secret) and sent is not None and hmac.compare_digest(sent, self.secret)
+
     def challenge(self) -> str:
         parts = []
         if "basic" in self.settings.auth_modes:
@@ -275,9 +299,11 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        raw = [(k, v) for k, v in scope.get("headers", []) if k not in (USER_HEADER, ADMIN_HEADER)]
-        headers = {k: v for k, v in raw}
-        # A unix-socket peer has no address; list "unix" in trusted_proxies to trust it.
+        headers = dict(scope.get("headers", []))
+        # The shared secret goes no further than this check: not to handlers, not to logs.
+        hidden = (USER_HEADER, ADMIN_HEADER, self.auth.secret_header)
+        raw = [(k, v) for k, v in scope.get("headers", []) if k not in hidden]
+        # A unix-socket peer has no address.
         peer = (scope.get("client") or ("unix", 0))[0]
         try:
             user = self.auth.authenticate(peer, headers)

@@ -45,6 +45,17 @@ class Settings(BaseModel):
         description="Any of proxy, token, jwt, basic; empty (no auth) is allowed only on a loopback bind.",
     )
     auth_proxy_header: str = Field("X-Remote-User", description="User header set by the trusted proxy.")
+    auth_proxy_peers: list[str] = Field(
+        default_factory=list,
+        description="TCP peers whose user header is honoured; none by default. Unix-socket peers always are.",
+    )
+    auth_proxy_secret: str = Field(
+        "", description="If set, a user header is also honoured when the request carries this shared secret."
+    )
+    auth_proxy_secret_header: str = Field(
+        "X-WES-Gateway-Proxy-Secret", description="The header carrying auth_proxy_secret (the proxy adds it)."
+    )
+    socket_group: str = Field("", description="Group given a unix socket that the service listens on (mode 0660).")
     auth_service_info: bool = Field(False, description="Whether GET /service-info needs credentials.")
     htpasswd_file: str = Field("", description="htpasswd-style file (bcrypt or argon2) for auth mode basic.")
     jwt_jwks: str = Field("", description="JWKS file path or URL for auth mode jwt.")
@@ -72,8 +83,8 @@ class Settings(BaseModel):
     contact_url: str = ""
     documentation_url: str = ""
     trusted_proxies: list[str] = Field(
-        default_factory=lambda: ["127.0.0.1", "::1"],
-        description="Peers whose X-Forwarded-Proto/-Host/-Prefix headers are honoured.",
+        default_factory=lambda: ["127.0.0.1", "::1", "unix"],
+        description="Peers whose X-Forwarded-Proto/-Host/-Prefix headers are honoured ('unix': a unix-socket peer).",
     )
     extra_path: list[str] = Field(
         default_factory=list,
@@ -100,6 +111,7 @@ class Settings(BaseModel):
 
     @field_validator(
         "trusted_proxies",
+        "auth_proxy_peers",
         "extra_path",
         "allowed_file_roots",
         "auth_modes",

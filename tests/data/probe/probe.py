@@ -53,6 +53,18 @@ def attempt(kind, target, extra):
                 return f"HTTP {response.status}"
         except urllib.error.HTTPError as exc:
             raise PermissionError(f"HTTP {exc.code}") from None
+    if kind == "unix_http":
+        import http.client
+        import socket
+
+        connection = http.client.HTTPConnection("localhost", timeout=10)
+        connection.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.sock.connect(target)
+        connection.request("GET", "/ga4gh/wes/v1/runs", headers=json.loads(extra))
+        status = connection.getresponse().status
+        if status != 200:
+            raise PermissionError(f"HTTP {status}")
+        return f"HTTP {status}"
     raise ValueError(kind)
 
 
