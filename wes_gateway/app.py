@@ -24,6 +24,7 @@ from .auth import AuthMiddleware, check_settings
 from .config import SETTINGS_KEY, Settings, load_settings
 from .errors import ApiError, error_body, send_error
 from .logsetup import setup_logging
+from .uploads import UploadMiddleware
 from .urls import API_BASE
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,9 @@ def create_app(settings: Settings | None = None, validate_responses: bool | None
     app.add_middleware(AuthMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE)
     spec = yaml.safe_load((SPEC_DIR / SPEC_FILE).read_text())
     app.add_middleware(RequestGuard, position=MiddlewarePosition.BEFORE_SWAGGER, routes=spec_routes(spec, API_BASE))
+    app.add_middleware(
+        UploadMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE
+    )
     app.add_error_handler(ProblemException, _problem)
     app.add_error_handler(HTTPException, _http)
     app.add_error_handler(ApiError, _api)

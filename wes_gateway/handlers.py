@@ -8,7 +8,7 @@ from typing import Any
 
 import flask
 
-from . import service_info, staging, store, tasks
+from . import service_info, staging, store, tasks, uploads
 from .auth import User, current_user
 from .config import current_settings
 from .errors import ApiError, BadRequest, NotFound, TooManyRequests
@@ -72,10 +72,15 @@ def run_workflow(**_fields: Any) -> Json:
     # Connexion has validated the form; read it from Flask to keep attachment names verbatim.
     request = flask.request
     form = {key: request.form.get(key, "") for key in request.form}
-    attachments = [
-        staging.Attachment(filename=storage.filename or "", stream=storage.stream)
-        for storage in request.files.getlist("workflow_attachment")
-    ]
+    files = uploads.spooled(request.environ)
+    if files is not None:
+        # Streamed to disk by the upload middleware (the parts Flask sees are empty).
+        attachments = [staging.Attachment(filename=file.filename, path=file.path) for file in files]
+    else:
+        attachments = [
+            staging.Attachment(filename=storage.filename or "", stream=storage.stream)
+            for storage in request.files.getlist("workflow_attachment")
+        ]
     settings = current_settings()
     caller = _caller()
     limit = settings.max_active_runs_per_user

@@ -24,6 +24,7 @@ from .errors import ApiError, BadRequest, PayloadTooLarge
 from .models import RunRequest
 from .paths import RunPaths
 from .policy import engine_argv
+from .uploads import link_into
 
 REMOTE_SCHEMES = ("http", "https")
 COPY_CHUNK = 1024 * 1024
@@ -31,8 +32,12 @@ COPY_CHUNK = 1024 * 1024
 
 @dataclass(frozen=True)
 class Attachment:
+    """One workflow_attachment part: a stream to copy, or a file already spooled to disk
+    (``uploads.UploadMiddleware``), which is linked into place."""
+
     filename: str
-    stream: IO[bytes]
+    stream: IO[bytes] | None = None
+    path: Path | None = None
 
 
 def _json_object(form: Mapping[str, str], field: str) -> dict[str, Any]:
@@ -161,26 +166,38 @@ def write_attachments(target: Path, attachments: Iterable[Attachment], settings:
 
 def _write_one(path: Path, attachment: Attachment, settings: Settings, total: int) -> int:
     """Stream one part to a new file within the limits; returns the running total."""
+    clash = BadRequest(f"workflow_attachment: {attachment.filename!r} clashes with another attachment's directory")
+    if attachment.path is not None:
+        size = attachment.path.stat().st_size
+        _check_size(attachment, size, total + size, settings)
+        try:
+            link_into(attachment.path, path)
+        except (FileExistsError, IsADirectoryError, NotADirectoryError):
+            raise clash from None
+        return total + size
+    assert attachment.stream is not None
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     try:
         fd = os.open(path, flags, 0o644)
     except (FileExistsError, IsADirectoryError, NotADirectoryError):
-        raise BadRequest(
-            f"workflow_attachment: {attachment.filename!r} clashes with another attachment's directory"
-        ) from None
+        raise clash from None
     size = 0
     with os.fdopen(fd, "wb") as out:
         while chunk := attachment.stream.read(COPY_CHUNK):
             total += len(chunk)
             size += len(chunk)
-            if size > settings.max_attachment_file_bytes:
-                raise PayloadTooLarge(
-                    f"workflow_attachment: {attachment.filename!r} is larger than {settings.max_attachment_file_bytes} bytes"
-                )
-            if total > settings.max_attachment_bytes:
-                raise PayloadTooLarge(f"workflow_attachment: more than {settings.max_attachment_bytes} bytes in total")
+            _check_size(attachment, size, total, settings)
             out.write(chunk)
     return total
+
+
+def _check_size(attachment: Attachment, size: int, total: int, settings: Settings) -> None:
+    if size > settings.max_attachment_file_bytes:
+        raise PayloadTooLarge(
+            f"workflow_attachment: {attachment.filename!r} is larger than {settings.max_attachment_file_bytes} bytes"
+        )
+    if total > settings.max_attachment_bytes:
+        raise PayloadTooLarge(f"workflow_attachment: more than {settings.max_attachment_bytes} bytes in total")
 
 
 def _attachment_path(root: Path, reference: str) -> Path | None:
