@@ -17,6 +17,8 @@ import pytest
 import requests
 from conftest import Server, start_server, stop_server, unix_request
 
+from wes_gateway.paths import RunPaths
+
 D = Path(__file__).parent / "data"
 SECRET = "sekrit-do-not-leak-8d1f"
 PROXY_SECRET = "apache-only-3f9a0c"
@@ -367,7 +369,7 @@ def test_server_secrets_reach_no_run(secure: Server) -> None:
     leader_env = b""
     deadline = time.monotonic() + 120
     while secure.get(f"/runs/{run_id}/status", headers=alice).json()["state"] not in ("EXECUTOR_ERROR", "COMPLETE"):
-        leader_file = secure.data_dir / "runs" / run_id / "control" / "leader.json"
+        leader_file = RunPaths(root=secure.data_dir / "runs" / run_id).leader_file
         if leader_file.exists() and not leader_env:
             try:
                 pid = json.loads(leader_file.read_text())["pid"]

@@ -42,7 +42,9 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 def leader_pid(data_dir: Path, run_id: str) -> int:
     # The leader is forked from the forkserver, so its /proc environ has no marker.
-    return int(json.loads((data_dir / "runs" / run_id / "leader.json").read_text())["pid"])
+    from wes_gateway.paths import RunPaths
+
+    return int(json.loads(RunPaths(root=data_dir / "runs" / run_id).leader_file.read_text())["pid"])
 
 
 def output_of(server: Server, run_id: str) -> str:

@@ -48,7 +48,16 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 # The operating system as a tool sees it. /bin, /lib... are symlinks into /usr on current
 # Debian; where they are real directories they are bound like /usr.
-_SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt")
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt")
+# Of /etc, what programs need to load, resolve names, speak TLS and find their defaults; not
+# the host's accounts (passwd, group, shadow), nor any service's own configuration.
+_ETC = (
+    "alternatives", "apptainer", "bash.bashrc", "ca-certificates", "ca-certificates.conf", "debian_version",
+    "fonts", "gai.conf", "host.conf", "hostname", "hosts", "inputrc", "ld.so.cache", "ld.so.conf",
+    "ld.so.conf.d", "locale.alias", "localtime", "magic", "magic.mime", "mime.types", "mtab", "netconfig",
+    "networks", "nsswitch.conf", "os-release", "perl", "profile", "protocols", "python3", "resolv.conf",
+    "rpc", "services", "sgml", "singularity", "ssl", "terminfo", "timezone", "xml",
+)  # fmt: skip
 
 
 class SandboxUnavailable(RuntimeError):
@@ -151,6 +160,12 @@ def plan(
             symlinks.append((os.readlink(directory), directory))
         elif os.path.isdir(directory):
             read_only.append(directory)
+    for name in _ETC:
+        entry = f"/etc/{name}"
+        if os.path.islink(entry) and os.path.realpath(entry).startswith(("/usr/", "/proc/")):
+            symlinks.append((os.readlink(entry), entry))  # it resolves inside the sandbox too
+        elif os.path.exists(entry):
+            read_only.append(entry)  # bound through any link, to what it names on the host
     for directory in [*python_dirs(), *settings.extra_path]:
         if os.path.isdir(directory) and not _covered(directory, read_only):
             read_only.append(os.path.realpath(directory))
@@ -209,11 +224,11 @@ def bwrap_argv(spec: SandboxSpec, info_fd: int) -> list[str]:
         return out
 
     for target, link in spec.symlinks:
-        argv += ["--symlink", target, link]
+        argv += [*parents_of(link), "--symlink", target, link]
     # /tmp first: anything bound below it afterwards (a data directory under /tmp) lands in
     # the run's own tmp rather than being hidden by it.
-    argv += ["--bind", spec.tmp, "/tmp"]
-    made.add("/tmp")
+    argv += ["--bind", spec.tmp, "/tmp", *parents_of("/var/tmp"), "--bind", spec.tmp, "/var/tmp"]
+    made.update(("/tmp", "/var/tmp"))
     for path in spec.read_only:
         argv += [*parents_of(path), "--ro-bind", path, path]
         made.add(path)
@@ -221,7 +236,10 @@ def bwrap_argv(spec: SandboxSpec, info_fd: int) -> list[str]:
         argv += ["--ro-bind", "/dev/null", path]
     argv += [*parents_of(spec.run_root), "--bind", spec.run_root, spec.run_root]
     # The control directory (leader identity, result) is the supervisor's word: hidden.
-    argv += ["--tmpfs", spec.control, "--proc", "/proc", "--dev", "/dev"]
+    # /dev/shm: POSIX shared memory (Python's multiprocessing in a tool needs it), the run's own.
+    # /mnt: an empty scratch area of the run's own, where container engines make mount points.
+    argv += ["--tmpfs", spec.control, "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm"]
+    argv += ["--perms", "1777", "--tmpfs", "/mnt"]
     argv += ["--chdir", spec.run_root, "--", "/bin/sh", "-c", "echo; exec cat"]
     return argv
 

@@ -8,6 +8,7 @@ half-written run directory behind.
 from __future__ import annotations
 
 import filecmp
+import ipaddress
 import json
 import os
 import shutil
@@ -48,9 +49,36 @@ def _json_object(form: Mapping[str, str], field: str) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError as exc:
         raise BadRequest(f"{field} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(f"{field} is nested more deeply than JSON parsing allows") from None
     if not isinstance(value, dict):
         raise BadRequest(f"{field} must be a JSON object, not {type(value).__name__}")
+    _check_shape(value, field)
     return value
+
+
+# Deeper than any real input object; every later walk over the value is recursive.
+MAX_JSON_DEPTH = 64
+# Schema-salad directives that would make the leader read files the input policy never saw.
+DIRECTIVES = frozenset({"$import", "$include", "$mixin"})
+
+
+def _check_shape(value: Any, field: str) -> None:
+    """Bounded depth, and no document-loading directives: inputs are data, not documents."""
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequest(f"{field} is nested more than {MAX_JSON_DEPTH} levels deep")
+        if isinstance(item, dict):
+            directive = DIRECTIVES & set(item)
+            if directive:
+                raise BadRequest(
+                    f"{field}: {sorted(directive)[0]} is not allowed in inputs; attach the file and name it instead"
+                )
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1) for child in item)
 
 
 def _required(form: Mapping[str, str], field: str) -> str:
@@ -226,28 +254,63 @@ def _check_file_url(path_text: str, settings: Settings, what: str) -> Path:
 METADATA_HOSTS = {"metadata.google.internal", "metadata", "instance-data", "metadata.azure.com"}
 
 
-def check_remote(url: str, what: str) -> None:
-    """Refuse URLs that reach link-local or metadata addresses (SSRF through the leader)."""
-    import ipaddress
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_METADATA_ADDRESSES = {ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")}
+
+
+def _carried(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The IPv4 address that an IPv4-mapped or NAT64 IPv6 address stands for, else itself."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address in _NAT64:
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address
+
+
+def blocked_address(text: str) -> bool:
+    """Link-local and cloud-metadata addresses, in every spelling of them."""
+    try:
+        address = ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return False
+    for form in {address, _carried(address)}:
+        if form.is_link_local or form in _METADATA_ADDRESSES:
+            return True
+    return False
+
+
+def check_remote(url: str, what: str, admitted_by_prefix: bool = False) -> None:
+    """Refuse URLs that reach link-local or metadata addresses (SSRF through the leader). A
+    host that does not resolve now could resolve to anything later, so it is refused unless
+    the deployment's own prefix allowlist admitted the URL."""
     import socket
 
-    host = (urlparse(url).hostname or "").lower()
+    try:
+        host = (urlparse(url).hostname or "").lower()
+    except ValueError:
+        raise BadRequest(f"{what}: {url!r} is not a valid URL") from None
     if not host:
         raise BadRequest(f"{what}: {url!r} has no host")
     if host in METADATA_HOSTS:
         raise BadRequest(f"{what}: {host} is a metadata service and may not be used")
     try:
         addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
-    except OSError:
+    except (OSError, UnicodeError):
         addresses = set()
-    candidates = addresses | {host}
-    for candidate in candidates:
-        try:
-            address = ipaddress.ip_address(candidate.split("%")[0])
-        except ValueError:
-            continue
-        if address.is_link_local or str(address) in ("100.100.100.200", "fd00:ec2::254"):
+        if not admitted_by_prefix and not _is_address(host):
+            raise BadRequest(f"{what}: the host of {url!r} does not resolve") from None
+    for candidate in addresses | {host}:
+        if blocked_address(candidate):
             raise BadRequest(f"{what}: {url!r} points at a link-local or metadata address")
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    return True
 
 
 def resolve_workflow_url(url: str, attachments: Path, settings: Settings) -> tuple[str, str]:
@@ -264,7 +327,7 @@ def resolve_workflow_url(url: str, attachments: Path, settings: Settings) -> tup
                 f"workflow_url {url!r} is not under an allowed URL prefix "
                 f"({', '.join(settings.allowed_url_prefixes) or 'none are configured'}); attach the workflow instead"
             )
-        check_remote(url, "workflow_url")
+        check_remote(url, "workflow_url", admitted_by_prefix=True)
         return url, ""
     if scheme == "file":
         return str(_check_file_url(unquote(urlparse(base).path), settings, "workflow_url")), fragment
@@ -296,6 +359,34 @@ def resolve_input(reference: str, attachments: Path, settings: Settings) -> str:
     if scheme and len(scheme) > 1 and "/" not in scheme:
         raise BadRequest(f"workflow_params: {scheme}:// inputs are not supported here: {reference!r}")
     raise BadRequest(f"workflow_params: input {reference!r} is not among the attachments")
+
+
+class Admission:
+    """The input policy for one submission (``engines.base.Admission``), remembering the local
+    files it admitted outside the attachments, which the run's sandbox will show."""
+
+    def __init__(self, attachments: Path, settings: Settings) -> None:
+        self.attachments = attachments
+        self.settings = settings
+        self.approved: list[str] = []
+
+    def input(self, reference: str) -> str:
+        resolved = resolve_input(reference, self.attachments, self.settings)
+        if resolved.startswith("/"):
+            self.approved.append(resolved)
+        return resolved
+
+    def document(self, reference: str) -> str:
+        scheme = urlparse(reference).scheme.lower()
+        if scheme in REMOTE_SCHEMES:
+            if not any(reference.startswith(prefix) for prefix in self.settings.allowed_url_prefixes):
+                raise BadRequest(
+                    f"{reference!r} is not under an allowed URL prefix "
+                    f"({', '.join(self.settings.allowed_url_prefixes) or 'none are configured'})"
+                )
+            check_remote(reference, "document", admitted_by_prefix=True)
+            return reference
+        return self.input(reference)
 
 
 def _without_internal_paths(msg: str, *roots: Path) -> str:
@@ -331,19 +422,13 @@ def stage(form: Mapping[str, str], attachments: Iterable[Attachment], settings: 
         write_attachments(final.attachments, attachments, settings)
         location, fragment = resolve_workflow_url(request.workflow_url, final.attachments, settings)
         workflow = engine.workflow_reference(location, fragment)
-        # Local files the policy admitted outside the attachments: the run's sandbox shows them.
-        approved: list[str] = [location] if location.startswith("/") else []
-
-        def admit(reference: str) -> str:
-            resolved = resolve_input(reference, final.attachments, settings)
-            if resolved.startswith("/"):
-                approved.append(resolved)
-            return resolved
-
-        params, outline = engine.prepare(workflow, request.workflow_params, admit)
+        admission = Admission(final.attachments, settings)
+        if location.startswith("/"):
+            admission.approved.append(location)
+        params, outline = engine.prepare(workflow, request.workflow_params, admission)
         final.outline.write_text(json.dumps(outline))
         final.params.write_text(json.dumps(params))
-        outside = [path for path in dict.fromkeys(approved) if not Path(path).is_relative_to(final.attachments)]
+        outside = [p for p in dict.fromkeys(admission.approved) if not Path(p).is_relative_to(final.attachments)]
         final.control.mkdir(mode=0o700)
         final.inputs.write_text(json.dumps(outside))
         # Nothing reads runs/<id> before its record exists, so the swap need not be atomic.

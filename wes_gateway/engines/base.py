@@ -26,6 +26,18 @@ class LeaderSpec:
     run_as: tuple[int, int] | None = None  # uid and gid to drop to (supervisor running as root)
 
 
+class Admission(Protocol):
+    """The input policy as an engine sees it (staging implements it)."""
+
+    def input(self, reference: str) -> str:
+        """A file an input names: an absolute local path or an http(s) URL, or BadRequest."""
+
+    def document(self, reference: str) -> str:
+        """A document the workflow pulls in ($import, $include, run:, WDL import): an
+        attachment, a file under the allowed roots, or an http(s) URL under the allowed
+        prefixes; anything else is BadRequest, before it is read."""
+
+
 class Engine(Protocol):
     workflow_type: str
     program: str  # the Toil command a leader stands for, as shown in RunLog.cmd
@@ -50,11 +62,12 @@ class Engine(Protocol):
         path or an http(s) URL, ``fragment`` what followed '#' after a local path (or '')."""
 
     def prepare(
-        self, workflow: str, params: dict[str, Any], resolve_input: Callable[[str], str]
+        self, workflow: str, params: dict[str, Any], admission: Admission
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Check the document (and the inputs, where the language allows) and return the
-        params with file references passed through ``resolve_input`` (which applies the
-        input policy), plus an outline of the workflow (its steps) for naming tasks.
+        params with file references passed through ``admission.input`` (the input policy),
+        plus an outline of the workflow (its steps) for naming tasks. Every document the
+        workflow pulls in goes through ``admission.document`` before it is read.
         Raises BadRequest."""
 
     def present_outputs(self, outputs: dict[str, Any], paths: RunPaths) -> dict[str, Any]: ...

@@ -12,7 +12,7 @@ from typing import Any
 from ..config import Settings
 from ..errors import BadRequest
 from ..paths import RunPaths
-from .base import load_scratch_document
+from .base import Admission, load_scratch_document
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,12 @@ class CwlEngine:
         return location
 
     def prepare(
-        self, workflow: str, params: dict[str, Any], resolve_input: Callable[[str], str]
+        self, workflow: str, params: dict[str, Any], admission: Admission
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        params = _rewrite_locations(params, resolve_input)
-        return params, self._validate(workflow, resolve_input)
+        params = _rewrite_locations(params, admission.input)
+        return params, self._validate(workflow, admission)
 
-    def _validate(self, workflow: str, resolve_input: Callable[[str], str]) -> dict[str, Any]:
+    def _validate(self, workflow: str, admission: Admission) -> dict[str, Any]:
         # cwltool is imported lazily: web workers that never validate never pay for it.
         from cwltool.context import LoadingContext
         from cwltool.load_tool import load_tool
@@ -89,7 +89,7 @@ class CwlEngine:
                 "strict": True,
                 "relax_path_checks": True,
                 "construct_tool_object": default_make_tool,
-                "fetcher_constructor": _policed_fetcher(resolve_input),
+                "fetcher_constructor": _policed_fetcher(admission),
             }
         )
         # Quiet cwltool's own logger: its complaints become our 400 message instead.
@@ -109,7 +109,7 @@ class CwlEngine:
         # Defaults inside the documents go through the same policy as the inputs: a document
         # must not smuggle in file:///etc/passwd as a default.
         for each in _processes(process):
-            _rewrite_locations(each.tool, resolve_input)
+            _rewrite_locations(each.tool, admission.input)
         return {"steps": _steps(process)}
 
     def present_outputs(self, outputs: dict[str, Any], paths: RunPaths) -> dict[str, Any]:
@@ -191,16 +191,19 @@ def _processes(process: Any) -> list[Any]:
     return found
 
 
-def _policed_fetcher(resolve_input: Callable[[str], str]) -> Any:
-    """A schema-salad fetcher that reads local files only where the input policy allows:
-    `$include`, `$import` and `run:` of /etc/passwd fail validation instead of being read
-    here and again by the leader."""
+def _policed_fetcher(admission: Admission) -> Any:
+    """A schema-salad fetcher that reads only what the policy allows: `$include`, `$import`
+    and `run:` of /etc/passwd, or of an http(s) URL outside the allowed prefixes (a metadata
+    address, a private service), fail validation instead of being read here and again by
+    the leader."""
     from schema_salad.fetcher import DefaultFetcher
 
     class PolicedFetcher(DefaultFetcher):
         def _check(self, url: str) -> None:
-            if url.startswith("file:"):
-                resolve_input(url.split("#", 1)[0])
+            if url.split(":", 1)[0].lower() in ("file", "http", "https"):
+                admission.document(url.split("#", 1)[0])
+            else:
+                raise BadRequest(f"{url!r}: only attachments and http(s) URLs may be pulled into a document")
 
         def fetch_text(self, url: str, content_types: list[str] | None = None) -> str:
             self._check(url)

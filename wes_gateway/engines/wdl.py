@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..config import Settings
 from ..errors import BadRequest
 from ..paths import RunPaths
-from .base import load_scratch_document
+from .base import Admission, load_scratch_document
 
 # Toil's interpreter runs these; draft-2 parses in miniwdl but Toil does not execute it.
 VERSIONS = ["1.0", "1.1"]
@@ -67,13 +66,15 @@ class WdlEngine:
         return location
 
     def prepare(
-        self, workflow: str, params: dict[str, Any], resolve_input: Callable[[str], str]
+        self, workflow: str, params: dict[str, Any], admission: Admission
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         import WDL
 
         root = os.path.dirname(workflow) if workflow.startswith("/") else ""
         try:
-            document = WDL.load(workflow, path=[root] if root else [])
+            document = WDL.load(workflow, path=[root] if root else [], read_source=_policed_reader(admission))
+        except BadRequest as exc:
+            raise BadRequest(f"the WDL document imports a file it may not read: {exc.msg}") from None
         except WDL.Error.MultipleValidationErrors as exc:
             messages = [f"{_where(inner, root)}{inner}" for inner in exc.exceptions]
             raise BadRequest("invalid WDL document: " + "; ".join(messages)) from None
@@ -89,14 +90,15 @@ class WdlEngine:
             if len(document.tasks) != 1:
                 raise BadRequest("the WDL document has no workflow (and not exactly one task)")
             target = document.tasks[0]
-        file_keys = set()
-        for binding in target.available_inputs:
-            type_text = str(binding.value.type)
-            if "File" in type_text or "Directory" in type_text:
-                file_keys.add(f"{target.name}.{binding.name}")
+        types = {f"{target.name}.{binding.name}": binding.value.type for binding in target.available_inputs}
+        # Every File the inputs name, at any depth (arrays, maps, pairs, struct members).
         params = {
-            key: _map_strings(value, resolve_input) if key in file_keys else value for key, value in params.items()
+            key: _police(value, types[key], admission) if key in types else value for key, value in params.items()
         }
+        # A File default written into the document is an input too, unless the client set it.
+        for binding in target.available_inputs:
+            if f"{target.name}.{binding.name}" not in params:
+                _police_default(binding.value, admission)
         try:
             WDL.values_from_json(params, target.available_inputs, target.required_inputs, namespace=target.name)
         except WDL.Error.InputError as exc:
@@ -169,11 +171,48 @@ def _calls(workflow: Any) -> list[Any]:
     return found
 
 
-def _map_strings(value: Any, resolve: Callable[[str], str]) -> Any:
-    if isinstance(value, str):
-        return resolve(value)
-    if isinstance(value, list):
-        return [_map_strings(item, resolve) for item in value]
-    if isinstance(value, dict):
-        return {key: _map_strings(item, resolve) for key, item in value.items()}
+def _police(value: Any, kind: Any, admission: Admission) -> Any:
+    """The value with every File or Directory in it through the input policy, guided by its
+    WDL type; values that do not fit the type are left for miniwdl to refuse."""
+    import WDL.Type as T
+
+    if isinstance(kind, (T.File, T.Directory)):
+        return admission.input(value) if isinstance(value, str) else value
+    if isinstance(kind, T.Array) and isinstance(value, list):
+        return [_police(item, kind.item_type, admission) for item in value]
+    if isinstance(kind, T.Map) and isinstance(value, dict):
+        return {key: _police(item, kind.item_type[1], admission) for key, item in value.items()}
+    if isinstance(kind, T.Pair) and isinstance(value, dict):
+        sides = {"left": kind.left_type, "right": kind.right_type}
+        return {key: _police(item, sides[key], admission) if key in sides else item for key, item in value.items()}
+    if isinstance(kind, T.StructInstance) and isinstance(value, dict) and kind.members:
+        members = kind.members
+        return {key: _police(item, members[key], admission) if key in members else item for key, item in value.items()}
     return value
+
+
+def _police_default(decl: Any, admission: Admission) -> None:
+    """A File input's default that is a plain string literal names a file: police it."""
+    import WDL.Type as T
+
+    literal = getattr(decl.expr, "literal", None) if decl.expr is not None else None
+    if isinstance(decl.type, (T.File, T.Directory)) and literal is not None and isinstance(literal.value, str):
+        admission.input(literal.value)
+
+
+def _policed_reader(admission: Admission) -> Any:
+    """miniwdl's reader for the document and its imports, reading only what the policy allows."""
+    import re
+
+    import WDL
+
+    async def read_source(uri: str, path: list[str], importer: Any) -> Any:
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", uri) and not uri.lower().startswith("file://"):
+            admission.document(uri)
+            return await WDL.read_source_default(uri, path, importer)
+        abspath = await WDL.Tree.resolve_file_import(uri, path, importer)
+        admission.document(abspath)
+        with open(abspath) as handle:
+            return WDL.Tree.ReadSourceResult(source_text=handle.read(), abspath=abspath)
+
+    return read_source
