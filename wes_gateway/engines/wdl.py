@@ -78,7 +78,11 @@ class WdlEngine:
         except WDL.Error.MultipleValidationErrors as exc:
             messages = [f"{_where(inner, root)}{inner}" for inner in exc.exceptions]
             raise BadRequest("invalid WDL document: " + "; ".join(messages)) from None
-        except (WDL.Error.SyntaxError, WDL.Error.ValidationError, WDL.Error.ImportError) as exc:
+        except WDL.Error.ImportError as exc:
+            if isinstance(exc.__cause__, BadRequest):  # our reader refused it, unread
+                raise BadRequest(f"the WDL document imports a file it may not read: {exc.__cause__.msg}") from None
+            raise BadRequest(f"invalid WDL document: {_where(exc, root)}{exc}") from None
+        except (WDL.Error.SyntaxError, WDL.Error.ValidationError) as exc:
             raise BadRequest(f"invalid WDL document: {_where(exc, root)}{exc}") from None
         except Exception as exc:
             raise BadRequest(f"WDL document could not be loaded: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,195 @@
+"""The attacks that got through before: each reproduced as it was reported, now refused.
+
+Policy on every fetch (CWL documents, WDL imports), inputs that are data and not
+documents, every spelling of a blocked address, and the WDL file policy."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Server
+
+SECRET = "internal-only-4c1d9"
+
+
+@pytest.fixture(scope="module")
+def internal_service() -> Iterator[str]:
+    """A loopback HTTP service holding a secret, as an internal API would."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"{SECRET}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def cwl(server: Server, document: str, params: dict, extra: dict[str, bytes] | None = None) -> tuple[int, str]:
+    response = server.submit(
+        {"tool.cwl": document.encode(), **(extra or {})},
+        workflow_url="tool.cwl",
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
+        workflow_params=params,
+    )
+    return response.status_code, response.text
+
+
+def wdl(server: Server, document: str, params: dict, extra: dict[str, bytes] | None = None) -> tuple[int, str]:
+    response = server.submit(
+        {"main.wdl": document.encode(), **(extra or {})},
+        workflow_url="main.wdl",
+        workflow_type="WDL",
+        workflow_type_version="1.0",
+        workflow_params=params,
+    )
+    return response.status_code, response.text
+
+
+ECHO_TOOL = """cwlVersion: v1.2
+class: CommandLineTool
+baseCommand: echo
+inputs:
+  message: {type: %s, inputBinding: {position: 1}}
+outputs: {out: stdout}
+"""
+
+
+def test_include_of_an_internal_url_is_refused_without_echoing_it(server: Server, internal_service: str) -> None:
+    status, text = cwl(server, ECHO_TOOL % f'{{$include: "{internal_service}/x"}}', {"message": "hi"})
+    assert status == 400, text
+    assert SECRET not in text and ".staging" not in text and str(server.data_dir) not in text
+    assert "allowed URL prefix" in text
+
+
+def test_run_of_an_internal_url_is_refused(server: Server, internal_service: str) -> None:
+    workflow = f"""cwlVersion: v1.2
+class: Workflow
+inputs: []
+outputs: []
+steps:
+  s:
+    run: {internal_service}/tool.cwl
+    in: []
+    out: []
+"""
+    status, text = cwl(server, workflow, {})
+    assert status == 400 and SECRET not in text, text
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"f": {"$import": "evil.json"}},
+        {"message": {"$include": "/etc/hostname"}},
+        {"deep": {"list": [{"$mixin": "evil.json"}]}},
+    ],
+)
+def test_directives_in_inputs_are_refused(server: Server, params: dict) -> None:
+    evil = json.dumps({"class": "File", "location": "file:///etc/passwd"}).encode()
+    status, text = cwl(server, ECHO_TOOL % "string", params, {"evil.json": evil})
+    assert status == 400 and "not allowed in inputs" in text, text
+
+
+def test_deeply_nested_inputs_are_a_400(server: Server) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    response = server.submit(
+        {"tool.cwl": (ECHO_TOOL % "string").encode()},
+        workflow_url="tool.cwl",
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
+        workflow_params='{"message": ' + deep + "}",
+    )
+    assert response.status_code == 400 and response.json()["status_code"] == 400, response.text
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:169.254.169.254]/latest/meta-data/",
+        "http://[::ffff:a9fe:a9fe]/",
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://[fe80::1]/",
+        "http://no-such-host.invalid/data.txt",
+    ],
+)
+def test_blocked_and_unresolvable_addresses_are_refused(server: Server, location: str) -> None:
+    status, text = cwl(server, ECHO_TOOL % "File", {"message": {"class": "File", "location": location}})
+    assert status == 400, text
+
+
+WDL_STRUCT = """version 1.0
+struct Sample { String name
+  File reads }
+workflow w {
+  input { Sample s }
+  output { String n = s.name }
+}
+"""
+WDL_DEFAULT = """version 1.0
+workflow w {
+  input { File f = "/etc/passwd" }
+  output { Array[String] lines = read_lines(f) }
+}
+"""
+WDL_IMPORT = """version 1.0
+import "/etc/passwd" as p
+workflow w { }
+"""
+
+
+def test_wdl_struct_member_file_is_policed(server: Server) -> None:
+    status, text = wdl(server, WDL_STRUCT, {"w.s": {"name": "x", "reads": "/etc/passwd"}})
+    assert status == 400 and "/etc/passwd" in text, text
+    status, text = wdl(server, WDL_STRUCT, {"w.s": {"name": "x", "reads": "r.fq"}}, {"r.fq": b"ACGT\n"})
+    assert status == 200, text
+    assert server.wait(json.loads(text)["run_id"]) == "COMPLETE"
+
+
+def test_wdl_file_default_is_policed(server: Server) -> None:
+    status, text = wdl(server, WDL_DEFAULT, {})
+    assert status == 400 and "/etc/passwd" in text, text
+
+
+def test_wdl_import_outside_the_attachments_is_refused(server: Server) -> None:
+    status, text = wdl(server, WDL_IMPORT, {})
+    assert status == 400 and "may not read" in text, text
+    assert "root:" not in text
+
+
+WDL_READ_HOST = """version 1.0
+workflow w {
+  input { String where = "/etc/passwd" }
+  File coerced = where
+  output {
+    Array[String] lines = read_lines("/etc/passwd")
+    Int n = length(read_lines(coerced))
+  }
+}
+"""
+
+
+def test_wdl_reads_of_host_files_fail_in_the_sandbox(server: Server) -> None:
+    # What the policy cannot see at submission (a literal in the body, a String turned into a
+    # File), the sandbox stops at run time: the host's /etc/passwd is not in its view.
+    status, text = wdl(server, WDL_READ_HOST, {})
+    assert status == 200, text
+    run_id = json.loads(text)["run_id"]
+    assert server.wait(run_id, timeout=240) == "EXECUTOR_ERROR"
+    assert "root:x:0:0" not in json.dumps(server.get(f"/runs/{run_id}").json())
