@@ -285,7 +285,19 @@ def test_per_user_queue_limit(secure: Server, keys: dict[str, Any]) -> None:
     assert submit(secure, frank).status_code == 200
 
 
+def settle(server: Server, timeout: float = 90) -> None:
+    """Wait for every short run to end, so that the per-user limit (2) refuses nothing here."""
+    boss = basic("boss", "boss-pw")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = server.get("/runs", headers=boss, params={"page_size": 100}).json()["runs"]
+        if not any(run["state"] in ("QUEUED", "INITIALIZING", "RUNNING") for run in runs):
+            return
+        time.sleep(0.3)
+
+
 def run_dirs(server: Server) -> set[str]:
+    settle(server)
     runs = server.data_dir / "runs"
     staging = runs / ".staging"
     assert not staging.exists() or not any(staging.iterdir())
@@ -402,3 +414,130 @@ def test_no_auth_on_a_real_non_loopback_listener_is_refused(tmp_path: Path) -> N
     with pytest.raises(RuntimeError) as failure:
         start_server(tmp_path / "data", {"GUNICORN_CMD_ARGS": "--bind 0.0.0.0:0"})
     assert "refuses to serve without authentication on 0.0.0.0" in str(failure.value)
+
+
+# ---------------------------------------------------------------- at the edges, and under load
+
+
+def test_es256_header_against_rsa_keys_is_a_401(secure: Server, keys: dict[str, Any]) -> None:
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    now = int(time.time())
+    claims = {"sub": "dave", "iss": "https://idp.example.org", "aud": "wes-gateway", "exp": now + 300}
+    token = jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256", headers={"kid": "k1"})
+    response = secure.get("/runs", headers=bearer(token))
+    assert response.status_code == 401 and response.json()["status_code"] == 401, response.text
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        base64.b64encode("jürgen:pässwörd".encode()).decode(),
+        base64.b64encode(b"alice:" + b"x" * 100).decode(),  # over bcrypt's 72 bytes
+        base64.b64encode(b"\xff\xfe:\x80").decode(),
+        "not base64 at all!",
+        base64.b64encode(b"no-colon").decode(),
+    ],
+)
+def test_odd_basic_credentials_are_a_401(secure: Server, credentials: str) -> None:
+    response = secure.get("/runs", headers={"Authorization": f"Basic {credentials}"})
+    assert response.status_code == 401 and response.json()["status_code"] == 401, response.text
+
+
+def test_doubled_slashes_do_not_skip_authentication(secure: Server) -> None:
+    for path in ("//ga4gh/wes/v1/runs", "/ga4gh//wes/v1/runs", "/ga4gh/wes/v1//runs", "/ga4gh/wes/v1/./runs"):
+        response = requests.get(secure.base + path, timeout=10)
+        assert response.status_code == 401, (path, response.status_code, response.text)
+    # The same spelling with credentials reaches the route.
+    assert requests.get(secure.base + "//ga4gh/wes/v1/runs", headers=basic("alice", "alice-pw"), timeout=10).ok
+
+
+def test_cross_site_state_changes_are_refused(secure: Server) -> None:
+    alice = basic("alice", "alice-pw")
+    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"}):
+        response = submit(secure, {**alice, **headers})
+        assert response.status_code == 403 and response.json()["status_code"] == 403, (headers, response.text)
+        cancel = secure.post("/runs/whatever/cancel", headers={**alice, **headers})
+        assert cancel.status_code == 403, headers
+    # A same-origin browser request, and a plain client, go through.
+    host = secure.base.removeprefix("http://")
+    same = submit(secure, {**alice, "Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"})
+    assert same.status_code == 200, same.text
+    # Reads are not state changes.
+    assert secure.get("/runs", headers={**alice, "Origin": "https://evil.example"}).status_code == 200
+
+
+def test_failed_logins_are_rate_limited(secure: Server) -> None:
+    mallory = {"Authorization": "Basic " + base64.b64encode(b"mallory:guess").decode()}
+    # The count is kept per web worker (2 here): within 2 x 20 failures, every worker says 429.
+    statuses = [from_peer(secure, "127.0.0.3", "/runs", mallory)[0] for _ in range(80)]
+    assert statuses[:20] == [401] * 20 and statuses[-4:] == [429] * 4, statuses
+    assert statuses.count(401) <= 40
+    host, port = secure.base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10, source_address=("127.0.0.3", 0))
+    conn.request("GET", "/ga4gh/wes/v1/runs", headers=mallory)
+    response = conn.getresponse()
+    assert response.status == 429 and int(response.getheader("Retry-After", "0")) >= 1
+    # Another user from another peer is not locked out by it.
+    assert secure.get("/runs", headers=basic("alice", "alice-pw")).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def basic_only(keys: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(
+        tmp_path_factory.mktemp("basic-only"),
+        {
+            "WES_GATEWAY_AUTH_MODES": "basic",
+            "WES_GATEWAY_HTPASSWD_FILE": str(keys["root"] / "htpasswd"),
+            "WES_GATEWAY_AUTH_FAILURES_ALLOWED": "100000",
+            "WES_GATEWAY_SUPERVISOR": "off",
+        },
+        workers=1,
+    )
+    yield server
+    stop_server(server)
+
+
+def median_seconds(call: Any, count: int) -> float:
+    times = []
+    for _ in range(count):
+        began = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - began)
+    return sorted(times)[len(times) // 2]
+
+
+def test_unknown_users_take_as_long_as_known_ones(basic_only: Server) -> None:
+    known = median_seconds(lambda: basic_only.get("/runs", headers=basic("alice", "wrong")), 7)
+    unknown = median_seconds(lambda: basic_only.get("/runs", headers=basic("nosuchuser", "wrong")), 7)
+    assert known > 0.02  # bcrypt's cost is there at all
+    assert 0.5 < unknown / known < 2.0, (known, unknown)
+
+
+def test_wrong_passwords_do_not_block_the_service(basic_only: Server) -> None:
+    import threading
+
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                session.get(basic_only.api + "/runs", headers=basic("alice", "wrong"), timeout=30)
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        health = median_seconds(lambda: basic_only.get("/health"), 15)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    # Before, eight such connections took /health from 3 ms to 1.8 s: bcrypt ran in the event loop.
+    assert health < 0.25, health
+    # And a correct login is remembered: the second costs no bcrypt.
+    first = median_seconds(lambda: basic_only.get("/runs", headers=basic("alice", "alice-pw")), 1)
+    again = median_seconds(lambda: basic_only.get("/runs", headers=basic("alice", "alice-pw")), 5)
+    assert again < first / 2 or again < 0.02, (first, again)

@@ -9,7 +9,6 @@ import http.server
 import json
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from conftest import Server
@@ -193,3 +192,55 @@ def test_wdl_reads_of_host_files_fail_in_the_sandbox(server: Server) -> None:
     run_id = json.loads(text)["run_id"]
     assert server.wait(run_id, timeout=240) == "EXECUTOR_ERROR"
     assert "root:x:0:0" not in json.dumps(server.get(f"/runs/{run_id}").json())
+
+
+# ---------------------------------------------------------------- no 5xx from any input
+
+
+def test_forged_page_token_is_a_400(server: Server) -> None:
+    for token in ("k1:99999999999999999999999", "k1:-1", "zz", "k1:" + "9" * 400):
+        response = server.get("/runs", params={"page_token": token})
+        assert response.status_code == 400, (token, response.text)
+        assert response.json()["status_code"] == 400
+
+
+def test_attachment_with_an_over_long_name_is_a_400(server: Server) -> None:
+    status, text = cwl(server, ECHO_TOOL % "string", {"message": "x"}, {("a" * 300) + "/b.txt": b"x"})
+    assert status == 400 and "too long" in text, text
+    assert not list((server.data_dir / "runs" / ".staging").glob("*/attachments"))
+
+
+@pytest.mark.parametrize("order", [("d", "d/x"), ("d/x", "d")])
+def test_file_and_directory_of_one_name_is_a_400(server: Server, order: tuple[str, str]) -> None:
+    response = server.post(
+        "/runs",
+        data={
+            "workflow_url": "tool.cwl",
+            "workflow_type": "CWL",
+            "workflow_type_version": "v1.2",
+            "workflow_params": json.dumps({"message": "x"}),
+        },
+        files=[("workflow_attachment", ("tool.cwl", (ECHO_TOOL % "string").encode()))]
+        + [("workflow_attachment", (name, b"x")) for name in order],
+    )
+    assert response.status_code == 400 and "clashes" in response.text, response.text
+
+
+def test_engine_parameter_with_400_digits_is_a_400(server: Server) -> None:
+    response = server.submit(
+        {"tool.cwl": (ECHO_TOOL % "string").encode()},
+        workflow_url="tool.cwl",
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
+        workflow_params={"message": "x"},
+        workflow_engine_parameters={"--defaultMemory": "9" * 400, "--maxCores": "9" * 400},
+    )
+    assert response.status_code == 400 and response.json()["status_code"] == 400, response.text
+
+
+def test_control_characters_in_a_path_forge_no_log_line(server: Server) -> None:
+    forged = 'INFO wes_gateway.access: 10.0.0.1 admin "DELETE /everything" 200'
+    server.get("/runs/x%0a" + forged.replace(" ", "%20"))
+    server.get("/runs/y%0d%0a" + forged.replace(" ", "%20"))
+    log = server.log_tail(400)
+    assert not any(line.startswith(forged) or line.lstrip().startswith(forged) for line in log.splitlines())

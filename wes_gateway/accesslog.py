@@ -8,6 +8,7 @@ can be matched up.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -26,7 +27,7 @@ class AccessLog:
             return
         started = time.perf_counter()
         headers = dict(scope.get("headers") or [])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        request_id = printable(headers.get(b"x-request-id", b"").decode("latin-1")[:128]) or uuid.uuid4().hex
         record: dict[str, Any] = {"user": "-", "status": 0, "bytes": 0}
         scope[SCOPE_KEY] = record  # the auth middleware fills in the user
 
@@ -46,11 +47,11 @@ class AccessLog:
         finally:
             peer = (scope.get("client") or ("-", 0))[0]
             query = scope.get("query_string", b"").decode("latin-1")
-            target = scope["path"] + (f"?{query}" if query else "")
+            target = printable(scope["path"] + (f"?{query}" if query else ""))
             log.info(
                 '%s %s "%s %s" %s %d %.1fms rid=%s',
                 peer,
-                record["user"] or "-",
+                printable(record["user"] or "-"),
                 scope["method"],
                 target,
                 record["status"],
@@ -58,3 +59,11 @@ class AccessLog:
                 (time.perf_counter() - started) * 1000,
                 request_id,
             )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Control characters as escapes: a request cannot write lines of its own into the log."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)

@@ -18,6 +18,7 @@ incoming request first, so no client can set them.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -25,11 +26,15 @@ import hmac
 import ipaddress
 import json
 import logging
+import posixpath
 import secrets
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from .accesslog import SCOPE_KEY
 from .config import Settings
@@ -41,6 +46,17 @@ USER_HEADER = b"x-wes-gateway-user"
 ADMIN_HEADER = b"x-wes-gateway-admin"
 ASYMMETRIC = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 PUBLIC_SUFFIXES = ("/openapi.json", "/openapi.yaml", "/health")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def normalise_path(path: str) -> str:
+    """Repeated slashes folded and dot segments resolved, a trailing slash kept."""
+    if "//" not in path and "/." not in path:
+        return path
+    folded = posixpath.normpath("/" + path.lstrip("/"))
+    if path.endswith("/") and folded != "/":
+        folded += "/"
+    return folded
 
 
 class ConfigError(ValueError):
@@ -57,6 +73,75 @@ class Unauthorized(Exception):
     def __init__(self, msg: str) -> None:
         super().__init__(msg)
         self.msg = msg
+
+
+class Throttled(Unauthorized):
+    """Too many failed logins for this user or from this peer: a 429 with Retry-After."""
+
+    def __init__(self, msg: str, retry_after: int) -> None:
+        super().__init__(msg)
+        self.retry_after = retry_after
+
+
+class NeedsVerifying(Exception):
+    """Basic credentials that only the slow hash check can settle (off the event loop)."""
+
+    def __init__(self, name: str, password: str) -> None:
+        super().__init__(name)
+        self.name, self.password = name, password
+
+
+# Successful Basic checks are remembered this long (a keyed digest), so that a client
+# polling a run does not pay bcrypt on every request.
+CACHE_SECONDS = 60.0
+CACHE_ENTRIES = 10_000
+# Basic checks running at once per worker; the rest queue, and other requests go on.
+VERIFY_THREADS = 2
+
+
+class FailureLimiter:
+    """Recent failures by key (user, peer), bounded in memory."""
+
+    def __init__(self, allowed: int, window: float) -> None:
+        self.allowed, self.window = allowed, window
+        self.seen: dict[str, list[float]] = {}
+        self.lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        times = [t for t in self.seen.get(key, []) if now - t < self.window]
+        if times:
+            self.seen[key] = times
+        else:
+            self.seen.pop(key, None)
+        return times
+
+    def wait(self, key: str) -> int:
+        """Seconds until ``key`` may try again (0: now)."""
+        now = time.monotonic()
+        with self.lock:
+            times = self._recent(key, now)
+        if len(times) < self.allowed:
+            return 0
+        return max(1, int(times[-self.allowed] + self.window - now) + 1)
+
+    def record(self, key: str) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if len(self.seen) >= CACHE_ENTRIES:
+                self.seen.clear()
+            self.seen.setdefault(key, []).append(now)
+            del self.seen[key][: -self.allowed]
+
+
+def basic_credentials(credentials: str) -> tuple[str, str]:
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise Unauthorized("malformed Basic credentials") from None
+    name, colon, password = decoded.partition(":")
+    if not colon or not name:
+        raise Unauthorized("malformed Basic credentials")
+    return name, password
 
 
 def is_loopback_bind(bind: str) -> bool:
@@ -119,6 +204,9 @@ class Htpasswd:
         self.mtime = -1.0
         self.entries: dict[str, str] = {}
         self.lock = threading.Lock()
+        self.cache: dict[bytes, float] = {}
+        self.cache_key = secrets.token_bytes(32)
+        self.dummy = ""
 
     def _load(self) -> None:
         mtime = self.path.stat().st_mtime
@@ -131,17 +219,45 @@ class Htpasswd:
                 user, hashed = line.split(":", 1)
                 entries[user] = hashed
         self.entries, self.mtime = entries, mtime
+        self.cache.clear()
+        self.dummy = _dummy_like(next(iter(entries.values()), ""))
+
+    def _key(self, user: str, password: str) -> bytes:
+        # A keyed digest, so that the cache never holds anything a password can be read from.
+        return hmac.digest(
+            self.cache_key, f"{self.mtime}\0{user}\0{password}".encode("utf-8", "surrogatepass"), "sha256"
+        )
+
+    def cached(self, user: str, password: str) -> bool:
+        """Whether this very user and password verified within CACHE_SECONDS (cheap)."""
+        with self.lock:
+            self._load()
+            expiry = self.cache.get(self._key(user, password))
+        return expiry is not None and expiry > time.monotonic()
 
     def verify(self, user: str, password: str) -> bool:
+        """The slow check (bcrypt or argon2): run it in a thread, not in the event loop."""
         with self.lock:
             self._load()
             hashed = self.entries.get(user)
-        if hashed is None:
-            return False
+            dummy = self.dummy
+        # An unknown user costs what a known one does, so that timing tells no user names.
+        ok = self._check(user, hashed or dummy, password) and hashed is not None
+        if ok:
+            with self.lock:
+                if len(self.cache) >= CACHE_ENTRIES:
+                    self.cache.clear()
+                self.cache[self._key(user, password)] = time.monotonic() + CACHE_SECONDS
+        return ok
+
+    def _check(self, user: str, hashed: str, password: str) -> bool:
         if hashed.startswith(("$2y$", "$2b$", "$2a$")):
             import bcrypt
 
-            return bcrypt.checkpw(password.encode(), ("$2b$" + hashed[4:]).encode())
+            try:
+                return bcrypt.checkpw(password.encode("utf-8", "surrogatepass"), ("$2b$" + hashed[4:]).encode())
+            except ValueError:  # over 72 bytes, which bcrypt cannot hash: it can never match
+                return False
         if hashed.startswith("$argon2"):
             from argon2 import PasswordHasher
             from argon2.exceptions import Argon2Error
@@ -152,6 +268,20 @@ class Htpasswd:
                 return False
         log.warning("htpasswd: user %s has an unsupported hash (use bcrypt or argon2)", user)
         return False
+
+
+def _dummy_like(example: str) -> str:
+    """A hash of a random secret, of the same kind and cost as the file's own."""
+    secret = secrets.token_hex(16)
+    if example.startswith("$argon2"):
+        from argon2 import PasswordHasher
+
+        return PasswordHasher().hash(secret)
+    import bcrypt
+
+    parts = example.split("$")
+    rounds = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else 12
+    return bcrypt.hashpw(secret.encode(), bcrypt.gensalt(rounds)).decode()
 
 
 class JwtVerifier:
@@ -196,12 +326,15 @@ class JwtVerifier:
                         leeway=30,
                     )
                     break
-                except jwt.InvalidSignatureError as exc:
+                except (jwt.InvalidSignatureError, jwt.InvalidKeyError, ValueError, TypeError) as exc:
+                    # ValueError/TypeError: the header's algorithm does not fit this key's type.
                     last = exc
             else:
                 raise Unauthorized(f"JWT rejected: {last or 'no matching key'}")
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"JWT rejected: {exc}") from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise Unauthorized(f"JWT rejected: {type(exc).__name__}") from None
         name = str(claims.get(settings.jwt_user_claim) or "")
         if not name:
             raise Unauthorized(f"JWT has no {settings.jwt_user_claim} claim")
@@ -218,6 +351,7 @@ class Authenticator:
         self.secret_header = settings.auth_proxy_secret_header.lower().encode()
         self.secret = settings.auth_proxy_secret.encode()
         self.htpasswd = Htpasswd(Path(settings.htpasswd_file)) if "basic" in settings.auth_modes else None
+        self.failures = FailureLimiter(settings.auth_failures_allowed, settings.auth_failure_window)
         self.jwt = JwtVerifier(settings) if "jwt" in settings.auth_modes else None
 
     def _user(self, name: str) -> User:
@@ -241,13 +375,10 @@ class Authenticator:
         scheme = scheme.lower()
         credentials = credentials.strip()
         if scheme == "basic" and self.htpasswd is not None:
-            try:
-                name, _, password = base64.b64decode(credentials).decode("utf-8").partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                raise Unauthorized("malformed Basic credentials") from None
-            if self.htpasswd.verify(name, password):
+            name, password = basic_credentials(credentials)
+            if self.htpasswd.cached(name, password):
                 return self._user(name)
-            raise Unauthorized("wrong user name or password")
+            raise NeedsVerifying(name, password)
         if scheme == "bearer":
             if "token" in modes and credentials.startswith("wes_"):
                 from . import store
@@ -261,6 +392,18 @@ class Authenticator:
         if "proxy" in modes and trusted:
             raise Unauthorized(f"the proxy sent no {self.settings.auth_proxy_header}")
         raise Unauthorized("credentials required")
+
+    def verify_basic(self, peer: str, name: str, password: str) -> User:
+        """The slow Basic check, in a worker thread, behind the failure limits."""
+        assert self.htpasswd is not None
+        wait = max(self.failures.wait(f"user:{name}"), self.failures.wait(f"peer:{peer}"))
+        if wait:
+            raise Throttled(f"too many failed logins; try again in {wait} s", wait)
+        if self.htpasswd.verify(name, password):
+            return self._user(name)
+        self.failures.record(f"user:{name}")
+        self.failures.record(f"peer:{peer}")
+        raise Unauthorized("wrong user name or password")
 
     def identity_trusted(self, peer: str, headers: dict[bytes, bytes]) -> bool:
         """Whether this request may name its user in the proxy header."""
@@ -286,27 +429,65 @@ class AuthMiddleware:
         self.settings = settings
         self.api_base = api_base
         self.auth = Authenticator(settings)
+        self.pool = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="basic-auth")
 
     def _public(self, path: str) -> bool:
-        if not path.startswith(self.api_base):
-            return True  # not an API route: Connexion answers it (404) without data
-        rest = path[len(self.api_base) :]
-        if rest.startswith("/ui") or rest.endswith(PUBLIC_SUFFIXES):
+        """An exact allowlist: everything else needs credentials, whatever its spelling."""
+        rest = path[len(self.api_base) :] if path.startswith(self.api_base + "/") else None
+        if rest is None:
+            return path in ("", "/")
+        if rest in PUBLIC_SUFFIXES or rest == "/ui" or rest.startswith("/ui/"):
             return True
         return rest.rstrip("/") == "/service-info" and not self.settings.auth_service_info
+
+    def _cross_site(self, peer: str, headers: dict[bytes, bytes]) -> str | None:
+        """Why a state-changing request looks sent by another site's page, if it does: a form
+        POST needs no preflight, and browsers attach cached Basic credentials and cookies."""
+        site = headers.get(b"sec-fetch-site")
+        if site in (b"cross-site", b"same-site"):
+            return f"Sec-Fetch-Site is {site.decode('latin-1')}"
+        origin = headers.get(b"origin")
+        if origin is None:
+            return None  # not a browser, or a same-origin request from an old one
+        hosts = {headers.get(b"host", b"")}
+        if peer in self.settings.trusted_proxies and b"x-forwarded-host" in headers:
+            hosts.add(headers[b"x-forwarded-host"].split(b",")[0].strip())
+        netloc = urlsplit(origin.decode("latin-1")).netloc.encode("latin-1") if origin != b"null" else b""
+        return None if netloc and netloc in hosts else f"Origin {origin.decode('latin-1')!r} is another site"
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # One spelling of every path, for this check and for the router alike: '//ga4gh/...'
+        # must not slip past an allowlist that '/ga4gh/...' is held to.
+        path = normalise_path(scope["path"])
+        if path != scope["path"]:
+            scope = {**scope, "path": path, "raw_path": path.encode("utf-8", "surrogateescape")}
         headers = dict(scope.get("headers", []))
         # The shared secret goes no further than this check: not to handlers, not to logs.
         hidden = (USER_HEADER, ADMIN_HEADER, self.auth.secret_header)
         raw = [(k, v) for k, v in scope.get("headers", []) if k not in hidden]
         # A unix-socket peer has no address.
         peer = (scope.get("client") or ("unix", 0))[0]
+        if scope["method"] not in SAFE_METHODS:
+            reason = self._cross_site(peer, headers)
+            if reason is not None:
+                log.info("403 for %s %s from %s: %s", scope["method"], path, peer, reason)
+                await send_error(send, 403, f"cross-site request refused: {reason}")
+                return
         try:
-            user = self.auth.authenticate(peer, headers)
+            try:
+                user = self.auth.authenticate(peer, headers)
+            except NeedsVerifying as pending:
+                loop = asyncio.get_running_loop()
+                user = await loop.run_in_executor(
+                    self.pool, self.auth.verify_basic, peer, pending.name, pending.password
+                )
+        except Throttled as exc:
+            log.info("429 for %s %s from %s: %s", scope["method"], scope["path"], peer, exc.msg)
+            await send_error(send, 429, exc.msg, [(b"retry-after", str(exc.retry_after).encode())])
+            return
         except Unauthorized as exc:
             if self._public(scope["path"]):
                 user = User("")

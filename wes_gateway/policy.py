@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from .config import Settings
 from .errors import BadRequest
 
-_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?)?B?\s*$", re.IGNORECASE)
+# At most 18 digits: a size of an exabyte or so, and never a float that overflows.
+_MEMORY = re.compile(r"^\s*(\d{1,18}(?:\.\d{1,9})?)\s*([KMGTP]i?)?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
 
 

@@ -28,6 +28,9 @@ from .policy import engine_argv
 from .uploads import link_into
 
 REMOTE_SCHEMES = ("http", "https")
+# Linux's limits, less room for the run directory the name lands in.
+NAME_MAX = 255
+PATH_MAX = 3072
 COPY_CHUNK = 1024 * 1024
 
 
@@ -157,6 +160,11 @@ def safe_relative_name(name: str) -> PurePosixPath:
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if any(part == ".." for part in parts) or not parts:
         raise BadRequest(f"workflow_attachment: file name {name!r} would land outside the run directory")
+    if any(len(part.encode("utf-8", "surrogateescape")) > NAME_MAX for part in parts) or len(name) > PATH_MAX:
+        raise BadRequest(
+            f"workflow_attachment: file name {name[:80]!r}... is too long "
+            f"(at most {NAME_MAX} bytes a component, {PATH_MAX} in all)"
+        )
     return PurePosixPath(*parts)
 
 

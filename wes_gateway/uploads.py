@@ -211,7 +211,15 @@ class UploadMiddleware:
                 (k, v) for k, v in scope.get("headers", []) if k not in (b"content-length", b"transfer-encoding")
             ]
             new_headers.append((b"content-length", str(len(body)).encode()))
-            await self.app({**scope, "headers": new_headers, SCOPE_KEY: form.files}, replay, send)
+
+            async def send_after_cleanup(message: dict[str, Any]) -> None:
+                # The handler has linked what it kept by the time it answers: clear the spool
+                # before the client hears back, so that nothing of it outlives the response.
+                if message["type"] == "http.response.start":
+                    shutil.rmtree(spool, ignore_errors=True)
+                await send(message)
+
+            await self.app({**scope, "headers": new_headers, SCOPE_KEY: form.files}, replay, send_after_cleanup)
         finally:
             shutil.rmtree(spool, ignore_errors=True)
 

@@ -199,18 +199,22 @@ def _policed_fetcher(admission: Admission) -> Any:
     from schema_salad.fetcher import DefaultFetcher
 
     class PolicedFetcher(DefaultFetcher):
-        def _check(self, url: str) -> None:
+        def fetch_text(self, url: str, content_types: list[str] | None = None) -> str:
             if url.split(":", 1)[0].lower() in ("file", "http", "https"):
                 admission.document(url.split("#", 1)[0])
-            else:
-                raise BadRequest(f"{url!r}: only attachments and http(s) URLs may be pulled into a document")
-
-        def fetch_text(self, url: str, content_types: list[str] | None = None) -> str:
-            self._check(url)
             return super().fetch_text(url, content_types)
 
         def check_exists(self, url: str) -> bool:
-            self._check(url)
-            return super().check_exists(url)
+            scheme = url.split(":", 1)[0].lower()
+            if scheme == "file":
+                admission.document(url.split("#", 1)[0])
+            elif scheme in ("http", "https"):
+                # Identifiers (namespaced hints, $schemas) are only looked up where a fetch would
+                # be allowed; elsewhere no request leaves the worker and the link counts as absent.
+                try:
+                    admission.document(url.split("#", 1)[0])
+                except BadRequest:
+                    return False
+            return bool(super().check_exists(url))
 
     return PolicedFetcher
