@@ -218,3 +218,26 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture
 def data() -> Path:
     return DATA
+
+
+def worker_pid(server: Server) -> int:
+    """A web worker of the server (the first found; start it with workers=1 to be sure)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == server.process.pid and b"supervise" not in command:
+            return int(entry.name)
+    raise AssertionError("no web worker")
+
+
+def peak_rss(pid: int) -> int:
+    """Peak resident memory of a process so far (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Server, start_server, stop_server
+from conftest import Server, peak_rss, start_server, stop_server, worker_pid
 
 D = Path(__file__).parent / "data"
 MIB = 1024 * 1024
@@ -33,27 +33,6 @@ def one_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     )
     yield server
     stop_server(server)
-
-
-def worker_pid(server: Server) -> int:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
-            command = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat[1]) == server.process.pid and b"supervise" not in command:
-            return int(entry.name)
-    raise AssertionError("no web worker")
-
-
-def peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
 
 
 def raw_post(server: Server, headers: dict[str, str], body_chunks: Iterator[bytes] | None = None) -> tuple[int, int]:
