@@ -98,13 +98,13 @@ def test_locations_resolve_to_attachments_and_policy(tmp_path: Path) -> None:
     params = {
         "a": {"class": "File", "location": "in/item%20%231.txt"},
         "b": [{"class": "File", "path": "in/item #1.txt", "secondaryFiles": []}],
-        "c": {"class": "File", "location": "https://example.org/x.txt"},
+        "c": {"class": "File", "location": "https://127.0.0.1:9/x.txt"},
         "d": "plain string",
     }
     out = _rewrite_locations(params, resolve)
     expected = (root / "in" / "item #1.txt").as_uri()
     assert out["a"]["location"] == expected and out["b"][0]["path"] == expected
-    assert out["c"]["location"] == "https://example.org/x.txt" and out["d"] == "plain string"
+    assert out["c"]["location"] == "https://127.0.0.1:9/x.txt" and out["d"] == "plain string"
     with pytest.raises(BadRequest):
         _rewrite_locations({"x": {"class": "File", "location": "s3://bucket/k"}}, resolve)
     allowed = settings(tmp_path, allowed_file_roots=[str(tmp_path)])

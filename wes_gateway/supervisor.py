@@ -43,7 +43,7 @@ def scrub_environment() -> None:
     os.environ.update(keep)
 
 
-def leader_env(settings: Settings, run_id: str, paths: RunPaths) -> dict[str, str]:
+def leader_env(settings: Settings, run_id: str, paths: RunPaths, dropped: bool = False) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     path = [*settings.extra_path, bin_dir, "/usr/local/bin", "/usr/bin", "/bin"]
     env = {key: os.environ[key] for key in ENV_ALLOWLIST if key in os.environ}
@@ -60,6 +60,9 @@ def leader_env(settings: Settings, run_id: str, paths: RunPaths) -> dict[str, st
             procs.MARKER: run_id,
         }
     )
+    if dropped:
+        # Who the leader is once it has dropped root (getpass and friends read these first).
+        env["USER"] = env["LOGNAME"] = settings.run_user
     return env
 
 
@@ -213,7 +216,7 @@ class Supervisor:
             run_id=run_id,
             workflow_type=run.workflow_type,
             argv=argv,
-            env=leader_env(self.settings, run_id, paths),
+            env=leader_env(self.settings, run_id, paths, dropped=self.identity is not None),
             root=str(paths.root),
             sandbox=self._sandbox_of(paths),
             run_as=None if self.identity is None else (self.identity.uid, self.identity.gid),
