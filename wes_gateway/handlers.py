@@ -8,7 +8,7 @@ from typing import Any
 
 import flask
 
-from . import service_info, staging, store, tasks, uploads
+from . import service_info, staging, store, tasks, uploads, wakeup
 from .auth import User, current_user
 from .config import current_settings
 from .errors import ApiError, BadRequest, NotFound, TooManyRequests
@@ -99,6 +99,7 @@ def run_workflow(**_fields: Any) -> Json:
         if isinstance(exc, store.LimitReached):
             raise too_many from None
         raise
+    wakeup.poke(wakeup.socket_path(settings))  # claimed now, not at the supervisor's next poll
     return RunId(run_id=staged.new_run.run_id).to_json()
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import procs, retention, sandbox, store, tasks
+from . import procs, retention, sandbox, store, tasks, wakeup
 from .config import Settings
 from .engines import Engine, LeaderSpec, engine_for, toil_argv
 from .logsetup import setup_logging
@@ -133,6 +133,7 @@ class Supervisor:
         self.pool = ThreadPoolExecutor(settings.max_concurrent_runs, thread_name_prefix="run")
         self.active: set[str] = set()
         self.lock = threading.Lock()
+        self.waker = wakeup.Waker(wakeup.socket_path(settings))
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(["wes_gateway.engines.leader"])
 
@@ -151,8 +152,10 @@ class Supervisor:
                     next_sweep = time.monotonic() + self.settings.retention_interval
             except Exception:
                 log.exception("supervisor tick failed; retrying")
-            self.stop_event.wait(self.settings.poll_interval)
+            if not self.stop_event.is_set():
+                self.waker.wait(self.settings.poll_interval)
         log.info("supervisor %s stopping; leaders keep running and will be adopted", self.worker_id)
+        self.waker.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def tick(self) -> None:
@@ -189,6 +192,7 @@ class Supervisor:
         finally:
             with self.lock:
                 self.active.discard(run_id)
+            self.waker.wake()  # a slot is free: a queued run need not wait for the next poll
 
     # ------------------------------------------------------------ one run
 
@@ -395,6 +399,7 @@ def serve(settings: Settings, stop_on_parent_exit: bool = False) -> None:
 
     def stop(signum: int, _frame: object) -> None:
         supervisor.stop_event.set()
+        supervisor.waker.wake()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -405,6 +410,7 @@ def serve(settings: Settings, stop_on_parent_exit: bool = False) -> None:
                 if os.getppid() != parent:
                     log.warning("supervisor's parent %d is gone; stopping", parent)
                     supervisor.stop_event.set()
+                    supervisor.waker.wake()
 
         threading.Thread(target=watch_parent, daemon=True).start()
     supervisor.serve()
