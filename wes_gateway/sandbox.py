@@ -89,8 +89,10 @@ class RunIdentity:
 
 
 def run_identity(settings: Settings) -> RunIdentity | None:
-    """The identity leaders drop to: only when the supervisor runs as root."""
-    if os.geteuid() != 0 or not settings.run_user:
+    """The identity leaders drop to: only when the supervisor runs as root, and only inside the
+    sandbox (without one, the run user could not even reach its directory under the 0700 data
+    directory; the opt-out isolates nothing, so it pretends nothing)."""
+    if os.geteuid() != 0 or not settings.run_user or settings.run_sandbox == "none":
         return None
     try:
         entry = pwd.getpwnam(settings.run_user)
