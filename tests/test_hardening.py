@@ -38,26 +38,26 @@ def internal_service() -> Iterator[str]:
     httpd.shutdown()
 
 
-def cwl(server: Server, document: str, params: dict, extra: dict[str, bytes] | None = None) -> tuple[int, str]:
+def submit_document(
+    server: Server, kind: tuple[str, str, str], document: str, params: dict, extra: dict[str, bytes] | None
+) -> tuple[int, str]:
+    name, workflow_type, version = kind
     response = server.submit(
-        {"tool.cwl": document.encode(), **(extra or {})},
-        workflow_url="tool.cwl",
-        workflow_type="CWL",
-        workflow_type_version="v1.2",
+        {name: document.encode(), **(extra or {})},
+        workflow_url=name,
+        workflow_type=workflow_type,
+        workflow_type_version=version,
         workflow_params=params,
     )
     return response.status_code, response.text
+
+
+def cwl(server: Server, document: str, params: dict, extra: dict[str, bytes] | None = None) -> tuple[int, str]:
+    return submit_document(server, ("tool.cwl", "CWL", "v1.2"), document, params, extra)
 
 
 def wdl(server: Server, document: str, params: dict, extra: dict[str, bytes] | None = None) -> tuple[int, str]:
-    response = server.submit(
-        {"main.wdl": document.encode(), **(extra or {})},
-        workflow_url="main.wdl",
-        workflow_type="WDL",
-        workflow_type_version="1.0",
-        workflow_params=params,
-    )
-    return response.status_code, response.text
+    return submit_document(server, ("main.wdl", "WDL", "1.0"), document, params, extra)
 
 
 ECHO_TOOL = """cwlVersion: v1.2

@@ -36,6 +36,9 @@ BOB = basic("bob", "bob-pw")
 
 
 def start(tmp: Path, **env: str) -> Server:
+    shared = tmp / "shared"
+    shared.mkdir()
+    (shared / "unnamed-secret.txt").write_text("not named by any input\n")
     # The service's own files sit in a directory that is on the leaders' PATH (so the
     # sandbox binds it): they must still be hidden there.
     tools = tmp / "tools"
@@ -54,6 +57,7 @@ def start(tmp: Path, **env: str) -> Server:
             "WES_GATEWAY_AUTH_MODES": "basic,token,proxy",
             "WES_GATEWAY_HTPASSWD_FILE": str(tools / "htpasswd"),
             "WES_GATEWAY_EXTRA_PATH": f"{tools},{ROOT / 'tests' / 'bin'}",
+            "WES_GATEWAY_ALLOWED_FILE_ROOTS": str(shared),
             "SECRET_API_KEY": SECRET,
             **env,
         },
@@ -214,3 +218,20 @@ def test_startup_refuses_a_sandbox_that_cannot_be_built(tmp_path: Path) -> None:
         start_server(tmp_path / "data", {"PATH": "/nonexistent"})
     assert "bwrap is not installed" in str(failure.value)
     assert "WES_GATEWAY_RUN_SANDBOX=none" in str(failure.value)
+
+
+def test_inputs_under_allowed_roots_are_bound_and_nothing_beside_them(sandboxed: Server) -> None:
+    shared = sandboxed.data_dir.parent / "shared"
+    attempts = [["sibling", "read", str(shared / "unnamed-secret.txt"), ""]]
+    (shared / "attempts.json").write_text(json.dumps(attempts))
+    files = {"probe.cwl": (D / "probe" / "probe.cwl").read_bytes(), "probe.py": (D / "probe" / "probe.py").read_bytes()}
+    params = {
+        "script": {"class": "File", "location": "probe.py"},
+        # Named by absolute URL under ALLOWED_FILE_ROOTS: the sandbox binds it (read-only).
+        "attempts": {"class": "File", "location": (shared / "attempts.json").as_uri()},
+    }
+    run_id = submit(sandboxed, ALICE, files, "probe.cwl", params)
+    assert wait(sandboxed, run_id, ALICE) == "COMPLETE", sandboxed.log_tail()
+    run_log = requests.get(f"{sandboxed.api}/runs/{run_id}", headers=ALICE, timeout=10).json()
+    report = json.loads(Path(run_log["outputs"]["report"]["path"]).read_text())
+    assert report["sibling"].startswith("denied:"), report
