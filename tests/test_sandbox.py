@@ -235,3 +235,22 @@ def test_inputs_under_allowed_roots_are_bound_and_nothing_beside_them(sandboxed:
     run_log = requests.get(f"{sandboxed.api}/runs/{run_id}", headers=ALICE, timeout=10).json()
     report = json.loads(Path(run_log["outputs"]["report"]["path"]).read_text())
     assert report["sibling"].startswith("denied:"), report
+
+
+def test_runs_from_before_the_control_directory_are_still_adopted(tmp_path: Path) -> None:
+    from wes_gateway import procs
+    from wes_gateway.paths import RunPaths
+    from wes_gateway.supervisor import live_leader
+
+    paths = RunPaths(root=tmp_path / "run")
+    paths.root.mkdir()
+    me = {"pid": os.getpid(), "start": procs.start_time(os.getpid())}
+    # A leader started by the version before kept its identity in the run directory itself.
+    (paths.root / "leader.json").write_text(json.dumps(me))
+    (paths.root / "result.json").write_text(json.dumps({"exit_code": 3}))
+    assert live_leader(paths) == os.getpid() and paths.read_result() == 3
+    # Once the run has a control directory, nothing the run itself could write is believed.
+    paths.control.mkdir()
+    assert live_leader(paths) is None and paths.read_result() is None
+    paths.leader_file.write_text(json.dumps(me))
+    assert live_leader(paths) == os.getpid()

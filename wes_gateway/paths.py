@@ -72,6 +72,14 @@ class RunPaths:
         return self.control / "leader.json"
 
     @property
+    def leader_files(self) -> tuple[Path, ...]:
+        """Where the leader's identity is, and where a leader started by a version before the
+        control directory kept it (so that an upgrade adopts runs already in flight)."""
+        if self.control.exists():  # every run since has one: nothing the run wrote is believed
+            return (self.leader_file,)
+        return self.leader_file, self.root / "leader.json"
+
+    @property
     def inputs(self) -> Path:
         """Local paths the input policy let the run name (bound read-only into its sandbox)."""
         return self.control / "inputs.json"
@@ -93,11 +101,15 @@ class RunPaths:
         return self.control / "result.json"
 
     def read_result(self) -> int | None:
-        """The leader's exit code as it recorded it, or None if it never finished."""
-        try:
-            return int(json.loads(self.result.read_text())["exit_code"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        """The leader's exit code as it recorded it, or None if it never finished (also where a
+        leader of the version before the control directory wrote it)."""
+        legacy = () if self.control.exists() else (self.root / "result.json",)
+        for path in (self.result, *legacy):
+            try:
+                return int(json.loads(path.read_text())["exit_code"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return None
 
     def read_inputs(self) -> list[str]:
         try:

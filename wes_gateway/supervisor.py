@@ -68,12 +68,14 @@ def leader_env(settings: Settings, run_id: str, paths: RunPaths, dropped: bool =
 
 def live_leader(paths: RunPaths) -> int | None:
     """The pid of this run's leader if that very process (not a reuse of its pid) still runs."""
-    try:
-        recorded = json.loads(paths.leader_file.read_text())
-        pid, start = int(recorded["pid"]), int(recorded["start"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return pid if procs.pid_alive(pid) and procs.start_time(pid) == start else None
+    for path in paths.leader_files:
+        try:
+            recorded = json.loads(path.read_text())
+            pid, start = int(recorded["pid"]), int(recorded["start"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        return pid if procs.pid_alive(pid) and procs.start_time(pid) == start else None
+    return None
 
 
 def write_kill_flag(paths: RunPaths, run_id: str) -> None:
