@@ -27,6 +27,7 @@ $(CONFORMANCE_STAMP): $(STAMP)
 install: $(STAMP)
 
 run: $(STAMP)
+	@scripts/system-deps run
 	mkdir -p var
 	WES_GATEWAY_DATA_DIR=$${WES_GATEWAY_DATA_DIR:-$(CURDIR)/var} $(BIN)/gunicorn -c gunicorn.conf.py
 
