@@ -69,3 +69,31 @@ def test_run_tasks_and_cancel_on_postgres(pg_server: Server) -> None:
 
 def test_200_concurrent_submissions_on_postgres(pg_server: Server) -> None:
     assert_storm_completes(pg_server, submit_storm(pg_server))
+
+
+def test_a_committed_run_notifies_listening_supervisors(postgres: Postgres) -> None:
+    import select
+
+    store.upgrade(store.open_database(postgres.url))
+    listener = store.listen_for_work()
+    try:
+        assert listener is not None
+        assert select.select([listener], [], [], 0.2)[0] == []  # nothing yet
+        store.create_run(
+            store.NewRun(
+                run_id=store.new_run_id(),
+                owner="notify-test",
+                workflow_type="CWL",
+                request={},
+                engine_args=[],
+                workflow_path="/nonexistent.cwl",
+                tags={},
+            )
+        )
+        # Another host's supervisor hears of it at once, not at its next poll.
+        assert select.select([listener], [], [], 5)[0] == [listener]
+        store.drain_work(listener)
+        assert select.select([listener], [], [], 0.2)[0] == []
+    finally:
+        listener.close()
+        store.database.obj.close()

@@ -385,7 +385,40 @@ def create_run(new: NewRun, max_active: int = 0) -> Run:
             tags=new.tags,
             submitted_at=utc_now(),
         )
+        _notify_work()
         return run
+
+
+# PostgreSQL's LISTEN/NOTIFY channel that tells every supervisor, on any host, of new work.
+WORK_CHANNEL = "wes_gateway_work"
+
+
+def _notify_work() -> None:
+    # Inside the inserting transaction: delivered when (and only if) it commits.
+    if isinstance(database.obj, peewee.PostgresqlDatabase):
+        database.obj.execute_sql(f"NOTIFY {WORK_CHANNEL}")
+
+
+def listen_for_work() -> Any | None:
+    """For PostgreSQL, a connection of its own that LISTENs on the work channel: its fileno()
+    turns readable when a run is committed anywhere (``drain_work`` then clears it). None for
+    SQLite, whose supervisor is woken on this host only (``wakeup``)."""
+    db = database.obj
+    if not isinstance(db, peewee.PostgresqlDatabase):
+        return None
+    import psycopg2
+    import psycopg2.extensions
+
+    connection = psycopg2.connect(database=db.database, **db.connect_params)
+    connection.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+    with connection.cursor() as cursor:
+        cursor.execute(f"LISTEN {WORK_CHANNEL}")
+    return connection
+
+
+def drain_work(connection: Any) -> None:
+    connection.poll()
+    connection.notifies.clear()
 
 
 def update_run(run_id: str, **fields: Any) -> None:

@@ -135,7 +135,7 @@ class Supervisor:
         self.pool = ThreadPoolExecutor(settings.max_concurrent_runs, thread_name_prefix="run")
         self.active: set[str] = set()
         self.lock = threading.Lock()
-        self.waker = wakeup.Waker(wakeup.socket_path(settings))
+        self.waker = wakeup.Waker(wakeup.socket_path(settings), _work_listener())
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(["wes_gateway.engines.leader"])
 
@@ -368,6 +368,14 @@ def _engine_of(run: store.Run) -> Engine | None:
         store.append_system_log(run.run_id, f"no engine for workflow type {run.workflow_type}")
         store.transition(run.run_id, store.SYSTEM_ERROR)
     return engine
+
+
+def _work_listener() -> object | None:
+    try:
+        return store.listen_for_work()
+    except Exception as exc:  # the poll still finds the work
+        log.warning("cannot LISTEN for new runs (%s); polling only", exc)
+        return None
 
 
 def _noop() -> None:
