@@ -179,6 +179,19 @@ def test_probe_fails_every_attempt_in_the_sandbox(sandboxed: Server) -> None:
     assert info["tags"]["run_sandbox"] == "bwrap"
 
 
+def test_probe_fails_in_a_user_namespace_too(tmp_path: Path) -> None:
+    # No uid to drop to (as for an unprivileged service account): the leader keeps its uid but
+    # runs in bwrap's user namespace with every capability dropped.
+    server = start(tmp_path, WES_GATEWAY_RUN_USER="")
+    try:
+        run_id, report, _, bob_dir = probe(server)
+    finally:
+        stop_server(server)
+    assert report.pop("guess_runs") == f"ok: {run_id}"
+    assert {name: outcome for name, outcome in report.items() if not refused(outcome)} == {}
+    assert not (bob_dir / "outputs" / "planted.txt").exists()
+
+
 def test_sandboxed_run_files_belong_to_the_run_user(sandboxed: Server) -> None:
     run_id, _, _, _ = probe(sandboxed)
     run_dir = sandboxed.data_dir / "runs" / run_id

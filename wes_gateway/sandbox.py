@@ -24,6 +24,7 @@ and no home is there.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWPID = 0x20000000
 _PR_SET_NO_NEW_PRIVS = 38
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_NS_GET_USERNS = 0xB701  # ioctl: the user namespace that owns a namespace
 
 # The operating system as a tool sees it. /bin, /lib... are symlinks into /usr on current
 # Debian; where they are real directories they are bound like /usr.
@@ -311,10 +313,24 @@ class Sandbox:
         self.holder = int(json.loads(text)["child-pid"])
         self._root = os.open(f"/proc/{self.holder}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._mount = os.open(f"/proc/{self.holder}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-        if spec.user_namespace:
-            self.libc.setns(f"/proc/{self.holder}/ns/user", _CLONE_NEWUSER)
-        # Only children enter a PID namespace: the leader forked next is the first of the run.
-        self.libc.setns(f"/proc/{self.holder}/ns/pid", _CLONE_NEWPID)
+        self._user = -1
+        pid_ns = os.open(f"/proc/{self.holder}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if spec.user_namespace:
+                # Unprivileged, bwrap nests two user namespaces: the outer one (uid 0 inside,
+                # which owns the PID and mount namespaces and set them up) and the holder's
+                # (the real uid again). The PID namespace is joined from its owner; the leader
+                # then steps down into the holder's, where it is no one in particular.
+                self._user = os.open(f"/proc/{self.holder}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+                owner = fcntl.ioctl(pid_ns, _NS_GET_USERNS)
+                try:
+                    self.libc.call("setns", owner, _CLONE_NEWUSER)
+                finally:
+                    os.close(owner)
+            # Only children enter a PID namespace: the leader forked next is the first of the run.
+            self.libc.call("setns", pid_ns, _CLONE_NEWPID)
+        finally:
+            os.close(pid_ns)
 
     def enter(self) -> None:
         """In the leader, just forked: join the view (``become`` then drops its powers)."""
@@ -325,8 +341,14 @@ class Sandbox:
         for fd in (self._root, self._mount, self._hold):
             os.close(fd)
         if self.spec.user_namespace:
-            # Joining the user namespace gave every capability inside it; keep none.
+            if not self._same_user_namespace():
+                self.libc.call("setns", self._user, _CLONE_NEWUSER)
+            os.close(self._user)
+            # Joining a user namespace gives every capability inside it; keep none.
             self.libc.drop_capabilities()
+
+    def _same_user_namespace(self) -> bool:
+        return os.fstat(self._user).st_ino == os.stat("/proc/self/ns/user").st_ino
 
     def close(self) -> None:
         """The holder exits; the kernel then ends every process left in the sandbox."""
