@@ -119,7 +119,7 @@ def hand_over(paths: RunPaths, identity: RunIdentity | None) -> None:
             continue
         stat = path.lstat()
         if stat.st_uid != identity.uid or stat.st_gid != identity.shared_gid:
-            os.chown(path, identity.uid, identity.shared_gid)
+            os.chown(path, identity.uid, identity.shared_gid, follow_symlinks=False)
         if path.is_dir():
             os.chmod(path, 0o2770)
 
