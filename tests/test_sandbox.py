@@ -267,3 +267,29 @@ def test_runs_from_before_the_control_directory_are_still_adopted(tmp_path: Path
     assert live_leader(paths) is None and paths.read_result() is None
     paths.leader_file.write_text(json.dumps(me))
     assert live_leader(paths) == os.getpid()
+
+
+def test_names_a_run_plants_do_not_make_the_service_read_its_own_files(sandboxed: Server) -> None:
+    # The run owns its directory: it can swap stdout.log for a link to the database. The
+    # service must then serve nothing, not the database.
+    database = sandboxed.data_dir / "wes.sqlite3"
+    attempts = [
+        ["plant_stdout", "plant", "stdout.log", str(database)],
+        ["plant_stderr", "plant", "stderr.log", str(database)],
+    ]
+    files = {
+        "probe.cwl": (D / "probe" / "probe.cwl").read_bytes(),
+        "probe.py": (D / "probe" / "probe.py").read_bytes(),
+        "attempts.json": json.dumps(attempts).encode(),
+    }
+    params = {
+        "script": {"class": "File", "location": "probe.py"},
+        "attempts": {"class": "File", "location": "attempts.json"},
+    }
+    run_id = submit(sandboxed, ALICE, files, "probe.cwl", params)
+    wait(sandboxed, run_id, ALICE)
+    run_dir = sandboxed.data_dir / "runs" / run_id
+    assert (run_dir / "stdout.log").is_symlink()  # the plant took: the test tests something
+    for stream in ("stdout", "stderr"):
+        served = requests.get(f"{sandboxed.api}/runs/{run_id}/logs/{stream}", headers=ALICE, timeout=10)
+        assert served.status_code == 200 and b"SQLite format 3" not in served.content

@@ -187,19 +187,22 @@ def get_task(run_id: str, task_id: str) -> Json:
 def get_run_log_file(run_id: str, stream: str) -> flask.Response:
     _visible_run(run_id)
     paths = RunPaths.of(current_settings(), run_id)
-    return _send_log(paths.stdout if stream == "stdout" else paths.stderr)
+    return _send_log(paths, paths.stdout if stream == "stdout" else paths.stderr)
 
 
-def _send_log(path: Path | None) -> flask.Response:
-    if path is None or not path.exists():
+def _send_log(paths: RunPaths, path: Path | None) -> flask.Response:
+    # Through open_file: the run owns these names and could point them anywhere.
+    handle = paths.open_file(path) if path is not None else None
+    if handle is None:
         return flask.Response("", mimetype="text/plain")
-    return flask.send_file(path, mimetype="text/plain", conditional=False, etag=False, max_age=0)
+    return flask.send_file(handle, mimetype="text/plain", conditional=False, etag=False, max_age=0)
 
 
 def get_task_log_file(run_id: str, task_id: str, stream: str) -> flask.Response:
     # Toil merges a job's stdout and stderr into its worker log; both streams serve it.
     task = _visible_task(run_id, task_id)
-    return _send_log(Path(task.log_path) if task.log_path else None)
+    paths = RunPaths.of(current_settings(), run_id)
+    return _send_log(paths, Path(task.log_path) if task.log_path else None)
 
 
 def get_health() -> Json:

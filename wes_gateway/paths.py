@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .config import Settings
+
+# outputs.json and outline.json are small; a run cannot make the service read gigabytes.
+MAX_JSON_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,36 @@ class RunPaths:
     def result(self) -> Path:
         return self.control / "result.json"
 
+    def open_file(self, path: Path) -> BinaryIO | None:
+        """Open a file of this run for the service to read, or None: only a regular file
+        inside the run directory, reached through no symbolic link. The run owns its
+        directory and could otherwise point a name (stdout.log, a job log, outputs.json)
+        at the service's own files, or plant a FIFO that blocks the reader."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")  # where it is, whatever the path said
+            if stat.S_ISREG(os.fstat(fd).st_mode) and real.startswith(os.path.realpath(self.root) + os.sep):
+                os.set_blocking(fd, True)
+                return os.fdopen(fd, "rb")
+        except OSError:
+            pass
+        os.close(fd)
+        return None
+
+    def read_json(self, path: Path) -> Any:
+        """A JSON file the run may have written, read as ``open_file`` allows; None if not."""
+        handle = self.open_file(path)
+        if handle is None:
+            return None
+        with handle:
+            try:
+                return json.loads(handle.read(MAX_JSON_BYTES) or b"null")
+            except (ValueError, RecursionError):
+                return None
+
     def read_result(self) -> int | None:
         """The leader's exit code as it recorded it, or None if it never finished (also where a
         leader of the version before the control directory wrote it)."""
@@ -119,8 +154,5 @@ class RunPaths:
         return [item for item in data if isinstance(item, str)] if isinstance(data, list) else []
 
     def read_outputs(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.outputs_json.read_text() or "{}")
-        except (OSError, ValueError):
-            return {}
+        data = self.read_json(self.outputs_json)
         return data if isinstance(data, dict) else {}

@@ -8,14 +8,12 @@ ever read the ``task`` table.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import shlex
 from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import store
 from .engines import Engine
@@ -43,10 +41,7 @@ def _parse_fields(raw: bytes) -> list[str]:
 
 
 def load_outline(paths: RunPaths) -> dict[str, Any]:
-    try:
-        outline = json.loads(paths.outline.read_text())
-    except (OSError, ValueError):
-        return {}
+    outline = paths.read_json(paths.outline)
     return outline if isinstance(outline, dict) else {}
 
 
@@ -57,12 +52,12 @@ def ingest(run_id: str, engine: Engine, workflow_file: str, paths: RunPaths, kno
     if offset is None:
         return 0
     consumed = 0
-    try:
-        with open(paths.messages, "rb") as bus:
+    chunk = b""
+    bus = paths.open_file(paths.messages)
+    if bus is not None:
+        with bus:
             bus.seek(offset)
             chunk = bus.read()
-    except FileNotFoundError:
-        chunk = b""
     end = chunk.rfind(b"\n")
     if end >= 0:
         lines = chunk[: end + 1].splitlines()
@@ -107,16 +102,17 @@ def _attach_logs(run_id: str, paths: RunPaths, known_logs: set[str]) -> None:
         if name in known_logs:
             continue
         path = paths.job_logs / name
-        try:
-            with open(path, "rb") as handle:
-                head = handle.read(LOG_HEAD_BYTES).decode("utf-8", "replace")
-        except OSError:
+        handle = paths.open_file(path)
+        if handle is None:
             continue
+        with handle:
+            head = handle.read(LOG_HEAD_BYTES).decode("utf-8", "replace")
+            tail = _tail(handle)
         match = _JOB_ID.search(head)
         known_logs.add(name)
         if not match:
             continue
-        times = _LOG_TIME.findall(_tail(path))
+        times = _LOG_TIME.findall(tail)
         starts = _LOG_TIME.findall(head[:4096])
         command = _CWL_CMD.search(head)
         updates: dict[str, Any] = {"log_path": str(path)}
@@ -133,11 +129,10 @@ def _attach_logs(run_id: str, paths: RunPaths, known_logs: set[str]) -> None:
         store.update_task(run_id, task_id_for(match.group(1)), **updates)
 
 
-def _tail(path: Path, size: int = 8192) -> str:
-    with open(path, "rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        handle.seek(max(0, handle.tell() - size))
-        return handle.read().decode("utf-8", "replace")
+def _tail(handle: BinaryIO, size: int = 8192) -> str:
+    handle.seek(0, os.SEEK_END)
+    handle.seek(max(0, handle.tell() - size))
+    return handle.read().decode("utf-8", "replace")
 
 
 def known_log_names(run_id: str) -> set[str]:

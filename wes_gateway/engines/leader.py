@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 import traceback
 from pathlib import Path
@@ -45,7 +46,12 @@ _warm_engines()
 
 
 def _redirect(fd: int, path: str) -> None:
-    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    # Never through a link or into a FIFO: a resumed run's directory is the run's own, and this
+    # process (outside the sandbox, maybe root) would write wherever a planted name pointed.
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK, 0o640)
+    if not stat.S_ISREG(os.fstat(target).st_mode):
+        raise OSError(f"{path} is not a regular file")
+    os.set_blocking(target, True)
     os.dup2(target, fd)
     os.close(target)
 
