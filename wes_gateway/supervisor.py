@@ -78,17 +78,26 @@ def live_leader(paths: RunPaths) -> int | None:
     return None
 
 
-def write_kill_flag(paths: RunPaths, run_id: str) -> None:
-    """Ask the leader to stop through its job store, as `toil kill` does for remote leaders."""
-    if not paths.jobstore.exists():
-        return
-    try:
-        from toil.common import Toil
+def _write_kill_flag(run_root: str, run_as: tuple[int, int] | None) -> None:
+    # In a process of its own, forked from the forkserver (Toil is loaded there). The job store
+    # is the run's to change: a link planted in it must not make a root process write outside
+    # it, so with a run user this process shuts itself in the run directory (chroot) and drops
+    # to that user first.
+    from toil.common import Toil
+    from toil.jobStores.fileJobStore import FileJobStore  # noqa: F401  (loaded before the chroot)
 
-        Toil.resumeJobStore(f"file:{paths.jobstore}").write_kill_flag(kill=True)
-        log.info("run %s: kill flag written", run_id)
+    locator = f"file:{run_root}/jobstore"
+    if run_as is not None:
+        os.chroot(run_root)
+        os.chdir("/")
+        locator = "file:/jobstore"
+    sandbox.become(run_as)
+    try:
+        Toil.resumeJobStore(locator).write_kill_flag(kill=True)
     except Exception as exc:  # the leader may not have initialised its job store yet
-        log.info("run %s: kill flag not written (%s)", run_id, exc)
+        print(f"kill flag: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(1)
 
 
 class Leader:
@@ -324,7 +333,7 @@ class Supervisor:
     def _cancel(self, run_id: str, leader: Leader, paths: RunPaths) -> None:
         grace = self.settings.cancel_grace_seconds
         log.info("run %s: cancelling leader pid %d", run_id, leader.pid)
-        write_kill_flag(paths, run_id)
+        self._write_kill_flag(paths, run_id)
         if not leader.wait(grace):
             log.info("run %s: leader still up after kill flag; SIGTERM", run_id)
             leader.signal_group(signal.SIGTERM)
@@ -332,6 +341,21 @@ class Supervisor:
                 log.info("run %s: leader still up after SIGTERM; SIGKILL", run_id)
                 leader.signal_group(signal.SIGKILL)
                 leader.wait(grace)
+
+    def _write_kill_flag(self, paths: RunPaths, run_id: str) -> None:
+        """Ask the leader to stop through its job store, as `toil kill` does for remote leaders."""
+        if not paths.jobstore.exists():
+            return
+        run_as = None if self.identity is None else (self.identity.uid, self.identity.gid)
+        writer = self.context.Process(target=_write_kill_flag, args=(str(paths.root), run_as))
+        writer.start()
+        writer.join(30)
+        if writer.exitcode == 0:
+            log.info("run %s: kill flag written", run_id)
+        else:  # the leader may not have initialised its job store yet
+            log.info("run %s: kill flag not written (exit status %s)", run_id, writer.exitcode)
+            if writer.exitcode is None:
+                writer.kill()
 
     def _finish(
         self,
