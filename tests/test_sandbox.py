@@ -107,6 +107,22 @@ def service_pids(server: Server) -> dict[str, int]:
     return found
 
 
+def run_probe(server: Server, attempts: list[list[str]]) -> tuple[str, str, dict[str, Any]]:
+    """Alice runs the probe tool over ``attempts``; its run id, final state and RunLog."""
+    files = {
+        "probe.cwl": (D / "probe" / "probe.cwl").read_bytes(),
+        "probe.py": (D / "probe" / "probe.py").read_bytes(),
+        "attempts.json": json.dumps(attempts).encode(),
+    }
+    params = {
+        "script": {"class": "File", "location": "probe.py"},
+        "attempts": {"class": "File", "location": "attempts.json"},
+    }
+    run_id = submit(server, ALICE, files, "probe.cwl", params)
+    state = wait(server, run_id, ALICE)
+    return run_id, state, requests.get(f"{server.api}/runs/{run_id}", headers=ALICE, timeout=10).json()
+
+
 def probe(server: Server) -> tuple[str, dict[str, str], str, Path]:
     """Bob runs something; Alice's probe then goes after it and after the service."""
     bob_run = submit(server, BOB, {"echo.cwl": (D / "echo.cwl").read_bytes()}, "echo.cwl", {"message": "bob's"})
@@ -134,18 +150,7 @@ def probe(server: Server) -> tuple[str, dict[str, str], str, Path]:
     attempts += [
         [f"environ_{name}", "environ", f"/proc/{pid}/environ", SECRET] for name, pid in service_pids(server).items()
     ]
-    files = {
-        "probe.cwl": (D / "probe" / "probe.cwl").read_bytes(),
-        "probe.py": (D / "probe" / "probe.py").read_bytes(),
-        "attempts.json": json.dumps(attempts).encode(),
-    }
-    params = {
-        "script": {"class": "File", "location": "probe.py"},
-        "attempts": {"class": "File", "location": "attempts.json"},
-    }
-    run_id = submit(server, ALICE, files, "probe.cwl", params)
-    state = wait(server, run_id, ALICE)
-    run_log = requests.get(f"{server.api}/runs/{run_id}", headers=ALICE, timeout=10).json()
+    run_id, state, run_log = run_probe(server, attempts)
     assert state == "COMPLETE", (state, server.log_tail())
     report = json.loads(Path(run_log["outputs"]["report"]["path"]).read_text())
     assert Path(run_log["outputs"]["own"]["path"]).read_text() == "the run's own output\n"
@@ -277,17 +282,7 @@ def test_names_a_run_plants_do_not_make_the_service_read_its_own_files(sandboxed
         ["plant_stdout", "plant", "stdout.log", str(database)],
         ["plant_stderr", "plant", "stderr.log", str(database)],
     ]
-    files = {
-        "probe.cwl": (D / "probe" / "probe.cwl").read_bytes(),
-        "probe.py": (D / "probe" / "probe.py").read_bytes(),
-        "attempts.json": json.dumps(attempts).encode(),
-    }
-    params = {
-        "script": {"class": "File", "location": "probe.py"},
-        "attempts": {"class": "File", "location": "attempts.json"},
-    }
-    run_id = submit(sandboxed, ALICE, files, "probe.cwl", params)
-    wait(sandboxed, run_id, ALICE)
+    run_id, _, _ = run_probe(sandboxed, attempts)
     run_dir = sandboxed.data_dir / "runs" / run_id
     assert (run_dir / "stdout.log").is_symlink()  # the plant took: the test tests something
     for stream in ("stdout", "stderr"):
