@@ -140,17 +140,13 @@ class RunPaths:
         leader of the version before the control directory wrote it)."""
         legacy = () if self.control.exists() else (self.root / "result.json",)
         for path in (self.result, *legacy):
-            try:
-                return int(json.loads(path.read_text())["exit_code"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
+            data = self.read_json(path)
+            if isinstance(data, dict) and isinstance(data.get("exit_code"), int):
+                return int(data["exit_code"])
         return None
 
     def read_inputs(self) -> list[str]:
-        try:
-            data = json.loads(self.inputs.read_text())
-        except (OSError, ValueError):
-            return []
+        data = self.read_json(self.inputs)
         return [item for item in data if isinstance(item, str)] if isinstance(data, list) else []
 
     def read_outputs(self) -> dict[str, Any]:

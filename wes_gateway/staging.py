@@ -25,7 +25,6 @@ from .errors import ApiError, BadRequest, PayloadTooLarge
 from .models import RunRequest
 from .paths import RunPaths
 from .policy import engine_argv
-from .uploads import link_into
 
 REMOTE_SCHEMES = ("http", "https")
 # Linux's limits, less room for the run directory the name lands in.
@@ -207,7 +206,7 @@ def _write_one(path: Path, attachment: Attachment, settings: Settings, total: in
         size = attachment.path.stat().st_size
         _check_size(attachment, size, total + size, settings)
         try:
-            link_into(attachment.path, path)
+            os.link(attachment.path, path)  # spooled on the same filesystem: no copy
         except (FileExistsError, IsADirectoryError, NotADirectoryError):
             raise clash from None
         return total + size
@@ -321,6 +320,17 @@ def _is_address(host: str) -> bool:
     return True
 
 
+def check_prefixed(url: str, what: str, subject: str, settings: Settings, advice: str = "") -> None:
+    """A remote document (workflow_url, $import, run:, WDL import) only under the deployment's
+    allowed prefixes, and then still never at a blocked address."""
+    if not any(url.startswith(prefix) for prefix in settings.allowed_url_prefixes):
+        raise BadRequest(
+            f"{subject} is not under an allowed URL prefix "
+            f"({', '.join(settings.allowed_url_prefixes) or 'none are configured'}){advice}"
+        )
+    check_remote(url, what, admitted_by_prefix=True)
+
+
 def resolve_workflow_url(url: str, attachments: Path, settings: Settings) -> tuple[str, str]:
     """What the leader is given: an absolute local path or an http(s) URL (with any fragment
     inline), and, for a local path, the fragment apart, since '#' is also legal in a file name."""
@@ -330,12 +340,7 @@ def resolve_workflow_url(url: str, attachments: Path, settings: Settings) -> tup
     base, _, fragment = url.partition("#")
     scheme = urlparse(base).scheme.lower()
     if scheme in REMOTE_SCHEMES:
-        if not any(url.startswith(prefix) for prefix in settings.allowed_url_prefixes):
-            raise BadRequest(
-                f"workflow_url {url!r} is not under an allowed URL prefix "
-                f"({', '.join(settings.allowed_url_prefixes) or 'none are configured'}); attach the workflow instead"
-            )
-        check_remote(url, "workflow_url", admitted_by_prefix=True)
+        check_prefixed(url, "workflow_url", f"workflow_url {url!r}", settings, "; attach the workflow instead")
         return url, ""
     if scheme == "file":
         return str(_check_file_url(unquote(urlparse(base).path), settings, "workflow_url")), fragment
@@ -387,12 +392,7 @@ class Admission:
     def document(self, reference: str) -> str:
         scheme = urlparse(reference).scheme.lower()
         if scheme in REMOTE_SCHEMES:
-            if not any(reference.startswith(prefix) for prefix in self.settings.allowed_url_prefixes):
-                raise BadRequest(
-                    f"{reference!r} is not under an allowed URL prefix "
-                    f"({', '.join(self.settings.allowed_url_prefixes) or 'none are configured'})"
-                )
-            check_remote(reference, "document", admitted_by_prefix=True)
+            check_prefixed(reference, "document", repr(reference), self.settings)
             return reference
         return self.input(reference)
 

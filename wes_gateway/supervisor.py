@@ -10,7 +10,6 @@ with Toil's --restart on the persisted job store.
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
@@ -69,10 +68,10 @@ def leader_env(settings: Settings, run_id: str, paths: RunPaths, dropped: bool =
 def live_leader(paths: RunPaths) -> int | None:
     """The pid of this run's leader if that very process (not a reuse of its pid) still runs."""
     for path in paths.leader_files:
+        recorded = paths.read_json(path)
         try:
-            recorded = json.loads(path.read_text())
             pid, start = int(recorded["pid"]), int(recorded["start"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             continue
         return pid if procs.pid_alive(pid) and procs.start_time(pid) == start else None
     return None
@@ -139,6 +138,7 @@ class Supervisor:
         # Read once, before the environment is scrubbed: the service's own secret files.
         self.hidden_files = hidden_files or []
         self.identity = sandbox.run_identity(settings)
+        self.run_as = None if self.identity is None else (self.identity.uid, self.identity.gid)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop_event = threading.Event()
         self.pool = ThreadPoolExecutor(settings.max_concurrent_runs, thread_name_prefix="run")
@@ -234,7 +234,7 @@ class Supervisor:
             env=leader_env(self.settings, run_id, paths, dropped=self.identity is not None),
             root=str(paths.root),
             sandbox=self._sandbox_of(paths),
-            run_as=None if self.identity is None else (self.identity.uid, self.identity.gid),
+            run_as=self.run_as,
         )
         paths.result.unlink(missing_ok=True)
         paths.leader_file.unlink(missing_ok=True)
@@ -346,8 +346,7 @@ class Supervisor:
         """Ask the leader to stop through its job store, as `toil kill` does for remote leaders."""
         if not paths.jobstore.exists():
             return
-        run_as = None if self.identity is None else (self.identity.uid, self.identity.gid)
-        writer = self.context.Process(target=_write_kill_flag, args=(str(paths.root), run_as))
+        writer = self.context.Process(target=_write_kill_flag, args=(str(paths.root), self.run_as))
         writer.start()
         writer.join(30)
         if writer.exitcode == 0:

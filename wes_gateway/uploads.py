@@ -15,7 +15,6 @@ The spool is removed when the response is done, whatever happened.
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 from collections.abc import Awaitable, Callable
@@ -270,8 +269,3 @@ def spooled(environ: dict[str, Any]) -> list[SpooledFile] | None:
     scope = environ.get("asgi.scope") or {}
     files = scope.get(SCOPE_KEY)
     return files if isinstance(files, list) else None
-
-
-def link_into(source: Path, destination: Path) -> None:
-    """Put a spooled file in its final place without copying it (same filesystem)."""
-    os.link(source, destination)
