@@ -44,12 +44,15 @@ run_supervisor = os.environ.get("WES_GATEWAY_SUPERVISOR", "embedded") == "embedd
 
 
 def on_starting(server):
-    # Refuse to start without the run sandbox the settings ask for, before anything listens.
-    from wes_gateway.sandbox import SandboxUnavailable, check
+    # Refuse to start without the run sandbox and batch system the settings ask for, before
+    # anything listens.
+    from wes_gateway.batch import BatchSystemUnusable
+    from wes_gateway.sandbox import SandboxUnavailable
+    from wes_gateway.supervisor import preflight
 
     try:
-        check(load_settings())
-    except SandboxUnavailable as exc:
+        preflight(load_settings())
+    except (SandboxUnavailable, BatchSystemUnusable) as exc:
         server.log.error("wes-gateway cannot start: %s", exc)
         sys.exit(1)
     # Migrate once, here, rather than racing in every worker.

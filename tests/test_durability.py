@@ -119,7 +119,7 @@ def _queued_then_orphaned(tmp_path: Path, state: str) -> tuple[Server, str]:
     server = start_server(tmp_path, {**FAST, "WES_GATEWAY_SUPERVISOR": "off"})
     run_id = slow_echo(server, "never", seconds=30)
     open_store(server)
-    assert store.claim_next("ghost-supervisor", -1).run_id == run_id  # lease already lapsed
+    assert store.claim_next("ghost-supervisor", "host-a", -1).run_id == run_id  # lease already lapsed
     if state == store.RUNNING:
         assert store.transition(run_id, store.RUNNING)
     store.database.close()

@@ -46,7 +46,7 @@ def test_upgrade_is_idempotent(db: peewee.Database) -> None:
 def test_transitions_follow_the_table(db: peewee.Database) -> None:
     run_id = make_run()
     assert not store.transition(run_id, store.RUNNING)  # QUEUED cannot jump to RUNNING
-    assert store.claim_next("w1", 30).run_id == run_id
+    assert store.claim_next("w1", "host-a", 30).run_id == run_id
     assert store.transition(run_id, store.RUNNING)
     assert store.transition(run_id, store.COMPLETE, exit_code=0)
     run = store.get_run(run_id)
@@ -57,16 +57,16 @@ def test_transitions_follow_the_table(db: peewee.Database) -> None:
 
 def test_claim_is_exclusive(db: peewee.Database) -> None:
     first, second = make_run(), make_run()
-    assert store.claim_next("a", 30).run_id == first
-    assert store.claim_next("b", 30).run_id == second
-    assert store.claim_next("c", 30) is None
+    assert store.claim_next("a", "host-a", 30).run_id == first
+    assert store.claim_next("b", "host-a", 30).run_id == second
+    assert store.claim_next("c", "host-a", 30) is None
 
 
 def test_cancel_queued_is_immediate_and_running_goes_through_canceling(db: peewee.Database) -> None:
     queued = make_run()
     assert store.request_cancel(queued) == store.CANCELED
     running = make_run()
-    store.claim_next("w", 30)
+    store.claim_next("w", "host-a", 30)
     store.transition(running, store.RUNNING)
     assert store.request_cancel(running) == store.CANCELING
     assert store.cancel_requested(running)
@@ -95,11 +95,29 @@ def test_bad_tokens(db: peewee.Database) -> None:
 
 def test_state_counts_and_lease_takeover(db: peewee.Database) -> None:
     run_id = make_run()
-    store.claim_next("dead", -1)  # a lease already expired
+    store.claim_next("dead", "host-a", -1)  # a lease already expired
     assert store.state_counts() == {store.INITIALIZING: 1}
-    taken = store.take_over_expired("alive", 30)
+    taken = store.take_over_expired("alive", "host-a", 30)
     assert [r.run_id for r in taken] == [run_id] and taken[0].claimed_by == "alive"
-    assert store.take_over_expired("other", 30) == []
+    assert store.take_over_expired("other", "host-a", 30) == []
+
+
+def test_another_host_waits_for_the_leader_heartbeat(db: peewee.Database) -> None:
+    run_id = make_run()
+    store.claim_next("a-supervisor", "host-a", -1)  # host A's supervisor died: its lease lapsed
+    store.leader_started(run_id, "token-a", "host-a")  # ...but its leader beats on
+    assert store.beat(run_id, "token-a")
+    assert store.take_over_expired("b-supervisor", "host-b", 30) == []
+    # Host A itself may take its own run back (and adopt the leader by pid).
+    assert [r.run_id for r in store.take_over_expired("a-again", "host-a", -1)] == [run_id]
+    # Once the heartbeat is older than a lease, host B may.
+    store.Run.update(heartbeat_at=store.Run.heartbeat_at - 60).where(store.Run.run_id == run_id).execute()
+    taken = store.take_over_expired("b-supervisor", "host-b", 30)
+    assert [r.run_id for r in taken] == [run_id] and taken[0].host_id == "host-a"  # whose leader it was
+    store.leader_started(run_id, "token-b", "host-b")
+    # The old leader, should it come back, no longer owns the run.
+    assert not store.beat(run_id, "token-a") and not store.leader_owns(run_id, "token-a")
+    assert store.beat(run_id, "token-b") and store.leader_owns(run_id, "token-b")
 
 
 def test_upgrade_from_the_first_schema_keeps_runs(tmp_path: Path) -> None:
@@ -130,7 +148,7 @@ def _writer(path: str, worker: int, count: int) -> int:
             if store.Task.get_or_none(store.Task.run_id == run_id) is None:
                 store.Task.create(run_id=run_id, task_id="t", job_id="j", name="n")
         store.request_cancel(run_id)
-        claimed = store.claim_next(f"sup{worker}", 30)
+        claimed = store.claim_next(f"sup{worker}", "host-a", 30)
         if claimed is not None:
             store.transition(claimed.run_id, store.RUNNING)
             store.renew_lease(claimed.run_id, f"sup{worker}", 30)
@@ -165,7 +183,7 @@ def test_state_counts_follow_every_change(db: peewee.Database) -> None:
         return {row.state: row.n for row in query.group_by(store.Run.state)}
 
     ids = [make_run(owner=f"u{i % 3}") for i in range(12)]
-    store.claim_next("w", 30)
+    store.claim_next("w", "host-a", 30)
     store.transition(ids[0], store.RUNNING)
     store.transition(ids[0], store.COMPLETE)
     store.request_cancel(ids[5])

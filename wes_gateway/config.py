@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +19,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 ENV_PREFIX = "WES_GATEWAY_"
 
 
+class BatchOptions(BaseModel):
+    """What Toil's batch system is told for every run (Slurm's flags; the args elsewhere)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    partition: str = Field("", description="Slurm partition (Toil's --slurmPartition).")
+    time: str = Field("", description="Slurm time limit per job, [DD-]HH:MM:SS (Toil's --slurmTime).")
+    args: str = Field("", description="Extra submission arguments (TOIL_SLURM_ARGS, TOIL_LSF_ARGS, ...).")
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -25,6 +36,23 @@ class Settings(BaseModel):
     data_dir: Path = Field(Path("var"), description="Root for the SQLite file and run directories.")
     database_url: str = Field("", description="Peewee db_url; empty means SQLite at <data_dir>/wes.sqlite3.")
     max_concurrent_runs: int = Field(2, ge=1, description="Runs whose leaders may run at once.")
+    batch_system: str = Field(
+        "single_machine",
+        pattern=r"^[a-z_]+$",
+        description="Toil's batch system for every run's jobs: single_machine, slurm (or lsf, htcondor, ...).",
+    )
+    batch_options: BatchOptions = Field(default_factory=BatchOptions)  # type: ignore[arg-type]
+    allowed_batch_systems: list[str] = Field(
+        default_factory=list, description="Batch systems a client may pick per run (--batchSystem); none by default."
+    )
+    allowed_partitions: list[str] = Field(
+        default_factory=list, description="Slurm partitions a client may pick per run (--slurmPartition)."
+    )
+    shared_dir: Path | None = Field(
+        None,
+        description="Shared filesystem for run directories (job stores, work dirs), needed off single_machine.",
+    )
+    host_id: str = Field("", description="This gateway host's name among several on one database; default hostname.")
     run_max_cores: int = Field(0, ge=0, description="--maxCores for each run; 0 means the machine's core count.")
     run_max_memory: str = Field("4G", description="--maxMemory for each run.")
     default_page_size: int = Field(50, ge=1)
@@ -121,6 +149,8 @@ class Settings(BaseModel):
         "auth_modes",
         "admin_users",
         "allowed_url_prefixes",
+        "allowed_batch_systems",
+        "allowed_partitions",
         mode="before",
     )
     @classmethod
@@ -132,9 +162,21 @@ class Settings(BaseModel):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @field_validator("batch_options", mode="before")
+    @classmethod
+    def _parse_table(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
     @property
     def runs_dir(self) -> Path:
-        return self.data_dir.resolve() / "runs"
+        """Run directories: on the shared filesystem where there is one (batch jobs on other
+        hosts, and other gateway hosts, read their job stores), else in the data directory.
+        The database and config never go there: every batch job can read it."""
+        return (self.shared_dir or self.data_dir).resolve() / "runs"
+
+    @property
+    def effective_host_id(self) -> str:
+        return self.host_id or socket.gethostname()
 
     @property
     def effective_database_url(self) -> str:

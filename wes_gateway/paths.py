@@ -15,6 +15,16 @@ from .config import Settings
 MAX_JSON_BYTES = 64 * 1024 * 1024
 
 
+def staging_dir(settings: Settings) -> Path:
+    """Where submissions and uploads are written before they become a run: the service's
+    alone (0700), since the runs directory may be on a filesystem that batch jobs reach."""
+    staging = settings.runs_dir / ".staging"
+    staging.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if staging.stat().st_mode & 0o077:
+        os.chmod(staging, 0o700)
+    return staging
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """Where everything of one run lives. The directory is the unit of retention."""

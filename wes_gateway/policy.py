@@ -97,6 +97,40 @@ def _dropped(value: str | None, _: Settings) -> list[str]:
     return []
 
 
+def _listed(name: str, allowed: Callable[[Settings], list[str]]) -> Callable[[str | None, Settings], list[str]]:
+    def check(value: str | None, settings: Settings) -> list[str]:
+        choices = allowed(settings)
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}")
+        return [name, str(value)]
+
+    return check
+
+
+# Offered only where the deployment lists choices: a client never picks a batch system or a
+# partition that the site did not name.
+_DEPLOYMENT_OPTIONS: list[tuple[Callable[[Settings], list[str]], Option]] = [
+    (
+        lambda s: s.allowed_batch_systems,
+        Option(
+            "--batchSystem",
+            "choice",
+            lambda s: s.batch_system,
+            _listed("--batchSystem", lambda s: [s.batch_system, *s.allowed_batch_systems]),
+        ),
+    ),
+    (
+        lambda s: s.allowed_partitions,
+        Option(
+            "--slurmPartition",
+            "choice",
+            lambda s: s.batch_options.partition or s.allowed_partitions[0],
+            _listed("--slurmPartition", lambda s: s.allowed_partitions),
+        ),
+    ),
+]
+
+
 OPTIONS: dict[str, Option] = {
     option.name: option
     for option in [
@@ -121,6 +155,15 @@ OPTIONS: dict[str, Option] = {
 }
 
 
+def options_for(settings: Settings) -> dict[str, Option]:
+    """What a client may set on this deployment."""
+    offered = dict(OPTIONS)
+    for listed, option in _DEPLOYMENT_OPTIONS:
+        if listed(settings):
+            offered[option.name] = option
+    return offered
+
+
 def default_of(option: Option, settings: Settings) -> str:
     return option.default(settings) if callable(option.default) else option.default
 
@@ -128,11 +171,12 @@ def default_of(option: Option, settings: Settings) -> str:
 def engine_argv(params: dict[str, str | None], settings: Settings) -> list[str]:
     """Turn a client's workflow_engine_parameters into Toil argv, or raise BadRequest."""
     argv: list[str] = []
+    offered = options_for(settings)
     for key, value in params.items():
         name = key if key.startswith("--") else f"--{key}"
-        option = OPTIONS.get(name)
+        option = offered.get(name)
         if option is None:
-            raise BadRequest(f"workflow_engine_parameters: {key} is not allowed here; allowed: {', '.join(OPTIONS)}")
+            raise BadRequest(f"workflow_engine_parameters: {key} is not allowed here; allowed: {', '.join(offered)}")
         if value is not None and not isinstance(value, str):
             value = str(value)
         try:

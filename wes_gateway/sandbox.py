@@ -154,8 +154,11 @@ def plan(
     inputs: Iterable[str],
     hidden: Iterable[str],
     identity: RunIdentity | None,
+    services: Iterable[str] = (),
 ) -> SandboxSpec:
-    """The sandbox of one run: what it sees, and who its leader becomes."""
+    """The sandbox of one run: what it sees, and who its leader becomes. ``services`` are
+    files and sockets of the host that the leader must use read-only (the batch system's
+    configuration and its authentication socket)."""
     binary = shutil.which("bwrap") or "/usr/bin/bwrap"
     read_only: list[str] = []
     symlinks: list[tuple[str, str]] = []
@@ -170,8 +173,8 @@ def plan(
             symlinks.append((os.readlink(entry), entry))  # it resolves inside the sandbox too
         elif os.path.exists(entry):
             read_only.append(entry)  # bound through any link, to what it names on the host
-    for directory in [*python_dirs(), *settings.extra_path]:
-        if os.path.isdir(directory) and not _covered(directory, read_only):
+    for directory in [*python_dirs(), *settings.extra_path, *services]:
+        if os.path.exists(directory) and not _covered(directory, read_only):
             read_only.append(os.path.realpath(directory))
     data_dir = os.path.realpath(settings.data_dir)
     for reference in inputs:

@@ -15,7 +15,7 @@ from .models import (
     WorkflowEngineVersion,
     WorkflowTypeVersion,
 )
-from .policy import OPTIONS, default_of
+from .policy import default_of, options_for
 
 
 @lru_cache(maxsize=1)
@@ -55,7 +55,7 @@ def build(settings: Settings, counts: dict[str, int]) -> ServiceInfo:
             DefaultWorkflowEngineParameter(
                 name=option.name, type=option.type, default_value=default_of(option, settings)
             )
-            for option in OPTIONS.values()
+            for option in options_for(settings).values()
         ],
         system_state_counts=counts,
         auth_instructions_url=settings.auth_instructions_url,
@@ -67,6 +67,7 @@ def build(settings: Settings, counts: dict[str, int]) -> ServiceInfo:
             "max_page_size": str(settings.max_page_size),
             "wdl_container_engine": settings.wdl_container,
             "run_sandbox": settings.run_sandbox,
+            "batch_system": settings.batch_system,
         },
     )
 

@@ -23,7 +23,7 @@ from .config import Settings
 from .engines import engine_for
 from .errors import ApiError, BadRequest, PayloadTooLarge
 from .models import RunRequest
-from .paths import RunPaths
+from .paths import RunPaths, staging_dir
 from .policy import engine_argv
 
 REMOTE_SCHEMES = ("http", "https")
@@ -420,8 +420,7 @@ def stage(form: Mapping[str, str], attachments: Iterable[Attachment], settings: 
     engine = engine_for(request.workflow_type)
     assert engine is not None  # parse_request checked it
     run_id = store.new_run_id()
-    staging_root = settings.runs_dir / ".staging"
-    staging_root.mkdir(parents=True, exist_ok=True)
+    staging_root = staging_dir(settings)
     staged = staging_root / run_id
     final = RunPaths.of(settings, run_id)
     staged.mkdir()

@@ -98,6 +98,9 @@ class Run(BaseModel):
     leader_pid = peewee.IntegerField(null=True)
     cancel_requested = peewee.BooleanField(default=False)
     bus_offset = peewee.BigIntegerField(default=0)  # bytes of messages.tsv already ingested
+    host_id = peewee.CharField(max_length=255, null=True)  # the gateway host whose supervisor holds it
+    leader_token = peewee.CharField(max_length=64, null=True)  # fences every leader but the current one
+    heartbeat_at = peewee.FloatField(null=True)  # renewed by the leader's launcher itself
 
     class Meta:
         table_name = "run"
@@ -122,6 +125,7 @@ class Task(BaseModel):
     external_id = peewee.CharField(max_length=128, null=True)
     attempts = peewee.IntegerField(default=0)
     failed = peewee.BooleanField(default=False)
+    node = peewee.CharField(max_length=255, null=True)  # the host it ran on, as the batch system says
 
     class Meta:
         table_name = "task"
@@ -310,6 +314,24 @@ def _migration_5(db: peewee.Database) -> None:
         db.execute_sql(f'ALTER TABLE "run" DROP COLUMN "{column}"')
 
 
+def _migration_6(db: peewee.Database) -> None:
+    # Several gateway hosts on one database: which host holds a run, and the leader's own
+    # heartbeat and fencing token; the node each task ran on.
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    migrator = SchemaMigrator.from_database(db)
+    wanted = [("run", Run.host_id), ("run", Run.leader_token), ("run", Run.heartbeat_at), ("task", Task.node)]
+    # Migration 2 creates the task table from the current model, so it may have the column.
+    present = {table: {column.name for column in db.get_columns(table)} for table in ("run", "task")}
+    migrate(
+        *(
+            migrator.add_column(table, field.column_name, field)
+            for table, field in wanted
+            if field.column_name not in present[table]
+        )
+    )
+
+
 # Append, never edit: deployed databases have run the earlier entries.
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _migration_1,
@@ -317,6 +339,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _migration_3,
     _migration_4,
     _migration_5,
+    _migration_6,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -487,7 +510,7 @@ def request_cancel(run_id: str) -> str:
     return run.state if run else CANCELED
 
 
-def claim_next(worker_id: str, lease_seconds: float) -> Run | None:
+def claim_next(worker_id: str, host_id: str, lease_seconds: float) -> Run | None:
     """Atomically take the oldest QUEUED run for ``worker_id``, or return None."""
     for _ in range(10):
         candidate = Run.select(Run.id, Run.run_id).where(Run.state == QUEUED).order_by(Run.id).first()
@@ -497,6 +520,7 @@ def claim_next(worker_id: str, lease_seconds: float) -> Run | None:
             Run.update(
                 state=INITIALIZING,
                 claimed_by=worker_id,
+                host_id=host_id,
                 lease_until=time.time() + lease_seconds,
             )
             .where((Run.id == candidate.id) & (Run.state == QUEUED))
@@ -517,21 +541,29 @@ def renew_lease(run_id: str, worker_id: str, lease_seconds: float) -> bool:
     )
 
 
-def take_over_expired(worker_id: str, lease_seconds: float) -> list[Run]:
-    """Claim active runs whose supervisor stopped renewing its lease."""
+def take_over_expired(worker_id: str, host_id: str, lease_seconds: float) -> list[Run]:
+    """Claim active runs whose supervisor stopped renewing its lease, where this host may.
+
+    A lapsed lease only says that a supervisor died. A run of this host is taken at once (its
+    leader, if alive, is adopted by pid). A run of another host is taken only once its leader's
+    own heartbeat has lapsed too: that host's leader may well live on without its supervisor.
+    """
     now = time.time()
-    stale = list(
-        Run.select().where(Run.state.in_(list(ACTIVE)) & ((Run.lease_until.is_null()) | (Run.lease_until < now)))
+    lapsed = Run.state.in_(list(ACTIVE)) & ((Run.lease_until.is_null()) | (Run.lease_until < now))
+    takeable = (
+        (Run.host_id == host_id)
+        | Run.host_id.is_null()
+        | Run.heartbeat_at.is_null()
+        | (Run.heartbeat_at < now - lease_seconds)
     )
+    stale = list(Run.select(Run.id, Run.run_id).where(lapsed & takeable))
     taken: list[Run] = []
     for run in stale:
         changed = (
+            # host_id stays the leader's host until a new leader starts (leader_started), so
+            # the taker can tell whether the leader it must find is one of its own host's.
             Run.update(claimed_by=worker_id, lease_until=now + lease_seconds)
-            .where(
-                (Run.id == run.id)
-                & Run.state.in_(list(ACTIVE))
-                & ((Run.lease_until.is_null()) | (Run.lease_until < now))
-            )
+            .where((Run.id == run.id) & lapsed & takeable)
             .execute()
         )
         if changed == 1:
@@ -539,6 +571,26 @@ def take_over_expired(worker_id: str, lease_seconds: float) -> list[Run]:
             if now_taken is not None:
                 taken.append(now_taken)
     return taken
+
+
+def leader_started(run_id: str, token: str, host_id: str) -> None:
+    """A new leader owns the run from now: any earlier one's heartbeat no longer matches."""
+    Run.update(leader_token=token, host_id=host_id, heartbeat_at=time.time()).where(Run.run_id == run_id).execute()
+
+
+def beat(run_id: str, token: str) -> bool:
+    """The leader's heartbeat; False once another leader owns the run (or it has ended)."""
+    return bool(
+        Run.update(heartbeat_at=time.time())
+        .where((Run.run_id == run_id) & (Run.leader_token == token) & Run.state.in_(list(ACTIVE)))
+        .execute()
+        == 1
+    )
+
+
+def leader_owns(run_id: str, token: str) -> bool:
+    value = Run.select(Run.leader_token).where(Run.run_id == run_id).scalar()
+    return bool(value == token)
 
 
 def cancel_requested(run_id: str) -> bool:

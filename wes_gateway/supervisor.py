@@ -14,16 +14,16 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
 from pathlib import Path
 
-from . import procs, retention, sandbox, store, tasks, wakeup
+from . import batch, procs, retention, sandbox, store, tasks, wakeup
 from .config import Settings
 from .engines import Engine, LeaderSpec, engine_for, toil_argv
 from .logsetup import setup_logging
@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 ENV_ALLOWLIST = ("LANG", "LC_ALL", "TZ", "USER", "LOGNAME")
 
 
-def scrub_environment() -> None:
-    keep = {key: os.environ[key] for key in (*ENV_ALLOWLIST, "PATH", "HOME", "TMPDIR") if key in os.environ}
+def scrub_environment(settings: Settings) -> None:
+    names = (*ENV_ALLOWLIST, *batch.client_env_names(settings), "PATH", "HOME", "TMPDIR")
+    keep = {key: os.environ[key] for key in names if key in os.environ}
     os.environ.clear()
     os.environ.update(keep)
 
@@ -59,6 +60,7 @@ def leader_env(settings: Settings, run_id: str, paths: RunPaths, dropped: bool =
             procs.MARKER: run_id,
         }
     )
+    env.update(batch.leader_env(settings, run_id, os.environ))
     if dropped:
         # Who the leader is once it has dropped root (getpass and friends read these first).
         env["USER"] = env["LOGNAME"] = settings.run_user
@@ -139,7 +141,8 @@ class Supervisor:
         self.hidden_files = hidden_files or []
         self.identity = sandbox.run_identity(settings)
         self.run_as = None if self.identity is None else (self.identity.uid, self.identity.gid)
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.host_id = settings.effective_host_id
+        self.worker_id = f"{self.host_id}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop_event = threading.Event()
         self.pool = ThreadPoolExecutor(settings.max_concurrent_runs, thread_name_prefix="run")
         self.active: set[str] = set()
@@ -151,7 +154,13 @@ class Supervisor:
     # ------------------------------------------------------------ main loop
 
     def serve(self) -> None:
-        log.info("supervisor %s started, %d slots", self.worker_id, self.settings.max_concurrent_runs)
+        log.info(
+            "supervisor %s started on host %s, %d slots, batch system %s",
+            self.worker_id,
+            self.host_id,
+            self.settings.max_concurrent_runs,
+            self.settings.batch_system,
+        )
         # Start the forkserver now, so Toil's import cost is paid before the first run.
         self.context.Process(target=_noop).start()
         next_sweep = 0.0
@@ -170,12 +179,12 @@ class Supervisor:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def tick(self) -> None:
-        for run in store.take_over_expired(self.worker_id, self.settings.lease_seconds):
+        for run in store.take_over_expired(self.worker_id, self.host_id, self.settings.lease_seconds):
             if self._has_slot_for(run.run_id, force=True):
                 log.info("run %s: taking over from a lapsed lease", run.run_id)
                 self.pool.submit(self._guard, run.run_id, self._recover)
         while self._has_slot_for(None):
-            claimed = store.claim_next(self.worker_id, self.settings.lease_seconds)
+            claimed = store.claim_next(self.worker_id, self.host_id, self.settings.lease_seconds)
             if claimed is None:
                 break
             with self.lock:
@@ -235,11 +244,20 @@ class Supervisor:
             root=str(paths.root),
             sandbox=self._sandbox_of(paths),
             run_as=self.run_as,
+            token=uuid.uuid4().hex,
+            heartbeat_seconds=self.settings.lease_seconds / 3,
+            fence_seconds=self.settings.lease_seconds * 2 / 3,
         )
         paths.result.unlink(missing_ok=True)
         paths.leader_file.unlink(missing_ok=True)
-        process = self.context.Process(target=_run_leader, args=(spec,), name=f"leader-{run_id}")
+        # From here this leader, and no earlier one on any host, owns the run.
+        store.leader_started(run_id, spec.token, self.host_id)
+        receiver, sender = self.context.Pipe(duplex=False)
+        process = self.context.Process(target=_run_leader, args=(spec, receiver), name=f"leader-{run_id}")
         process.start()
+        receiver.close()
+        sender.send(self.settings.effective_database_url)
+        sender.close()
         assert process.pid is not None
         fields: dict[str, object] = {"leader_pid": process.pid, "cmd": [engine.program, *argv]}
         if run.start_time is None:
@@ -248,12 +266,13 @@ class Supervisor:
         if not store.transition(run_id, store.RUNNING, **fields):
             # Cancelled while we were starting it: record the pid so the cancel can find it.
             store.update_run(run_id, **fields)
-        self._watch(run, engine, Leader(process.pid, process), paths)
+        self._watch(run, engine, Leader(process.pid, process), paths, spec.token)
 
     def _sandbox_of(self, paths: RunPaths) -> sandbox.SandboxSpec | None:
         if self.settings.run_sandbox == "none":
             return None
-        return sandbox.plan(self.settings, paths, paths.read_inputs(), self.hidden_files, self.identity)
+        services = batch.sandbox_paths(self.settings, os.environ)
+        return sandbox.plan(self.settings, paths, paths.read_inputs(), self.hidden_files, self.identity, services)
 
     def _recover(self, run_id: str) -> None:
         """Take over a run whose supervisor died: adopt, finish, resume or fail it."""
@@ -264,13 +283,19 @@ class Supervisor:
         if engine is None:
             return
         paths = RunPaths.of(self.settings, run_id)
-        pid = live_leader(paths)
-        if pid is not None:
-            log.info("run %s: adopting live leader pid %d", run_id, pid)
-            self._watch(run, engine, Leader(pid, None), paths)
-            return
-        # Its leader is gone; what it started must not race a successor on the same job store.
-        procs.kill_run_processes(run_id, {run.leader_pid} if run.leader_pid else None)
+        if run.host_id in (None, self.host_id):
+            pid = live_leader(paths)
+            if pid is not None:
+                log.info("run %s: adopting live leader pid %d", run_id, pid)
+                self._watch(run, engine, Leader(pid, None), paths, run.leader_token or "")
+                return
+            # Its leader is gone; what it started must not race a successor on the same job store.
+            procs.kill_run_processes(run_id, {run.leader_pid} if run.leader_pid else None)
+        else:
+            # Granted only once that host's leader stopped beating: it is dead, or has fenced
+            # itself out, and a leader started here now owns the run.
+            log.info("run %s: leader on host %s stopped beating; taking the run over", run_id, run.host_id)
+        batch.cancel_leftovers(self.settings, run_id, os.environ)
         if paths.read_result() is not None:
             self._finish(run, engine, paths, None, cancelled=run.cancel_requested)
             return
@@ -295,7 +320,7 @@ class Supervisor:
             # Task records are best effort; they must never take the run down with them.
             log.exception("run %s: reading task records failed", run.run_id)
 
-    def _watch(self, run: store.Run, engine: Engine, leader: Leader, paths: RunPaths) -> None:
+    def _watch(self, run: store.Run, engine: Engine, leader: Leader, paths: RunPaths, token: str) -> None:
         settings = self.settings
         run_id = run.run_id
         renew_every = settings.lease_seconds / 3
@@ -326,6 +351,9 @@ class Supervisor:
                 self._cancel(run_id, leader, paths)
                 break
         self._ingest_tasks(run, engine, paths, known_logs)
+        if token and not store.leader_owns(run_id, token):
+            log.warning("run %s: its leader was fenced out by a successor; letting go", run_id)
+            return
         self._finish(
             run, engine, paths, leader.exitcode, cancelled=cancelled or store.cancel_requested(run_id), groups=groups
         )
@@ -367,6 +395,7 @@ class Supervisor:
     ) -> None:
         run_id = run.run_id
         procs.kill_run_processes(run_id, groups)
+        batch.cancel_leftovers(self.settings, run_id, os.environ)
         recorded = paths.read_result()
         code = recorded if recorded is not None else exitcode
         if cancelled:
@@ -405,18 +434,29 @@ def _noop() -> None:
     pass
 
 
-def _run_leader(spec: LeaderSpec) -> None:
+def _run_leader(spec: LeaderSpec, channel: Connection) -> None:
     # Referenced by name across the forkserver, so the supervisor itself never imports Toil:
     # the module is already loaded (and its parsers warmed) in the forkserver.
     from .engines.leader import run_leader
 
-    run_leader(spec)
+    run_leader(spec, channel)
+
+
+def preflight(settings: Settings) -> None:
+    """At start-up, before anything listens or runs: the sandbox and the batch system the
+    settings ask for can work here. Raises with advice if not."""
+    sandbox.check(settings)
+    batch.check(settings)
+    if settings.shared_dir is not None:
+        # Batch jobs run as the run user outside any sandbox and reach their own run directory
+        # by its (unguessable) name; nobody may list the others.
+        os.chmod(settings.runs_dir, 0o711)
 
 
 def serve(settings: Settings, stop_on_parent_exit: bool = False) -> None:
     """Run a supervisor until SIGTERM/SIGINT (or, optionally, until its parent dies)."""
     setup_logging()
-    sandbox.check(settings)
+    preflight(settings)
     store.open_database(settings.effective_database_url)
     store.upgrade(store.database.obj)
     hidden = sandbox.secret_files(settings, os.environ)
@@ -426,7 +466,7 @@ def serve(settings: Settings, stop_on_parent_exit: bool = False) -> None:
         os.chmod(settings.data_dir, 0o700)
     # The forkserver, and so every leader, inherits this process's environment at start-up
     # (and /proc shows it): drop everything but the allowlist before it is spawned.
-    scrub_environment()
+    scrub_environment(settings)
     supervisor = Supervisor(settings, hidden)
     parent = os.getppid()
 

@@ -15,7 +15,7 @@ import shlex
 from datetime import datetime
 from typing import Any, BinaryIO
 
-from . import store
+from . import batch, store
 from .engines import Engine
 from .paths import RunPaths
 
@@ -85,7 +85,15 @@ def _apply(
                 run_id, task_id_for(job_id), job_id, engine.task_name(job_type, workflow_file, outline), batch_id, now
             )
     elif topic == "toil.bus.JobCompletedMessage" and len(fields) >= 3:
-        store.update_task(run_id, task_id_for(fields[1]), exit_code=int(fields[2]), end_time=now)
+        task_id = task_id_for(fields[1])
+        updates: dict[str, Any] = {"exit_code": int(fields[2]), "end_time": now}
+        task = store.get_task(run_id, task_id)
+        if task is not None and task.batch_system and task.external_id:
+            # Asked now, while the scheduler still remembers the job.
+            node = batch.node_of(task.batch_system, task.external_id, os.environ)
+            if node:
+                updates["node"] = node
+        store.update_task(run_id, task_id, **updates)
     elif topic == "toil.bus.JobFailedMessage" and len(fields) >= 2:
         store.update_task(run_id, task_id_for(fields[1]), failed=True)
     elif topic == "toil.bus.ExternalBatchIdMessage" and len(fields) >= 3:
@@ -146,6 +154,8 @@ def system_logs(task: store.Task) -> list[str]:
         lines.append(f"batch_system: {task.batch_system}")
     if task.external_id:
         lines.append(f"batch_job_id: {task.external_id}")
+    if task.node:
+        lines.append(f"node: {task.node}")
     if task.failed:
         lines.append("failed: Toil gave up on this job after its retries")
     return lines

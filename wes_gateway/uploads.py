@@ -26,6 +26,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from .config import Settings
 from .errors import send_error
+from .paths import staging_dir
 
 SCOPE_KEY = "wes_gateway.uploads"
 # Room for the text fields and the multipart framing, on top of the attachments.
@@ -193,8 +194,7 @@ class UploadMiddleware:
                 f"({self.settings.max_attachment_bytes} bytes of attachments)",
             )
             return
-        staging = self.settings.runs_dir / ".staging"
-        staging.mkdir(parents=True, exist_ok=True)
+        staging = staging_dir(self.settings)
         spool = staging / f"upload-{secrets.token_hex(8)}"
         spool.mkdir(mode=0o700)
         try:

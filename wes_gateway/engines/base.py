@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .. import batch
 from ..config import Settings
 from ..paths import RunPaths
 from ..sandbox import SandboxSpec
@@ -24,6 +25,9 @@ class LeaderSpec:
     root: str
     sandbox: SandboxSpec | None = None
     run_as: tuple[int, int] | None = None  # uid and gid to drop to (supervisor running as root)
+    token: str = ""  # this leader's claim on the run; a successor's token fences it out
+    heartbeat_seconds: float = 10.0  # how often the launcher renews the leader's heartbeat
+    fence_seconds: float = 20.0  # with no renewal this long, the leader stops (another host may take over)
 
 
 class Admission(Protocol):
@@ -105,8 +109,7 @@ def toil_argv(
         # One Toil job per step, so every step shows up as a task of its own.
         "--disableChaining",
         "true",
-        "--batchSystem",
-        "single_machine",
+        *batch.toil_args(settings),
         "--maxCores",
         str(settings.effective_max_cores),
         "--maxMemory",

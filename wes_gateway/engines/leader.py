@@ -14,10 +14,13 @@ import os
 import signal
 import stat
 import sys
+import threading
+import time
 import traceback
+from multiprocessing.connection import Connection
 from pathlib import Path
 
-from .. import procs
+from .. import procs, store
 from ..paths import RunPaths
 from ..sandbox import Sandbox, become
 from . import ENGINES, engine_for
@@ -62,9 +65,62 @@ def _write_result(paths: RunPaths, exit_code: int) -> None:
     os.replace(temporary, paths.result)
 
 
-def run_leader(spec: LeaderSpec) -> None:
+class Heartbeat:
+    """The leader's own proof of life in the store, renewed by its launcher whatever its
+    supervisor does. Another gateway host resumes the run only once this has lapsed; and a
+    leader that finds itself fenced out (a successor holds the run, or the store has been out
+    of reach for ``fence_seconds``) is stopped before it writes anything more."""
+
+    def __init__(self, spec: LeaderSpec, leader_pid: int, box: Sandbox | None) -> None:
+        self.spec = spec
+        self.leader_pid = leader_pid
+        self.box = box
+        self.stop = threading.Event()
+        self.fenced = False
+        self.last_renewed = time.monotonic()
+        self.thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.spec.heartbeat_seconds):
+            try:
+                owned = store.beat(self.spec.run_id, self.spec.token)
+            except Exception as exc:  # the store is out of reach: keep trying until the fence
+                print(f"wes-gateway: heartbeat failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                owned = None
+            if owned:
+                self.last_renewed = time.monotonic()
+            elif owned is False or time.monotonic() - self.last_renewed > self.spec.fence_seconds:
+                self._fence("another leader owns this run" if owned is False else "the store is out of reach")
+                return
+
+    def _fence(self, why: str) -> None:
+        self.fenced = True
+        print(f"wes-gateway: stopping this leader: {why}", file=sys.stderr, flush=True)
+        try:
+            os.kill(self.leader_pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def still_owner(self) -> bool:
+        """Checked once more before the result is written: a late leader writes nothing."""
+        self.stop.set()
+        if self.fenced:
+            return False
+        try:
+            return store.leader_owns(self.spec.run_id, self.spec.token)
+        except Exception:
+            return time.monotonic() - self.last_renewed <= self.spec.fence_seconds
+
+
+def run_leader(spec: LeaderSpec, channel: Connection | None = None) -> None:
     """Entry point in the child (the run's launcher). Never returns: it exits with the
-    leader's exit code, or dies of the signal that killed the leader."""
+    leader's exit code, or dies of the signal that killed the leader.
+
+    ``channel`` brings the database URL for the heartbeat, read only after the leader proper
+    is forked: the leader, which runs the workflow's code, never holds the credentials."""
     # Own process group, so cancel can signal the leader and everything it started.
     os.setsid()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -90,10 +146,25 @@ def run_leader(spec: LeaderSpec) -> None:
     # runs Toil. This launcher stays outside and alone records the result.
     pid = os.fork()
     if pid == 0:
+        if channel is not None:
+            channel.close()
         os._exit(_lead(spec, paths, box))
+    heartbeat = None
+    if channel is not None:
+        try:
+            store.open_database(channel.recv())
+            channel.close()
+            heartbeat = Heartbeat(spec, pid, box)
+            heartbeat.start()
+        except Exception:
+            traceback.print_exc()  # the leader runs on; a supervisor on this host still adopts it
     _, status = os.waitpid(pid, 0)
     if box is not None:
         box.close()
+    if heartbeat is not None and not heartbeat.still_owner():
+        if box is None:  # nothing else ends what the fenced leader started
+            os.killpg(0, signal.SIGKILL)
+        os._exit(75)
     if os.WIFEXITED(status):
         _write_result(paths, os.WEXITSTATUS(status))
         os._exit(os.WEXITSTATUS(status))
