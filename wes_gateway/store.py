@@ -94,13 +94,13 @@ class Run(BaseModel):
     cmd = JSONField(null=True)
     system_logs = JSONField(default=list)
     claimed_by = peewee.CharField(max_length=128, null=True)
-    lease_until = peewee.FloatField(null=True)
+    lease_until = peewee.DoubleField(null=True)  # epoch seconds: PostgreSQL's REAL keeps only ~2 minutes
     leader_pid = peewee.IntegerField(null=True)
     cancel_requested = peewee.BooleanField(default=False)
     bus_offset = peewee.BigIntegerField(default=0)  # bytes of messages.tsv already ingested
     host_id = peewee.CharField(max_length=255, null=True)  # the gateway host whose supervisor holds it
     leader_token = peewee.CharField(max_length=64, null=True)  # fences every leader but the current one
-    heartbeat_at = peewee.FloatField(null=True)  # renewed by the leader's launcher itself
+    heartbeat_at = peewee.DoubleField(null=True)  # renewed by the leader's launcher itself
 
     class Meta:
         table_name = "run"
@@ -330,6 +330,10 @@ def _migration_6(db: peewee.Database) -> None:
             if field.column_name not in present[table]
         )
     )
+    if isinstance(db, peewee.PostgresqlDatabase):
+        # Leases were REAL (float4) there: 24 bits of an epoch timestamp is a 128 s step, so a
+        # lease could lapse two minutes late or early. SQLite's REAL was a double all along.
+        db.execute_sql('ALTER TABLE "run" ALTER COLUMN "lease_until" TYPE DOUBLE PRECISION')
 
 
 # Append, never edit: deployed databases have run the earlier entries.

@@ -14,7 +14,6 @@ import os
 import signal
 import stat
 import sys
-import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -69,32 +68,29 @@ class Heartbeat:
     """The leader's own proof of life in the store, renewed by its launcher whatever its
     supervisor does. Another gateway host resumes the run only once this has lapsed; and a
     leader that finds itself fenced out (a successor holds the run, or the store has been out
-    of reach for ``fence_seconds``) is stopped before it writes anything more."""
+    of reach for ``fence_seconds``) is stopped before it writes anything more.
 
-    def __init__(self, spec: LeaderSpec, leader_pid: int, box: Sandbox | None) -> None:
+    Driven from the launcher's one thread: a process that has joined a PID namespace for its
+    children cannot start threads, and one that joins a user namespace must have none."""
+
+    def __init__(self, spec: LeaderSpec, leader_pid: int) -> None:
         self.spec = spec
         self.leader_pid = leader_pid
-        self.box = box
-        self.stop = threading.Event()
         self.fenced = False
         self.last_renewed = time.monotonic()
-        self.thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+        self.due = self.last_renewed + spec.heartbeat_seconds
 
-    def start(self) -> None:
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while not self.stop.wait(self.spec.heartbeat_seconds):
-            try:
-                owned = store.beat(self.spec.run_id, self.spec.token)
-            except Exception as exc:  # the store is out of reach: keep trying until the fence
-                print(f"wes-gateway: heartbeat failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-                owned = None
-            if owned:
-                self.last_renewed = time.monotonic()
-            elif owned is False or time.monotonic() - self.last_renewed > self.spec.fence_seconds:
-                self._fence("another leader owns this run" if owned is False else "the store is out of reach")
-                return
+    def beat(self) -> None:
+        self.due = time.monotonic() + self.spec.heartbeat_seconds
+        try:
+            owned: bool | None = store.beat(self.spec.run_id, self.spec.token)
+        except Exception as exc:  # the store is out of reach: keep trying until the fence
+            print(f"wes-gateway: heartbeat failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            owned = None
+        if owned:
+            self.last_renewed = time.monotonic()
+        elif owned is False or time.monotonic() - self.last_renewed > self.spec.fence_seconds:
+            self._fence("another leader owns this run" if owned is False else "the store is out of reach")
 
     def _fence(self, why: str) -> None:
         self.fenced = True
@@ -106,13 +102,29 @@ class Heartbeat:
 
     def still_owner(self) -> bool:
         """Checked once more before the result is written: a late leader writes nothing."""
-        self.stop.set()
         if self.fenced:
             return False
         try:
             return store.leader_owns(self.spec.run_id, self.spec.token)
         except Exception:
             return time.monotonic() - self.last_renewed <= self.spec.fence_seconds
+
+
+def _wait_beating(pid: int, heartbeat: Heartbeat | None) -> int:
+    """Wait for the leader to exit, renewing its heartbeat meanwhile; its wait status."""
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if heartbeat is None:
+            signal.sigtimedwait([signal.SIGCHLD], 3600)
+            continue
+        remaining = heartbeat.due - time.monotonic()
+        if remaining > 0:
+            # Woken at once by any child's exit (SIGCHLD is blocked, so it waits here).
+            signal.sigtimedwait([signal.SIGCHLD], remaining)
+        else:
+            heartbeat.beat()
 
 
 def run_leader(spec: LeaderSpec, channel: Connection | None = None) -> None:
@@ -144,8 +156,10 @@ def run_leader(spec: LeaderSpec, channel: Connection | None = None) -> None:
             os._exit(1)
     # The leader proper is a child: the first process of the sandbox's PID namespace that
     # runs Toil. This launcher stays outside and alone records the result.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     pid = os.fork()
     if pid == 0:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         if channel is not None:
             channel.close()
         os._exit(_lead(spec, paths, box))
@@ -154,11 +168,11 @@ def run_leader(spec: LeaderSpec, channel: Connection | None = None) -> None:
         try:
             store.open_database(channel.recv())
             channel.close()
-            heartbeat = Heartbeat(spec, pid, box)
-            heartbeat.start()
+            heartbeat = Heartbeat(spec, pid)
+            heartbeat.beat()
         except Exception:
             traceback.print_exc()  # the leader runs on; a supervisor on this host still adopts it
-    _, status = os.waitpid(pid, 0)
+    status = _wait_beating(pid, heartbeat)
     if box is not None:
         box.close()
     if heartbeat is not None and not heartbeat.still_owner():
