@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 import requests
-from common import ROOT, cores, start_server, stop_server
-
-import slurm
+import slurm_cluster as slurm
+from common import cores, start_server, stop_server
 
 STAMP_TOOL = """\
 cwlVersion: v1.2

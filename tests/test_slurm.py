@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
-import slurm
+import slurm_cluster as slurm
 from conftest import DATA, ROOT, Server, kill_all_leaders, start_server, stop_server
 
 pytestmark = pytest.mark.skipif(slurm.available() is not None, reason=str(slurm.available()))
