@@ -9,6 +9,7 @@ Baseline: direct sbatch on the same cluster, in the same run. Needs root and Slu
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -19,8 +20,10 @@ import time
 from pathlib import Path
 
 import requests
-import slurm_cluster as slurm
 from common import cores, start_server, stop_server
+
+# The tests' cluster fixture, from tests/ (on sys.path once common is imported).
+slurm = importlib.import_module("slurm_cluster")
 
 STAMP_TOOL = """\
 cwlVersion: v1.2
@@ -88,7 +91,11 @@ def run_scatter(server, width: int) -> tuple[float, float, dict]:  # type: ignor
     return wall, min(starts) - began_wall, log
 
 
-def direct_sbatch(cluster: slurm.Slurm, tmp: Path, count: int) -> list[float]:
+def direct_sbatch(
+    cluster: "slurm.Slurm",
+    tmp: Path,
+    count: int,
+) -> list[float]:
     """Seconds from sbatch's invocation to its job's first instruction."""
     latencies = []
     for i in range(count):
