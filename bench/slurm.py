@@ -92,7 +92,7 @@ def run_scatter(server, width: int) -> tuple[float, float, dict]:  # type: ignor
 
 
 def direct_sbatch(
-    cluster: "slurm.Slurm",
+    cluster: slurm.Slurm,
     tmp: Path,
     count: int,
 ) -> list[float]:
