@@ -11,6 +11,7 @@ from typing import Any
 import connexion
 import yaml
 from connexion.exceptions import ProblemException
+from connexion.validators import ParameterValidator
 from connexion.jsonifier import Jsonifier
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
@@ -161,6 +162,20 @@ def _bad_form(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     return error_response(400, f"malformed multipart/form-data body: {exc}")
 
 
+class NamedParameterValidator(ParameterValidator):
+    """Connexion's parameter checks, with the parameter's name in the message: "state:
+    'FINISHED' is not one of [...]" says what to fix, the bare message does not."""
+
+    @staticmethod
+    def validate_parameter(
+        parameter_type: str, value: Any, param: dict[str, Any], param_name: str | None = None
+    ) -> str | None:
+        error = ParameterValidator.validate_parameter(parameter_type, value, param, param_name)
+        if not error:
+            return None
+        return f"{param.get('name', param_name)}: {error}" if value is not None else str(error)
+
+
 def create_app(settings: Settings | None = None, validate_responses: bool | None = None) -> connexion.FlaskApp:
     """Build the app. Opens (and if needed migrates) the store; starts no threads or processes."""
     settings = settings or load_settings()
@@ -180,6 +195,7 @@ def create_app(settings: Settings | None = None, validate_responses: bool | None
         resolver=OperationResolver(),
         # WES clients may send parameters this version does not know: ignored, not refused.
         strict_validation=False,
+        validator_map={"parameter": NamedParameterValidator},
         validate_responses=settings.response_validation if validate_responses is None else validate_responses,
     )
     app.add_middleware(AccessLog, position=MiddlewarePosition.BEFORE_EXCEPTION)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,57 @@ def get_service_info() -> Json:
     return service_info.build(settings, service_info.state_counts(owner)).to_json()
 
 
-def list_runs(page_size: int | None = None, page_token: str | None = None) -> Json:
+def _timestamp(name: str, text: str | None) -> str | None:
+    """An RFC 3339 time as the store keeps submission times (UTC, whole seconds)."""
+    if not text:
+        return None
     try:
-        caller = _caller()
-        rows, next_token = store.list_runs(
-            _page_size(page_size), page_token, owner=None if caller.admin else caller.name
-        )
+        moment = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise BadRequest(f"{name}: {text!r} is not an RFC 3339 date-time such as 2026-12-01T09:30:00Z") from None
+    if moment.tzinfo is None:
+        raise BadRequest(f"{name}: {text!r} needs a time zone (Z or an offset such as +01:00)")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _run_filter(
+    state: list[str] | None,
+    tag: list[str] | None,
+    workflow_type: str | None,
+    since: str | None,
+    until: str | None,
+) -> store.RunFilter:
+    caller = _caller()
+    pairs = []
+    for item in tag or []:
+        key, colon, value = item.partition(":")
+        if not colon or not key:
+            raise BadRequest(f"tag: {item!r} is not key:value")
+        pairs.append((key, value))
+    return store.RunFilter(
+        owner=None if caller.admin else caller.name,
+        states=tuple(dict.fromkeys(state or [])),
+        tags=tuple(dict.fromkeys(pairs)),
+        workflow_type=workflow_type.upper() if workflow_type else None,
+        since=_timestamp("since", since),
+        until=_timestamp("until", until),
+    )
+
+
+def list_runs(
+    page_size: int | None = None,
+    page_token: str | None = None,
+    state: list[str] | None = None,
+    tag: list[str] | None = None,
+    workflow_type: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    sort_order: str = "desc",
+    count: bool = False,
+) -> Json:
+    where = _run_filter(state, tag, workflow_type, since, until)
+    try:
+        rows, next_token = store.list_runs(_page_size(page_size), page_token, where, ascending=sort_order == "asc")
     except store.BadPageToken as exc:
         raise BadRequest(str(exc)) from None
     runs = [
@@ -65,7 +111,8 @@ def list_runs(page_size: int | None = None, page_token: str | None = None) -> Js
         )
         for row in rows
     ]
-    return RunListResponse(runs=runs, next_page_token=next_token).to_json()
+    total = store.count_runs(where) if count else None
+    return RunListResponse(runs=runs, next_page_token=next_token, total_runs=total).to_json()
 
 
 def run_workflow(**_fields: Any) -> Json:

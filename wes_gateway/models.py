@@ -35,6 +35,7 @@ class RunSummary(RunStatus):
 class RunListResponse(WesModel):
     runs: list[RunSummary]
     next_page_token: str
+    total_runs: int | None = None  # only when asked (?count=true)
 
 
 class RunRequest(WesModel):

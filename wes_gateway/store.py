@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import time
@@ -130,6 +131,23 @@ class Task(BaseModel):
     class Meta:
         table_name = "task"
         indexes = ((("run_id", "task_id"), True), (("run_id", "id"), False), (("run_id", "batch_id"), False))
+
+
+class RunTag(BaseModel):
+    """One tag of a run, for the tag filter: a digest of key and value, so that any length of
+    either is one exact, indexable comparison; the index also orders by run."""
+
+    run_pk = peewee.BigIntegerField()
+    digest = peewee.CharField(max_length=40)
+
+    class Meta:
+        table_name = "run_tag"
+        primary_key = False
+        indexes = ((("digest", "run_pk"), False), (("run_pk",), False))
+
+
+def tag_digest(key: str, value: str) -> str:
+    return hashlib.sha1(f"{key}\0{value}".encode()).hexdigest()
 
 
 class ApiToken(BaseModel):
@@ -336,6 +354,31 @@ def _migration_6(db: peewee.Database) -> None:
         db.execute_sql('ALTER TABLE "run" ALTER COLUMN "lease_until" TYPE DOUBLE PRECISION')
 
 
+def _migration_7(db: peewee.Database) -> None:
+    # The run filters: tags through their own indexed table, state, submission time and
+    # workflow type by index, each also ordered by run (owner has had its (owner, id) index).
+    db.create_tables([RunTag])
+    for name, columns in (
+        ("run_submitted_at", '"submitted_at", "id"'),
+        ("run_state_id", '"state", "id"'),
+        ("run_workflow_type_id", '"workflow_type", "id"'),
+    ):
+        db.execute_sql(f'CREATE INDEX IF NOT EXISTS "{name}" ON "run" ({columns})')
+    last = 0
+    while True:
+        rows = list(Run.select(Run.id, Run.tags).where(Run.id > last).order_by(Run.id).limit(1000).tuples())
+        if not rows:
+            break
+        tags = [
+            {"run_pk": pk, "digest": tag_digest(key, str(value))}
+            for pk, found in rows
+            for key, value in (found or {}).items()
+        ]
+        if tags:
+            RunTag.insert_many(tags).execute()
+        last = rows[-1][0]
+
+
 # Append, never edit: deployed databases have run the earlier entries.
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _migration_1,
@@ -344,6 +387,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _migration_4,
     _migration_5,
     _migration_6,
+    _migration_7,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -412,6 +456,8 @@ def create_run(new: NewRun, max_active: int = 0) -> Run:
             tags=new.tags,
             submitted_at=utc_now(),
         )
+        if new.tags:
+            RunTag.insert_many([{"run_pk": run.id, "digest": tag_digest(k, v)} for k, v in new.tags.items()]).execute()
         _notify_work()
         return run
 
@@ -641,21 +687,24 @@ class BadPageToken(ValueError):
     pass
 
 
-def encode_token(key: int) -> str:
-    return base64.urlsafe_b64encode(f"k1:{key}".encode()).decode().rstrip("=")
+def encode_token(key: int, ascending: bool = False) -> str:
+    prefix = "a1" if ascending else "k1"
+    return base64.urlsafe_b64encode(f"{prefix}:{key}".encode()).decode().rstrip("=")
 
 
-def decode_token(token: str) -> int:
+def decode_token(token: str, ascending: bool = False) -> int:
     try:
         padded = token + "=" * (-len(token) % 4)
         text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
         prefix, _, number = text.partition(":")
         key = int(number)
-        if prefix != "k1" or not 0 <= key < 2**63:  # keys are 64-bit primary keys
+        if prefix not in ("k1", "a1") or not 0 <= key < 2**63:  # keys are 64-bit primary keys
             raise ValueError(text)
-        return key
     except (ValueError, UnicodeError, binascii.Error) as exc:
         raise BadPageToken("page_token is not one this service issued") from exc
+    if (prefix == "a1") != ascending:
+        raise BadPageToken("page_token was issued for the other sort_order")
+    return key
 
 
 def _keyset_page(
@@ -664,19 +713,56 @@ def _keyset_page(
     """One page ordered on ``key``, resumed after the token's key: rows inserted meanwhile
     never shift a page, unlike OFFSET."""
     if page_token:
-        bound = decode_token(page_token)
+        bound = decode_token(page_token, ascending=not descending)
         query = query.where(key < bound if descending else key > bound)
     rows = list(query.order_by(key.desc() if descending else key).limit(page_size + 1))
-    next_token = encode_token(getattr(rows[page_size - 1], key.name)) if len(rows) > page_size else ""
+    last = rows[page_size - 1] if len(rows) > page_size else None
+    next_token = encode_token(getattr(last, key.name), ascending=not descending) if last is not None else ""
     return rows[:page_size], next_token
 
 
-def list_runs(page_size: int, page_token: str | None, owner: str | None = None) -> tuple[list[Run], str]:
-    """Newest first."""
+@dataclass(frozen=True)
+class RunFilter:
+    """What GET /runs may narrow the list to; every field is optional and all must hold."""
+
+    owner: str | None = None  # None: every owner's runs (an admin)
+    states: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    workflow_type: str | None = None
+    since: str | None = None  # submission time, as stored: YYYY-MM-DDTHH:MM:SSZ
+    until: str | None = None
+
+    def apply(self, query: peewee.ModelSelect) -> peewee.ModelSelect:
+        for number, (key, value) in enumerate(self.tags):
+            # A join per tag, on the (digest, run) index: the first one can drive the page
+            # in run order, so a rare tag costs no scan of the whole table.
+            alias = RunTag.alias(f"t{number}")
+            query = query.join(alias, on=(alias.run_pk == Run.id)).where(alias.digest == tag_digest(key, value))
+        if self.owner is not None:
+            query = query.where(Run.owner == self.owner)
+        if self.states:
+            query = query.where(Run.state.in_(list(self.states)))
+        if self.workflow_type:
+            query = query.where(Run.workflow_type == self.workflow_type)
+        if self.since:
+            query = query.where(Run.submitted_at >= self.since)
+        if self.until:
+            query = query.where(Run.submitted_at <= self.until)
+        return query
+
+
+def list_runs(
+    page_size: int, page_token: str | None, where: RunFilter | None = None, ascending: bool = False
+) -> tuple[list[Run], str]:
+    """Newest first, unless ``ascending``."""
     query = Run.select(Run.id, Run.run_id, Run.state, Run.start_time, Run.end_time, Run.tags)
-    if owner is not None:
-        query = query.where(Run.owner == owner)
-    return _keyset_page(query, Run.id, page_size, page_token, descending=True)
+    query = (where or RunFilter()).apply(query)
+    return _keyset_page(query, Run.id, page_size, page_token, descending=not ascending)
+
+
+def count_runs(where: RunFilter | None = None) -> int:
+    """How many runs the filter matches, whatever the page."""
+    return int((where or RunFilter()).apply(Run.select(peewee.fn.COUNT(Run.id))).scalar() or 0)
 
 
 def list_tasks(run_id: str, page_size: int, page_token: str | None) -> tuple[list[Task], str]:
@@ -759,4 +845,5 @@ def delete_run(run_id: str) -> None:
     """The run's record and its tasks, in one transaction."""
     with write_transaction():
         Task.delete().where(Task.run_id == run_id).execute()
+        RunTag.delete().where(RunTag.run_pk.in_(Run.select(Run.id).where(Run.run_id == run_id))).execute()
         Run.delete().where(Run.run_id == run_id).execute()
