@@ -11,11 +11,11 @@ from typing import Any
 import connexion
 import yaml
 from connexion.exceptions import ProblemException
-from connexion.validators import ParameterValidator
 from connexion.jsonifier import Jsonifier
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
 from connexion.resolver import Resolver
+from connexion.validators import ParameterValidator
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
