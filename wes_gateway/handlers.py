@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import flask
+from werkzeug.wsgi import wrap_file
 
-from . import service_info, staging, store, tasks, uploads, wakeup
+from . import outputs, service_info, staging, store, tasks, uploads, wakeup
 from .auth import User, current_user
 from .config import current_settings
 from .errors import ApiError, BadRequest, NotFound, TooManyRequests
@@ -168,7 +170,7 @@ def get_run_log(run_id: str) -> Json:
         state=run.state,
         run_log=log,
         task_logs_url=external_url(f"/runs/{run_id}/tasks"),
-        outputs=run.outputs or {},
+        outputs=outputs.with_urls(run.outputs or {}, RunPaths.of(current_settings(), run_id), _outputs_base(run_id)),
     ).to_json()
 
 
@@ -231,6 +233,57 @@ def get_task(run_id: str, task_id: str) -> Json:
     return _task_log(run_id, _visible_task(run_id, task_id), external_base()).to_json()
 
 
+def _outputs_base(run_id: str) -> str:
+    return external_url(f"/runs/{run_id}/outputs")
+
+
+def _finished_outputs(run_id: str) -> RunPaths:
+    run = _visible_run(run_id)
+    if run.state != store.COMPLETE:
+        raise NotFound(f"run {run_id} has no outputs (it is {run.state})")
+    return RunPaths.of(current_settings(), run_id)
+
+
+def get_run_outputs(run_id: str) -> flask.Response:
+    return get_run_output(run_id, "")
+
+
+def get_run_output(run_id: str, path: str) -> flask.Response:
+    paths = _finished_outputs(run_id)
+    found = outputs.open_output(paths, path)
+    if isinstance(found, list):
+        # Explicitly JSON: the route's first media type is the file's.
+        return flask.jsonify(outputs.listing(path, found, _outputs_base(run_id)))
+    handle, info = found
+    response = _send_handle(handle, "application/octet-stream", etag=outputs.etag(info))
+    response.last_modified = datetime.fromtimestamp(info.st_mtime, UTC)
+    response.headers.set("Content-Disposition", "attachment", filename=Path(path).name)
+    response.make_conditional(flask.request.environ, accept_ranges=True, complete_length=info.st_size)
+    return response
+
+
+def _send_handle(handle: IO[bytes], mimetype: str, etag: str | None = None) -> flask.Response:
+    """An open file as the response body, streamed, with its length (Range and conditional
+    requests are answered by ``make_conditional``, which needs it)."""
+    size = os.fstat(handle.fileno()).st_size
+    body = wrap_file(flask.request.environ, handle)
+    response = flask.Response(body, mimetype=mimetype, direct_passthrough=True)
+    response.content_length = size
+    response.cache_control.no_cache = True
+    if etag:
+        response.set_etag(etag)
+    return response
+
+
+def get_run_outputs_zip(run_id: str) -> flask.Response:
+    paths = _finished_outputs(run_id)
+    return flask.Response(
+        flask.stream_with_context(outputs.zip_stream(paths)),
+        mimetype="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{run_id}-outputs.zip"'},
+    )
+
+
 def get_run_log_file(run_id: str, stream: str) -> flask.Response:
     _visible_run(run_id)
     paths = RunPaths.of(current_settings(), run_id)
@@ -242,7 +295,10 @@ def _send_log(paths: RunPaths, path: Path | None) -> flask.Response:
     handle = paths.open_file(path) if path is not None else None
     if handle is None:
         return flask.Response("", mimetype="text/plain")
-    return flask.send_file(handle, mimetype="text/plain", conditional=False, etag=False, max_age=0)
+    # Range, so that a client can tail a growing log from an offset.
+    response = _send_handle(handle, "text/plain; charset=utf-8")
+    response.make_conditional(flask.request.environ, accept_ranges=True, complete_length=response.content_length)
+    return response
 
 
 def get_task_log_file(run_id: str, task_id: str, stream: str) -> flask.Response:

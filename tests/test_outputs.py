@@ -1,0 +1,126 @@
+"""Outputs a remote client can fetch (extension): one file with Range and ETag, directory
+listings, the whole set as a streamed zip, and a url beside every File and Directory."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import DATA, Server
+
+
+@pytest.fixture(scope="module")
+def made(server: Server) -> tuple[str, dict]:
+    run_id = server.submit_ok(
+        {"make_dir.cwl": DATA / "make_dir.cwl"},
+        workflow_url="make_dir.cwl",
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
+        workflow_params={"text": "hello outputs"},
+    )
+    assert server.wait(run_id, timeout=180) == "COMPLETE", server.get(f"/runs/{run_id}").text
+    return run_id, server.get(f"/runs/{run_id}").json()
+
+
+def test_every_file_and_directory_has_a_url(server: Server, made: tuple[str, dict]) -> None:
+    run_id, log = made
+    top, folder = log["outputs"]["top"], log["outputs"]["dir"]
+    assert top["url"] == f"{server.api}/runs/{run_id}/outputs/top%20file.txt"
+    assert folder["url"] == f"{server.api}/runs/{run_id}/outputs/d"
+    # What CWL clients compare is still there, unchanged.
+    assert top["basename"] == "top file.txt" and top["location"].startswith("file://")
+    listed = {item["basename"]: item for item in folder["listing"]}
+    assert listed["a.txt"]["url"].endswith("/outputs/d/a.txt")
+
+
+def test_one_file_with_length_etag_and_range(server: Server, made: tuple[str, dict]) -> None:
+    _, log = made
+    big = next(item for item in log["outputs"]["dir"]["listing"] if item["basename"] == "sub")
+    url = next(item for item in big["listing"] if item["basename"] == "big.bin")["url"]
+    on_disk = Path(log["outputs"]["dir"]["path"], "sub", "big.bin").read_bytes()
+    whole = requests.get(url, timeout=30)
+    assert whole.status_code == 200 and whole.content == on_disk
+    assert int(whole.headers["Content-Length"]) == len(on_disk) == 300000
+    assert whole.headers["Accept-Ranges"] == "bytes"
+    tag = whole.headers["ETag"]
+    part = requests.get(url, headers={"Range": "bytes=1000-1999"}, timeout=30)
+    assert part.status_code == 206 and part.content == on_disk[1000:2000]
+    assert part.headers["Content-Range"] == f"bytes 1000-1999/{len(on_disk)}"
+    tail = requests.get(url, headers={"Range": "bytes=299990-"}, timeout=30)
+    assert tail.status_code == 206 and tail.content == on_disk[-10:]
+    assert requests.get(url, headers={"If-None-Match": tag}, timeout=30).status_code == 304
+    beyond = requests.get(url, headers={"Range": "bytes=400000-"}, timeout=30)
+    assert beyond.status_code == 416 and beyond.json()["status_code"] == 416
+
+
+def test_directories_list_as_json(server: Server, made: tuple[str, dict]) -> None:
+    run_id, _ = made
+    top = server.get(f"/runs/{run_id}/outputs").json()
+    assert {entry["name"]: entry["class"] for entry in top["entries"]} == {"d": "Directory", "top file.txt": "File"}
+    inner = requests.get(next(e["url"] for e in top["entries"] if e["name"] == "d"), timeout=30).json()
+    assert inner["path"] == "d"
+    assert [(e["name"], e["class"], e.get("size")) for e in inner["entries"]] == [
+        ("a.txt", "File", 13),
+        ("sub", "Directory", None),
+    ]
+
+
+def test_all_outputs_as_a_zip(server: Server, made: tuple[str, dict]) -> None:
+    run_id, log = made
+    response = server.get(f"/runs/{run_id}/outputs.zip")
+    assert response.status_code == 200 and response.headers["Content-Type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    outdir = Path(log["outputs"]["top"]["path"]).parent
+    assert sorted(archive.namelist()) == ["d/a.txt", "d/sub/big.bin", "top file.txt"]
+    for name in archive.namelist():
+        assert archive.read(name) == (outdir / name).read_bytes()
+
+
+def test_nothing_outside_the_outputs_is_served(server: Server, made: tuple[str, dict]) -> None:
+    run_id, log = made
+    outdir = Path(log["outputs"]["top"]["path"]).parent
+    # A workflow could leave links behind in its outputs: they are neither served nor zipped.
+    os.symlink("/etc/hostname", outdir / "planted")
+    os.symlink(outdir.parent / "params.json", outdir / "d" / "params-link")
+    try:
+        for path in ("planted", "d/params-link", "..%2Fparams.json", "../params.json", "d/../../params.json"):
+            response = requests.get(f"{server.api}/runs/{run_id}/outputs/{path}", timeout=30)
+            assert response.status_code == 404, (path, response.status_code, response.text[:200])
+            assert response.json()["status_code"] == 404
+        names = zipfile.ZipFile(io.BytesIO(server.get(f"/runs/{run_id}/outputs.zip").content)).namelist()
+        assert "planted" not in names and "d/params-link" not in names
+        listing = server.get(f"/runs/{run_id}/outputs").json()
+        assert "planted" not in {entry["name"] for entry in listing["entries"]}
+    finally:
+        (outdir / "planted").unlink()
+        (outdir / "d" / "params-link").unlink()
+
+
+def test_no_outputs_before_complete_and_unknown_runs(server: Server) -> None:
+    run_id = server.submit_ok(
+        {"sleep.cwl": DATA / "sleep.cwl"},
+        workflow_url="sleep.cwl",
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
+        workflow_params={"seconds": 60},
+    )
+    try:
+        for path in (f"/runs/{run_id}/outputs", f"/runs/{run_id}/outputs.zip", f"/runs/{run_id}/outputs/x"):
+            response = server.get(path)
+            assert response.status_code == 404 and "no outputs" in response.json()["msg"]
+        assert server.get("/runs/nope/outputs.zip").status_code == 404
+    finally:
+        server.post(f"/runs/{run_id}/cancel")
+
+
+def test_logs_honour_range(server: Server, made: tuple[str, dict]) -> None:
+    _, log = made
+    url = log["run_log"]["stderr"]
+    whole = requests.get(url, timeout=30).content
+    assert len(whole) > 100
+    part = requests.get(url, headers={"Range": "bytes=50-"}, timeout=30)
+    assert part.status_code == 206 and part.content == whole[50:]

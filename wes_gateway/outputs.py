@@ -1,0 +1,185 @@
+"""A run's outputs as a remote client can fetch them: one file (with Range and ETag), a
+directory listing, every output as a zip built while it is sent, and a ``url`` beside each
+File and Directory of ``RunLog.outputs``.
+
+The output directory is the run's own: the workflow wrote it, and could have planted links
+or FIFOs there. Everything is opened as ``RunPaths.open_file`` opens run files, and must be
+inside the run's ``outputs/`` once opened, whatever names led there.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+from urllib.parse import quote
+
+from .errors import NotFound
+from .paths import RunPaths
+
+CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    is_dir: bool
+    size: int
+
+
+def relative(paths: RunPaths, reference: str) -> str | None:
+    """Where ``reference`` (a path or file:// URL) is inside the output directory, or None."""
+    text = reference.removeprefix("file://")
+    root = os.path.realpath(paths.outdir)
+    candidate = os.path.normpath(text)
+    if candidate == root or not candidate.startswith(root + os.sep):
+        return None
+    return candidate[len(root) + 1 :]
+
+
+def with_urls(outputs: Any, paths: RunPaths, base: str) -> Any:
+    """The outputs with a ``url`` on every File and Directory that lies in the run's output
+    directory; nothing else is changed, so CWL clients compare what they compared before."""
+    if isinstance(outputs, list):
+        return [with_urls(item, paths, base) for item in outputs]
+    if not isinstance(outputs, dict):
+        return outputs
+    shown = {key: with_urls(value, paths, base) for key, value in outputs.items()}
+    if shown.get("class") in ("File", "Directory"):
+        where = shown.get("path") or shown.get("location")
+        inside = relative(paths, where) if isinstance(where, str) else None
+        if inside is not None:
+            shown["url"] = f"{base}/{quote(inside)}"
+    return shown
+
+
+def _clean(path: str) -> PurePosixPath:
+    parts = PurePosixPath(path).parts
+    if not parts or any(part in ("..", "/") or "\0" in part for part in parts):
+        raise NotFound(f"no output {path!r}")
+    return PurePosixPath(*parts)
+
+
+def _confined(paths: RunPaths, fd: int) -> bool:
+    real = os.readlink(f"/proc/self/fd/{fd}")
+    root = os.path.realpath(paths.outdir)
+    return real == root or real.startswith(root + os.sep)
+
+
+def open_output(paths: RunPaths, path: str) -> tuple[IO[bytes], os.stat_result] | list[Entry]:
+    """A regular file to send (open, with its stat), or a directory's entries."""
+    target = paths.outdir / _clean(path) if path else paths.outdir
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        raise NotFound(f"no output {path!r}") from None
+    try:
+        info = os.fstat(fd)
+        if _confined(paths, fd):
+            if stat.S_ISREG(info.st_mode):
+                os.set_blocking(fd, True)
+                return os.fdopen(fd, "rb"), info
+            if stat.S_ISDIR(info.st_mode):
+                return _entries(fd)
+    except OSError:
+        pass
+    os.close(fd)
+    raise NotFound(f"no output {path!r}")
+
+
+def _entries(fd: int) -> list[Entry]:
+    found = []
+    try:
+        with os.scandir(fd) as listing:
+            for item in listing:
+                # Links are not followed, and so not listed: they could point anywhere.
+                if item.is_symlink():
+                    continue
+                if item.is_dir(follow_symlinks=False):
+                    found.append(Entry(item.name, True, 0))
+                elif item.is_file(follow_symlinks=False):
+                    found.append(Entry(item.name, False, item.stat(follow_symlinks=False).st_size))
+    finally:
+        os.close(fd)
+    return sorted(found, key=lambda entry: entry.name)
+
+
+def listing(path: str, entries: list[Entry], base: str) -> dict[str, Any]:
+    prefix = f"{path.strip('/')}/" if path.strip("/") else ""
+    return {
+        "path": path.strip("/"),
+        "entries": [
+            {
+                "name": entry.name,
+                "class": "Directory" if entry.is_dir else "File",
+                **({} if entry.is_dir else {"size": entry.size}),
+                "url": f"{base}/{quote(prefix + entry.name)}",
+            }
+            for entry in entries
+        ],
+    }
+
+
+def etag(info: os.stat_result) -> str:
+    return f"{info.st_ino:x}-{info.st_size:x}-{info.st_mtime_ns:x}"
+
+
+class _Pipe:
+    """A write-only stream that hands what zipfile writes to the response, chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.written = 0
+
+    def write(self, data: bytes) -> int:
+        self.chunks.append(bytes(data))
+        self.written += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.written
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> Iterator[bytes]:
+        chunks, self.chunks = self.chunks, []
+        yield from chunks
+
+
+def _files(paths: RunPaths) -> Iterator[str]:
+    root = paths.outdir
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield str((Path(dirpath) / name).relative_to(root))
+
+
+def zip_stream(paths: RunPaths) -> Iterator[bytes]:
+    """Every output file as a zip archive, produced while it is sent: at most one chunk of a
+    file is in memory at a time, whatever the sizes (ZIP64 where they need it)."""
+    pipe = _Pipe()
+    with zipfile.ZipFile(pipe, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:  # type: ignore[call-overload]
+        for name in _files(paths):
+            try:
+                found = open_output(paths, name)
+            except NotFound:  # a link, a FIFO, or something that left the directory
+                continue
+            if isinstance(found, list):
+                continue
+            opened, info = found
+            with opened:
+                entry = zipfile.ZipInfo(name, date_time=time.gmtime(info.st_mtime)[:6])
+                entry.external_attr = (info.st_mode & 0xFFFF) << 16
+                entry.file_size = info.st_size
+                with archive.open(entry, mode="w", force_zip64=info.st_size > 2**31) as sink:
+                    while block := opened.read(CHUNK):
+                        sink.write(block)
+                        yield from pipe.take()
+            yield from pipe.take()
+    yield from pipe.take()
