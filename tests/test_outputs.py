@@ -124,3 +124,32 @@ def test_logs_honour_range(server: Server, made: tuple[str, dict]) -> None:
     assert len(whole) > 100
     part = requests.get(url, headers={"Range": "bytes=50-"}, timeout=30)
     assert part.status_code == 206 and part.content == whole[50:]
+
+
+def test_delete_keeps_a_tombstone(server: Server) -> None:
+    run_id = server.submit_ok(
+        {"make_dir.cwl": DATA / "make_dir.cwl"},
+        workflow_url="make_dir.cwl",
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
+        workflow_params={"text": "to be deleted"},
+    )
+    # Not while it runs (or waits).
+    early = requests.delete(f"{server.api}/runs/{run_id}", timeout=30)
+    if early.status_code != 200:  # it may already have finished on a fast machine
+        assert early.status_code == 409 and early.json()["status_code"] == 409
+    assert server.wait(run_id, timeout=180) == "COMPLETE"
+    run_dir = Path(server.get(f"/runs/{run_id}").json()["outputs"]["top"]["path"]).parent.parent
+    assert run_dir.is_dir()
+    for _ in range(2):  # idempotent
+        response = requests.delete(f"{server.api}/runs/{run_id}", timeout=30)
+        assert response.status_code == 200 and response.json() == {"run_id": run_id}
+    assert not run_dir.exists()
+    log = server.get(f"/runs/{run_id}").json()
+    assert log["state"] == "COMPLETE" and log["outputs"] == {} and log["deleted_at"]
+    assert server.get(f"/runs/{run_id}/status").json()["state"] == "COMPLETE"
+    assert server.get(f"/runs/{run_id}/tasks").json()["task_logs"] == []
+    gone = server.get(f"/runs/{run_id}/outputs.zip")
+    assert gone.status_code == 404 and "deleted" in gone.json()["msg"]
+    assert requests.get(log["run_log"]["stdout"], timeout=30).content == b""
+    assert requests.delete(f"{server.api}/runs/no-such-run", timeout=30).status_code == 404

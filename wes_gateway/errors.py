@@ -44,6 +44,10 @@ class NotFound(ApiError):
     status_code = 404
 
 
+class Conflict(ApiError):
+    status_code = 409
+
+
 class PayloadTooLarge(ApiError):
     status_code = 413
 

@@ -11,10 +11,10 @@ from typing import IO, Any
 import flask
 from werkzeug.wsgi import wrap_file
 
-from . import outputs, service_info, staging, store, tasks, uploads, wakeup
+from . import outputs, retention, service_info, staging, store, tasks, uploads, wakeup
 from .auth import User, current_user
 from .config import current_settings
-from .errors import ApiError, BadRequest, NotFound, TooManyRequests
+from .errors import ApiError, BadRequest, Conflict, NotFound, TooManyRequests
 from .models import Log, RunId, RunListResponse, RunLog, RunRequest, RunStatus, RunSummary, TaskListResponse, TaskLog
 from .paths import RunPaths
 from .urls import external_base, external_url
@@ -171,7 +171,16 @@ def get_run_log(run_id: str) -> Json:
         run_log=log,
         task_logs_url=external_url(f"/runs/{run_id}/tasks"),
         outputs=outputs.with_urls(run.outputs or {}, RunPaths.of(current_settings(), run_id), _outputs_base(run_id)),
+        deleted_at=run.deleted_at,
     ).to_json()
+
+
+def delete_run(run_id: str) -> Json:
+    run = _visible_run(run_id)
+    if run.state not in store.TERMINAL:
+        raise Conflict(f"run {run_id} is {run.state}: cancel it, and delete it once it has ended")
+    retention.delete_run(current_settings(), run_id)
+    return RunId(run_id=run_id).to_json()
 
 
 def get_run_status(run_id: str) -> Json:
@@ -239,6 +248,8 @@ def _outputs_base(run_id: str) -> str:
 
 def _finished_outputs(run_id: str) -> RunPaths:
     run = _visible_run(run_id)
+    if run.deleted_at:
+        raise NotFound(f"run {run_id} has no outputs (it was deleted at {run.deleted_at})")
     if run.state != store.COMPLETE:
         raise NotFound(f"run {run_id} has no outputs (it is {run.state})")
     return RunPaths.of(current_settings(), run_id)

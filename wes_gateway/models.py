@@ -86,6 +86,7 @@ class RunLog(WesModel):
     run_log: Log
     task_logs_url: str
     outputs: dict[str, Any] = Field(default_factory=dict)
+    deleted_at: str | None = None  # extension: when DELETE removed its files
 
     def to_json(self) -> dict[str, Any]:
         data = super().to_json()

@@ -43,14 +43,30 @@ def sweep_job_stores(settings: Settings) -> int:
     return removed
 
 
+def delete_run(settings: Settings, run_id: str, keep_tombstone: bool = True) -> bool:
+    """Remove a finished run's files (job store included). With ``keep_tombstone`` (DELETE
+    /runs/{id}) its record stays, with ``deleted_at`` and no outputs, so that a client polling
+    it sees no 404 appear; without (``runs purge``), the record goes too. The record changes
+    first: a half-deleted run must never look intact. Idempotent: files a first attempt left
+    are removed by the next. False if the run is not finished."""
+    run = store.get_run(run_id)
+    if run is None or run.state not in store.TERMINAL:
+        return False
+    if keep_tombstone:
+        if store.mark_deleted(run_id):
+            log.info("run %s deleted (tombstone kept)", run_id)
+    else:
+        store.delete_run(run_id)
+        log.info("run %s purged", run_id)
+    shutil.rmtree(RunPaths.of(settings, run_id).root, ignore_errors=True)
+    return True
+
+
 def purge_runs(settings: Settings, older_than: timedelta, dry_run: bool = False) -> list[str]:
     """Delete the records and directories of finished runs that ended before the cutoff."""
     purged = []
     for run_id, _state in store.finished_runs(_cutoff(older_than)):
         if not dry_run:
-            # Record first: a half-purged run must never look alive to the service.
-            store.delete_run(run_id)
-            shutil.rmtree(RunPaths.of(settings, run_id).root, ignore_errors=True)
-            log.info("run %s purged", run_id)
+            delete_run(settings, run_id, keep_tombstone=False)
         purged.append(run_id)
     return purged

@@ -102,6 +102,7 @@ class Run(BaseModel):
     host_id = peewee.CharField(max_length=255, null=True)  # the gateway host whose supervisor holds it
     leader_token = peewee.CharField(max_length=64, null=True)  # fences every leader but the current one
     heartbeat_at = peewee.DoubleField(null=True)  # renewed by the leader's launcher itself
+    deleted_at = peewee.CharField(max_length=32, null=True)  # a tombstone: files gone, record kept
 
     class Meta:
         table_name = "run"
@@ -379,6 +380,14 @@ def _migration_7(db: peewee.Database) -> None:
         last = rows[-1][0]
 
 
+def _migration_8(db: peewee.Database) -> None:
+    # DELETE /runs/{id} keeps a tombstone: the record stays, with the time its files went.
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    if "deleted_at" not in {column.name for column in db.get_columns("run")}:
+        migrate(SchemaMigrator.from_database(db).add_column("run", "deleted_at", Run.deleted_at))
+
+
 # Append, never edit: deployed databases have run the earlier entries.
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _migration_1,
@@ -388,6 +397,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _migration_5,
     _migration_6,
     _migration_7,
+    _migration_8,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -839,6 +849,20 @@ def finished_runs(ended_before: str | None = None, complete_any_time: bool = Fal
         ended = ended | (Run.state == COMPLETE)
     query = Run.select(Run.run_id, Run.state).where(Run.state.in_(list(TERMINAL)) & Run.end_time.is_null(False) & ended)
     return [(str(row.run_id), str(row.state)) for row in query]
+
+
+def mark_deleted(run_id: str) -> bool:
+    """Make a finished run a tombstone (once): no outputs, no tasks, the time of deletion.
+    False if the run is not finished, or is a tombstone already."""
+    with write_transaction():
+        changed = (
+            Run.update(deleted_at=utc_now(), outputs=None)
+            .where((Run.run_id == run_id) & Run.state.in_(list(TERMINAL)) & Run.deleted_at.is_null())
+            .execute()
+        )
+        if changed:
+            Task.delete().where(Task.run_id == run_id).execute()
+    return bool(changed)
 
 
 def delete_run(run_id: str) -> None:
