@@ -24,6 +24,7 @@ from .accesslog import AccessLog
 from .auth import AuthMiddleware, check_settings
 from .config import SETTINGS_KEY, Settings, load_settings
 from .errors import ApiError, error_body, send_error
+from .events import EventStream
 from .logsetup import setup_logging
 from .uploads import UploadMiddleware
 from .urls import API_BASE
@@ -205,6 +206,7 @@ def create_app(settings: Settings | None = None, validate_responses: bool | None
     app.add_middleware(
         UploadMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE
     )
+    app.add_middleware(EventStream, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE)
     app.add_error_handler(ProblemException, _problem)
     app.add_error_handler(HTTPException, _http)
     app.add_error_handler(ApiError, _api)

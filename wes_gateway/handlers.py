@@ -295,6 +295,11 @@ def get_run_outputs_zip(run_id: str) -> flask.Response:
     )
 
 
+def get_run_events(run_id: str) -> flask.Response:
+    # Served by the events middleware in the event loop; reached only if it was bypassed.
+    raise NotFound(f"run {run_id} events are served as a stream only")
+
+
 def get_run_log_file(run_id: str, stream: str) -> flask.Response:
     _visible_run(run_id)
     paths = RunPaths.of(current_settings(), run_id)

@@ -151,6 +151,20 @@ def tag_digest(key: str, value: str) -> str:
     return hashlib.sha1(f"{key}\0{value}".encode()).hexdigest()
 
 
+class RunEvent(BaseModel):
+    """What happened to a run, in order: state changes, task starts and ends. The id orders
+    and resumes the event stream (Last-Event-ID)."""
+
+    id = peewee.AutoField()
+    run_id = peewee.CharField(max_length=64)
+    kind = peewee.CharField(max_length=16)
+    data = JSONField()
+
+    class Meta:
+        table_name = "run_event"
+        indexes = ((("run_id", "id"), False),)
+
+
 class ApiToken(BaseModel):
     id = peewee.AutoField()
     user = peewee.CharField(max_length=255)
@@ -388,6 +402,11 @@ def _migration_8(db: peewee.Database) -> None:
         migrate(SchemaMigrator.from_database(db).add_column("run", "deleted_at", Run.deleted_at))
 
 
+def _migration_9(db: peewee.Database) -> None:
+    # The events stream: state changes and task starts and ends, in order, per run.
+    db.create_tables([RunEvent])
+
+
 # Append, never edit: deployed databases have run the earlier entries.
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _migration_1,
@@ -398,6 +417,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _migration_6,
     _migration_7,
     _migration_8,
+    _migration_9,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -468,6 +488,7 @@ def create_run(new: NewRun, max_active: int = 0) -> Run:
         )
         if new.tags:
             RunTag.insert_many([{"run_pk": run.id, "digest": tag_digest(k, v)} for k, v in new.tags.items()]).execute()
+        record_event(new.run_id, "state", {"state": QUEUED, "time": run.submitted_at})
         _notify_work()
         return run
 
@@ -534,10 +555,22 @@ def transition(run_id: str, new_state: str, **fields: Any) -> bool:
         updates.setdefault(Run.end_time, utc_now())
         updates[Run.lease_until] = None
     query = Run.update(updates).where((Run.run_id == run_id) & (Run.state.in_(list(allowed))))
-    changed = bool(query.execute() == 1)
+    with write_transaction():
+        changed = bool(query.execute() == 1)
+        if changed:
+            record_event(run_id, "state", {"state": new_state, "time": utc_now()})
     if changed:
         log.info("run %s -> %s", run_id, new_state)
     return changed
+
+
+def record_event(run_id: str, kind: str, data: dict[str, Any]) -> None:
+    RunEvent.create(run_id=run_id, kind=kind, data=data)
+
+
+def events_after(run_id: str, after: int, limit: int = 500) -> list[RunEvent]:
+    query = RunEvent.select().where((RunEvent.run_id == run_id) & (RunEvent.id > after))
+    return list(query.order_by(RunEvent.id).limit(limit))
 
 
 def append_system_log(run_id: str, line: str) -> None:
@@ -576,16 +609,19 @@ def claim_next(worker_id: str, host_id: str, lease_seconds: float) -> Run | None
         candidate = Run.select(Run.id, Run.run_id).where(Run.state == QUEUED).order_by(Run.id).first()
         if candidate is None:
             return None
-        taken = (
-            Run.update(
-                state=INITIALIZING,
-                claimed_by=worker_id,
-                host_id=host_id,
-                lease_until=time.time() + lease_seconds,
+        with write_transaction():
+            taken = (
+                Run.update(
+                    state=INITIALIZING,
+                    claimed_by=worker_id,
+                    host_id=host_id,
+                    lease_until=time.time() + lease_seconds,
+                )
+                .where((Run.id == candidate.id) & (Run.state == QUEUED))
+                .execute()
             )
-            .where((Run.id == candidate.id) & (Run.state == QUEUED))
-            .execute()
-        )
+            if taken == 1:
+                record_event(candidate.run_id, "state", {"state": INITIALIZING, "time": utc_now()})
         if taken == 1:
             log.info("run %s claimed by %s", candidate.run_id, worker_id)
             return get_run(candidate.run_id)
@@ -869,5 +905,6 @@ def delete_run(run_id: str) -> None:
     """The run's record and its tasks, in one transaction."""
     with write_transaction():
         Task.delete().where(Task.run_id == run_id).execute()
+        RunEvent.delete().where(RunEvent.run_id == run_id).execute()
         RunTag.delete().where(RunTag.run_pk.in_(Run.select(Run.id).where(Run.run_id == run_id))).execute()
         Run.delete().where(Run.run_id == run_id).execute()

@@ -81,8 +81,10 @@ def _apply(
     if topic == "toil.bus.JobIssuedMessage" and len(fields) >= 3:
         job_type, job_id, batch_id = fields[0], fields[1], int(fields[2])
         if engine.is_task(job_id):
-            store.task_issued(
-                run_id, task_id_for(job_id), job_id, engine.task_name(job_type, workflow_file, outline), batch_id, now
+            name = engine.task_name(job_type, workflow_file, outline)
+            store.task_issued(run_id, task_id_for(job_id), job_id, name, batch_id, now)
+            store.record_event(
+                run_id, "task", {"id": task_id_for(job_id), "name": name, "status": "started", "time": now}
             )
     elif topic == "toil.bus.JobCompletedMessage" and len(fields) >= 3:
         task_id = task_id_for(fields[1])
@@ -94,6 +96,12 @@ def _apply(
             if node:
                 updates["node"] = node
         store.update_task(run_id, task_id, **updates)
+        if task is not None:
+            store.record_event(
+                run_id,
+                "task",
+                {"id": task_id, "name": task.name, "status": "ended", "exit_code": int(fields[2]), "time": now},
+            )
     elif topic == "toil.bus.JobFailedMessage" and len(fields) >= 2:
         store.update_task(run_id, task_id_for(fields[1]), failed=True)
     elif topic == "toil.bus.ExternalBatchIdMessage" and len(fields) >= 3:
