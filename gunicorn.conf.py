@@ -11,7 +11,12 @@ import subprocess
 import sys
 
 # One source for the bind address, shared with the app (which refuses no-auth off loopback).
+from wes_gateway import metrics
 from wes_gateway.config import load_settings
+
+# Before any worker imports prometheus-client: every process of the service writes its
+# samples there (multiprocess mode), and the supervisor inherits it too.
+metrics.configure(load_settings())
 
 # Several listeners may be given, comma-separated (a unix socket for Apache, loopback TCP).
 bind = [address.strip() for address in load_settings().bind.split(",") if address.strip()]
@@ -55,6 +60,8 @@ def on_starting(server):
     except (SandboxUnavailable, BatchSystemUnusable) as exc:
         server.log.error("wes-gateway cannot start: %s", exc)
         sys.exit(1)
+    # Counters start again with the service: a directory of a previous run is emptied.
+    metrics.configure(load_settings(), fresh=True)
     # Migrate once, here, rather than racing in every worker.
     from wes_gateway.cli import main
 
@@ -90,6 +97,10 @@ def when_ready(server):
             [sys.executable, "-m", "wes_gateway.cli", "supervise", "--exit-with-parent"]
         )
         server.log.info("run supervisor started (pid %s)", server.wes_supervisor.pid)
+
+
+def child_exit(server, worker):
+    metrics.worker_exited(worker.pid)
 
 
 def on_exit(server):

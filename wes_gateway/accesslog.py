@@ -13,13 +13,26 @@ import time
 import uuid
 from typing import Any
 
+from . import metrics
+
 log = logging.getLogger("wes_gateway.access")
 SCOPE_KEY = "wes_gateway.access"
 
 
 class AccessLog:
-    def __init__(self, app: Any) -> None:
+    def __init__(
+        self, app: Any, routes: list[tuple[re.Pattern[str], list[str], str]] | None = None, base: str = ""
+    ) -> None:
         self.app = app
+        self.routes = routes or []
+        self.base = base
+
+    def route(self, path: str) -> str:
+        """The route template a path belongs to (a metric label), or 'other'."""
+        for pattern, _methods, template in self.routes:
+            if pattern.fullmatch(path):
+                return template
+        return path if path in ("/metrics", "/", "") else "other"
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -45,6 +58,12 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_logged)
         finally:
+            elapsed = time.perf_counter() - started
+            route = self.route(scope["path"])
+            measured = metrics.get()
+            measured.requests.labels(scope["method"], route, str(record["status"])).observe(elapsed)
+            if route == "/runs" and scope["method"] == "POST":
+                measured.submissions.labels(str(record["status"])).inc()
             peer = (scope.get("client") or ("-", 0))[0]
             query = scope.get("query_string", b"").decode("latin-1")
             target = printable(scope["path"] + (f"?{query}" if query else ""))
@@ -56,7 +75,7 @@ class AccessLog:
                 target,
                 record["status"],
                 record["bytes"],
-                (time.perf_counter() - started) * 1000,
+                elapsed * 1000,
                 request_id,
             )
 

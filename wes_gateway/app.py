@@ -26,6 +26,7 @@ from .config import SETTINGS_KEY, Settings, load_settings
 from .errors import ApiError, error_body, send_error
 from .events import EventStream
 from .logsetup import setup_logging
+from .metrics import MetricsEndpoint
 from .uploads import UploadMiddleware
 from .urls import API_BASE
 
@@ -148,14 +149,22 @@ class RequestGuard:
 
 def spec_routes(spec: dict[str, Any], base: str) -> list[tuple[re.Pattern[str], list[str]]]:
     """Each path of the spec as a pattern, with the methods an ``Allow`` header names for it."""
+    return [(pattern, methods) for pattern, methods, _ in route_templates(spec, base)]
+
+
+def route_templates(spec: dict[str, Any], base: str) -> list[tuple[re.Pattern[str], list[str], str]]:
+    """Each path of the spec as a pattern, its methods, and its template (what metrics are
+    labelled by: never the raw path, whose ids would make a label per run)."""
     routes = []
     for template, operations in spec.get("paths", {}).items():
         pattern = re.escape(base + template)
+        # A parameter is one segment, but for a path inside a run's outputs.
+        pattern = re.sub(r"\\\{path\\\}", ".+", pattern)
         pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", pattern)
         methods = [m.upper() for m in ("get", "post", "put", "patch", "delete") if m in operations]
         if "GET" in methods:
             methods.append("HEAD")
-        routes.append((re.compile(pattern + "/?"), [*methods, "OPTIONS"]))
+        routes.append((re.compile(pattern + "/?"), [*methods, "OPTIONS"], template))
     return routes
 
 
@@ -199,9 +208,12 @@ def create_app(settings: Settings | None = None, validate_responses: bool | None
         validator_map={"parameter": NamedParameterValidator},
         validate_responses=settings.response_validation if validate_responses is None else validate_responses,
     )
-    app.add_middleware(AccessLog, position=MiddlewarePosition.BEFORE_EXCEPTION)
-    app.add_middleware(AuthMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE)
     spec = yaml.safe_load((SPEC_DIR / SPEC_FILE).read_text())
+    app.add_middleware(
+        AccessLog, position=MiddlewarePosition.BEFORE_EXCEPTION, routes=route_templates(spec, API_BASE), base=API_BASE
+    )
+    app.add_middleware(AuthMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE)
+    app.add_middleware(MetricsEndpoint, position=MiddlewarePosition.BEFORE_SWAGGER)
     app.add_middleware(RequestGuard, position=MiddlewarePosition.BEFORE_SWAGGER, routes=spec_routes(spec, API_BASE))
     app.add_middleware(
         UploadMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE

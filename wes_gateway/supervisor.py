@@ -20,10 +20,11 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from . import batch, procs, retention, sandbox, store, tasks, wakeup
+from . import batch, metrics, procs, retention, sandbox, store, tasks, wakeup
 from .config import Settings
 from .engines import Engine, LeaderSpec, engine_for, toil_argv
 from .logsetup import setup_logging
@@ -37,7 +38,8 @@ ENV_ALLOWLIST = ("LANG", "LC_ALL", "TZ", "USER", "LOGNAME")
 
 
 def scrub_environment(settings: Settings) -> None:
-    names = (*ENV_ALLOWLIST, *batch.client_env_names(settings), "PATH", "HOME", "TMPDIR")
+    # prometheus-client finds its directory in the environment whenever a sample is first made.
+    names = (*ENV_ALLOWLIST, *batch.client_env_names(settings), metrics.ENV, "PATH", "HOME", "TMPDIR")
     keep = {key: os.environ[key] for key in names if key in os.environ}
     os.environ.clear()
     os.environ.update(keep)
@@ -263,7 +265,11 @@ class Supervisor:
         if run.start_time is None:
             fields["start_time"] = store.utc_now()
         log.info("run %s: leader pid %d started%s", run_id, process.pid, " (restart)" if restart else "")
-        if not store.transition(run_id, store.RUNNING, **fields):
+        metrics.get().leader_starts.labels("restart" if restart else "start").inc()
+        if store.transition(run_id, store.RUNNING, **fields):
+            if not restart:
+                metrics.get().queue_wait.observe(_seconds_since(run.submitted_at))
+        else:
             # Cancelled while we were starting it: record the pid so the cancel can find it.
             store.update_run(run_id, **fields)
         self._watch(run, engine, Leader(process.pid, process), paths, spec.token)
@@ -287,6 +293,7 @@ class Supervisor:
             pid = live_leader(paths)
             if pid is not None:
                 log.info("run %s: adopting live leader pid %d", run_id, pid)
+                metrics.get().leader_starts.labels("adopt").inc()
                 self._watch(run, engine, Leader(pid, None), paths, run.leader_token or "")
                 return
             # Its leader is gone; what it started must not race a successor on the same job store.
@@ -339,7 +346,9 @@ class Supervisor:
                 return
             now = time.monotonic()
             if now >= next_renew:
-                if not store.renew_lease(run_id, self.worker_id, settings.lease_seconds):
+                renewed = store.renew_lease(run_id, self.worker_id, settings.lease_seconds)
+                metrics.get().lease_renewals.labels("renewed" if renewed else "refused").inc()
+                if not renewed:
                     current = store.get_run(run_id)
                     if current is None or current.claimed_by != self.worker_id:
                         log.warning("run %s: lease lost to another supervisor; letting go", run_id)
@@ -398,20 +407,32 @@ class Supervisor:
         batch.cancel_leftovers(self.settings, run_id, os.environ)
         recorded = paths.read_result()
         code = recorded if recorded is not None else exitcode
+        started = (store.get_run(run_id) or run).start_time or store.utc_now()
         if cancelled:
-            store.transition(run_id, store.CANCELED, exit_code=code)
+            if store.transition(run_id, store.CANCELED, exit_code=code):
+                metrics.get().run_duration.labels(store.CANCELED).observe(_seconds_since(started))
             return
         if code == 0:
             outputs = engine.present_outputs(paths.read_outputs(), paths)
-            store.transition(run_id, store.COMPLETE, exit_code=0, outputs=outputs)
+            if store.transition(run_id, store.COMPLETE, exit_code=0, outputs=outputs):
+                metrics.get().run_duration.labels(store.COMPLETE).observe(_seconds_since(started))
         elif recorded is not None:
-            store.transition(run_id, store.EXECUTOR_ERROR, exit_code=code)
+            if store.transition(run_id, store.EXECUTOR_ERROR, exit_code=code):
+                metrics.get().run_duration.labels(store.EXECUTOR_ERROR).observe(_seconds_since(started))
         else:
             detail = f"exit status {exitcode}" if exitcode is not None else "unknown exit status"
             if exitcode is not None and exitcode < 0:
                 detail = f"killed by signal {-exitcode}"
             store.append_system_log(run_id, f"leader died without a result ({detail})")
             store.transition(run_id, store.SYSTEM_ERROR, exit_code=exitcode)
+
+
+def _seconds_since(stamp: str) -> float:
+    try:
+        then = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - then).total_seconds())
 
 
 def _engine_of(run: store.Run) -> Engine | None:
@@ -457,6 +478,9 @@ def serve(settings: Settings, stop_on_parent_exit: bool = False) -> None:
     """Run a supervisor until SIGTERM/SIGINT (or, optionally, until its parent dies)."""
     setup_logging()
     preflight(settings)
+    # Before the environment is scrubbed (prometheus-client reads it once, on import).
+    metrics.configure(settings)
+    metrics.get()
     store.open_database(settings.effective_database_url)
     store.upgrade(store.database.obj)
     hidden = sandbox.secret_files(settings, os.environ)

@@ -1,0 +1,156 @@
+"""Prometheus metrics, with prometheus-client in its multiprocess mode: every Gunicorn worker
+and the supervisor write their samples to files in one directory, and GET /metrics (served
+by any worker) adds them up, with the runs by state read from the store at scrape time.
+
+prometheus-client chooses its mode when it is first imported, from PROMETHEUS_MULTIPROC_DIR,
+so ``configure`` runs first in every process (Gunicorn's config, the supervisor), and the
+metrics themselves are made on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Seconds: from sub-second API calls to day-long runs.
+_RUN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400, float("inf"))
+_HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float("inf"))
+
+
+def directory(settings: Settings) -> Path:
+    return settings.data_dir.resolve() / "metrics"
+
+
+def configure(settings: Settings, fresh: bool = False) -> None:
+    """Before prometheus-client is imported: where this process writes its samples. ``fresh``
+    (the service's start) empties the directory: counts start again with the service."""
+    path = Path(os.environ.get(ENV) or directory(settings))
+    if fresh and path == directory(settings):
+        shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.environ[ENV] = str(path)
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.requests = Histogram(
+            "wes_gateway_http_request_duration_seconds",
+            "HTTP request latency, by route template",
+            ["method", "route", "status"],
+            buckets=_HTTP_BUCKETS,
+        )
+        self.submissions = Counter(
+            "wes_gateway_submissions", "POST /runs, accepted (200) and refused, by status code", ["status"]
+        )
+        self.run_duration = Histogram(
+            "wes_gateway_run_duration_seconds",
+            "Runs from start to end, by final state",
+            ["state"],
+            buckets=_RUN_BUCKETS,
+        )
+        self.queue_wait = Histogram(
+            "wes_gateway_queue_wait_seconds", "Runs from QUEUED (submission) to RUNNING", buckets=_RUN_BUCKETS
+        )
+        self.lease_renewals = Counter("wes_gateway_lease_renewals", "Supervisor lease renewals", ["outcome"])
+        self.leader_starts = Counter(
+            "wes_gateway_leader_starts", "Leaders started, resumed with --restart, or adopted", ["kind"]
+        )
+
+
+@cache
+def get() -> _Metrics:
+    return _Metrics()
+
+
+class _RunsByState:
+    """Read at scrape time from the store's counts (kept by triggers), not from any process."""
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from . import store
+
+        family = GaugeMetricFamily("wes_gateway_runs", "Runs in the store, by state", labels=["state"])
+        for state, count in sorted(store.state_counts().items()):
+            family.add_metric([state], count)
+        yield family
+
+
+class _Process:
+    """One process's own samples (no multiprocess directory: an app made by hand)."""
+
+    def collect(self) -> Any:
+        from prometheus_client import REGISTRY
+
+        yield from REGISTRY.collect()
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text a scrape gets, and its content type."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    if os.environ.get(ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_Process())
+    registry.register(_RunsByState())
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def worker_exited(pid: int) -> None:
+    """Gunicorn's child_exit: a dead worker's live gauges stop counting."""
+    if os.environ.get(ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+_LOOPBACK = ("127.", "::1")
+
+
+class MetricsEndpoint:
+    """GET /metrics, beside the WES API: to a direct peer on loopback (a local Prometheus or
+    its agent) and to admins; any other caller is refused. A request that came through a
+    proxy (X-Forwarded-For) is not local, whatever address the proxy itself has."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"].rstrip("/") != "/metrics":
+            await self.app(scope, receive, send)
+            return
+        import asyncio
+
+        from .auth import current_user
+        from .errors import send_error
+
+        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope.get("headers", [])}
+        peer = str((scope.get("client") or ("unix", 0))[0])
+        local = peer.startswith(_LOOPBACK) and "x-forwarded-for" not in headers
+        if not (local or current_user(headers).admin):
+            await send_error(send, 403, "metrics are served to loopback clients and to admins only")
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            await send_error(send, 405, f"{scope['method']} is not allowed here; use GET", [(b"allow", b"GET, HEAD")])
+            return
+        body, content_type = await asyncio.get_running_loop().run_in_executor(None, exposition)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
