@@ -11,7 +11,7 @@ from typing import IO, Any
 import flask
 from werkzeug.wsgi import wrap_file
 
-from . import outputs, retention, service_info, staging, store, tasks, uploads, wakeup
+from . import outputs, provenance, retention, service_info, staging, store, tasks, uploads, wakeup
 from .auth import User, current_user
 from .config import current_settings
 from .errors import ApiError, BadRequest, Conflict, NotFound, TooManyRequests
@@ -289,7 +289,7 @@ def _send_handle(handle: IO[bytes], mimetype: str, etag: str | None = None) -> f
 def get_run_outputs_zip(run_id: str) -> flask.Response:
     paths = _finished_outputs(run_id)
     return flask.Response(
-        flask.stream_with_context(outputs.zip_stream(paths)),
+        flask.stream_with_context(outputs.zip_stream(outputs.all_outputs(paths))),
         mimetype="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{run_id}-outputs.zip"'},
     )
@@ -298,6 +298,21 @@ def get_run_outputs_zip(run_id: str) -> flask.Response:
 def get_run_events(run_id: str) -> flask.Response:
     # Served by the events middleware in the event loop; reached only if it was bypassed.
     raise NotFound(f"run {run_id} events are served as a stream only")
+
+
+def get_run_ro_crate(run_id: str) -> flask.Response:
+    run = _visible_run(run_id)
+    if run.state not in store.TERMINAL:
+        raise NotFound(f"run {run_id} has no RO-Crate until it ends (it is {run.state})")
+    if run.deleted_at:
+        raise NotFound(f"run {run_id} has no RO-Crate (it was deleted at {run.deleted_at})")
+    paths = RunPaths.of(current_settings(), run_id)
+    metadata = provenance.build(run, store.all_tasks(run_id), paths, service_info.toil_version())
+    return flask.Response(
+        flask.stream_with_context(outputs.zip_stream(provenance.zip_items(paths, metadata))),
+        mimetype="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{run_id}-ro-crate.zip"'},
+    )
 
 
 def get_run_log_file(run_id: str, stream: str) -> flask.Response:

@@ -13,8 +13,9 @@ import os
 import stat
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import quote
@@ -160,17 +161,37 @@ def _files(paths: RunPaths) -> Iterator[str]:
             yield str((Path(dirpath) / name).relative_to(root))
 
 
-def zip_stream(paths: RunPaths) -> Iterator[bytes]:
-    """Every output file as a zip archive, produced while it is sent: at most one chunk of a
-    file is in memory at a time, whatever the sizes (ZIP64 where they need it)."""
+Opened = tuple[IO[bytes], os.stat_result]
+
+
+def output_file(paths: RunPaths, name: str) -> Opened | None:
+    """One output file for an archive, or None (a link, a FIFO, a directory, gone)."""
+    try:
+        found = open_output(paths, name)
+    except NotFound:
+        return None
+    return None if isinstance(found, list) else found
+
+
+def run_file(paths: RunPaths, path: Path) -> Opened | None:
+    """A file of the run directory for an archive, as ``RunPaths.open_file`` allows."""
+    handle = paths.open_file(path)
+    return None if handle is None else (handle, os.fstat(handle.fileno()))
+
+
+def zip_stream(items: Iterable[tuple[str, Callable[[], Opened | None] | bytes]]) -> Iterator[bytes]:
+    """A zip archive of ``items`` (a name, and the bytes or how to open the file), produced
+    while it is sent: at most one chunk of a file is in memory at a time, whatever the sizes
+    (ZIP64 where they need it)."""
     pipe = _Pipe()
     with zipfile.ZipFile(pipe, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:  # type: ignore[call-overload]
-        for name in _files(paths):
-            try:
-                found = open_output(paths, name)
-            except NotFound:  # a link, a FIFO, or something that left the directory
+        for name, source in items:
+            if isinstance(source, bytes):
+                archive.writestr(name, source)
+                yield from pipe.take()
                 continue
-            if isinstance(found, list):
+            found = source()
+            if found is None:
                 continue
             opened, info = found
             with opened:
@@ -183,3 +204,8 @@ def zip_stream(paths: RunPaths) -> Iterator[bytes]:
                         yield from pipe.take()
             yield from pipe.take()
     yield from pipe.take()
+
+
+def all_outputs(paths: RunPaths) -> Iterator[tuple[str, Callable[[], Opened | None]]]:
+    for name in _files(paths):
+        yield name, partial(output_file, paths, name)

@@ -37,6 +37,18 @@ def filesystem_protocols(settings: Settings) -> list[str]:
     return protocols
 
 
+EXTENSIONS = (
+    "run-filters",  # GET /runs?state=&tag=&workflow_type=&since=&until=&sort_order=
+    "run-count",  # GET /runs?count=true -> total_runs
+    "outputs-download",  # GET /runs/{id}/outputs/{path}, outputs.zip, url in RunLog.outputs
+    "run-delete",  # DELETE /runs/{id}, tombstones
+    "log-range",  # Range on the log routes
+    "run-events",  # GET /runs/{id}/events (Server-Sent Events)
+    "ro-crate",  # GET /runs/{id}/ro-crate
+    "metrics",  # GET /metrics (Prometheus)
+)
+
+
 def build(settings: Settings, counts: dict[str, int]) -> ServiceInfo:
     return ServiceInfo(
         id=settings.service_id,
@@ -68,6 +80,8 @@ def build(settings: Settings, counts: dict[str, int]) -> ServiceInfo:
             "wdl_container_engine": settings.wdl_container,
             "run_sandbox": settings.run_sandbox,
             "batch_system": settings.batch_system,
+            # The extensions this service adds, each declared in its OpenAPI document.
+            "extensions": ",".join(EXTENSIONS),
         },
     )
 

@@ -870,6 +870,10 @@ def task_log_paths(run_id: str) -> list[str]:
     return [str(row.log_path) for row in rows]
 
 
+def all_tasks(run_id: str) -> list[Task]:
+    return list(Task.select().where(Task.run_id == run_id).order_by(Task.id))
+
+
 def get_task(run_id: str, task_id: str) -> Task | None:
     return cast("Task | None", Task.get_or_none((Task.run_id == run_id) & (Task.task_id == task_id)))
 
