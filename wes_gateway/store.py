@@ -763,7 +763,8 @@ def _keyset_page(
         query = query.where(key < bound if descending else key > bound)
     rows = list(query.order_by(key.desc() if descending else key).limit(page_size + 1))
     last = rows[page_size - 1] if len(rows) > page_size else None
-    next_token = encode_token(getattr(last, key.name), ascending=not descending) if last is not None else ""
+    # The key is the row's own id, or a joined copy of it: the token holds the id.
+    next_token = encode_token(last.id, ascending=not descending) if last is not None else ""
     return rows[:page_size], next_token
 
 
@@ -778,12 +779,16 @@ class RunFilter:
     since: str | None = None  # submission time, as stored: YYYY-MM-DDTHH:MM:SSZ
     until: str | None = None
 
-    def apply(self, query: peewee.ModelSelect) -> peewee.ModelSelect:
-        for number, (key, value) in enumerate(self.tags):
-            # A join per tag, on the (digest, run) index: the first one can drive the page
-            # in run order, so a rare tag costs no scan of the whole table.
+    def apply(self, query: peewee.ModelSelect) -> tuple[peewee.ModelSelect, peewee.Field]:
+        """The query narrowed to the filter, and the column to order and page it by: the run
+        id, or with tags the first tag's copy of it, so that SQL walks the (digest, run)
+        index in order instead of sorting every match."""
+        key: peewee.Field = Run.id
+        for number, (name, value) in enumerate(self.tags):
             alias = RunTag.alias(f"t{number}")
-            query = query.join(alias, on=(alias.run_pk == Run.id)).where(alias.digest == tag_digest(key, value))
+            query = query.join(alias, on=(alias.run_pk == Run.id)).where(alias.digest == tag_digest(name, value))
+            if number == 0:
+                key = alias.run_pk
         if self.owner is not None:
             query = query.where(Run.owner == self.owner)
         if self.states:
@@ -794,7 +799,7 @@ class RunFilter:
             query = query.where(Run.submitted_at >= self.since)
         if self.until:
             query = query.where(Run.submitted_at <= self.until)
-        return query
+        return query, key
 
 
 def list_runs(
@@ -802,13 +807,14 @@ def list_runs(
 ) -> tuple[list[Run], str]:
     """Newest first, unless ``ascending``."""
     query = Run.select(Run.id, Run.run_id, Run.state, Run.start_time, Run.end_time, Run.tags)
-    query = (where or RunFilter()).apply(query)
-    return _keyset_page(query, Run.id, page_size, page_token, descending=not ascending)
+    query, key = (where or RunFilter()).apply(query)
+    return _keyset_page(query, key, page_size, page_token, descending=not ascending)
 
 
 def count_runs(where: RunFilter | None = None) -> int:
     """How many runs the filter matches, whatever the page."""
-    return int((where or RunFilter()).apply(Run.select(peewee.fn.COUNT(Run.id))).scalar() or 0)
+    query, _ = (where or RunFilter()).apply(Run.select(peewee.fn.COUNT(Run.id)))
+    return int(query.scalar() or 0)
 
 
 def list_tasks(run_id: str, page_size: int, page_token: str | None) -> tuple[list[Task], str]:
