@@ -219,6 +219,9 @@ def create_app(settings: Settings | None = None, validate_responses: bool | None
         UploadMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE
     )
     app.add_middleware(EventStream, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE)
+    from .ui import bp as ui_pages
+
+    app.app.register_blueprint(ui_pages)
     app.add_error_handler(ProblemException, _problem)
     app.add_error_handler(HTTPException, _http)
     app.add_error_handler(ApiError, _api)

@@ -16,6 +16,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 from . import store
 from .auth import current_user
@@ -71,7 +72,10 @@ class EventStream:
         if run is None or not (caller.admin or run.owner == caller.name):
             await send_error(send, 404, f"run {run_id} not found")
             return
-        cursor = Cursor.parse(headers.get("last-event-id", ""))
+        # Last-Event-ID, as EventSource sends it on reconnecting; or ?after=, for a page that
+        # already shows everything up to a position (EventSource cannot set headers itself).
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        cursor = Cursor.parse(headers.get("last-event-id") or (query.get("after") or [""])[0])
         await send(
             {
                 "type": "http.response.start",

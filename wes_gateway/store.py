@@ -568,6 +568,10 @@ def record_event(run_id: str, kind: str, data: dict[str, Any]) -> None:
     RunEvent.create(run_id=run_id, kind=kind, data=data)
 
 
+def last_event_id(run_id: str) -> int:
+    return int(RunEvent.select(peewee.fn.MAX(RunEvent.id)).where(RunEvent.run_id == run_id).scalar() or 0)
+
+
 def events_after(run_id: str, after: int, limit: int = 500) -> list[RunEvent]:
     query = RunEvent.select().where((RunEvent.run_id == run_id) & (RunEvent.id > after))
     return list(query.order_by(RunEvent.id).limit(limit))
@@ -803,17 +807,23 @@ class RunFilter:
 
 
 def list_runs(
-    page_size: int, page_token: str | None, where: RunFilter | None = None, ascending: bool = False
+    page_size: int, page_token: str | None, where: RunFilter | None = None, ascending: bool = False, full: bool = False
 ) -> tuple[list[Run], str]:
-    """Newest first, unless ``ascending``."""
-    query = Run.select(Run.id, Run.run_id, Run.state, Run.start_time, Run.end_time, Run.tags)
+    """Newest first, unless ``ascending``; the summary's columns, or with ``full`` all."""
+    columns = () if full else (Run.id, Run.run_id, Run.state, Run.start_time, Run.end_time, Run.tags)
+    query = Run.select(*columns)
     query, key = (where or RunFilter()).apply(query)
     return _keyset_page(query, key, page_size, page_token, descending=not ascending)
 
 
 def count_runs(where: RunFilter | None = None) -> int:
-    """How many runs the filter matches, whatever the page."""
-    query, _ = (where or RunFilter()).apply(Run.select(peewee.fn.COUNT(Run.id)))
+    """How many runs the filter matches, whatever the page. By owner and state alone, from
+    the trigger-kept counts (as flat as the store is large); otherwise counted."""
+    where = where or RunFilter()
+    if not (where.tags or where.workflow_type or where.since or where.until):
+        counts = state_counts(where.owner)
+        return sum(n for state, n in counts.items() if not where.states or state in where.states)
+    query, _ = where.apply(Run.select(peewee.fn.COUNT(Run.id)))
     return int(query.scalar() or 0)
 
 
