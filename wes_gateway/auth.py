@@ -435,8 +435,9 @@ class AuthMiddleware:
         """An exact allowlist: everything else needs credentials, whatever its spelling."""
         rest = path[len(self.api_base) :] if path.startswith(self.api_base + "/") else None
         if rest is None:
-            # /metrics decides for itself (loopback or admin), so it sees anonymous callers.
-            return path in ("", "/", "/metrics")
+            # /metrics decides for itself (loopback or admin), so it sees anonymous callers;
+            # the run browser's stylesheet and script are the same for everyone.
+            return path in ("", "/", "/metrics") or (path.startswith("/ui/static/") and ".." not in path)
         if rest in PUBLIC_SUFFIXES or rest == "/ui" or rest.startswith("/ui/"):
             return True
         return rest.rstrip("/") == "/service-info" and not self.settings.auth_service_info

@@ -20,7 +20,9 @@ from .errors import BadRequest
 from .paths import RunPaths
 from .urls import API_BASE, external_base
 
-bp = flask.Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates", static_folder="static/ui")
+bp = flask.Blueprint(
+    "ui", __name__, url_prefix="/ui", template_folder="templates", static_folder="static/ui", static_url_path="/static"
+)
 
 STATE_CLASS = {
     "QUEUED": "waiting",

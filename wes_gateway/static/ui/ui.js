@@ -1,7 +1,9 @@
 // The live parts of the run browser; the pages read fine without this file.
 "use strict";
 (function () {
-  const api = document.body.dataset.api;
+  // From the origin, never from the page's own URL: a URL with credentials in it (as a
+  // browser may keep for Basic auth) cannot be fetched.
+  const api = location.origin + document.body.dataset.api;
   const stateClass = { QUEUED: "waiting", INITIALIZING: "waiting", CANCELING: "waiting", RUNNING: "running",
     COMPLETE: "ok", EXECUTOR_ERROR: "failed", SYSTEM_ERROR: "failed", CANCELED: "canceled" };
   const terminal = new Set(["COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"]);
@@ -78,7 +80,13 @@
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       for (const error of form.querySelectorAll(".field-error")) error.textContent = "";
-      const response = await fetch(form.action, { method: "POST", body: new FormData(form), credentials: "same-origin" });
+      let response;
+      try {
+        response = await fetch(`${api}/runs`, { method: "POST", body: new FormData(form), credentials: "same-origin" });
+      } catch (problem) {
+        document.getElementById("error-form").textContent = `Not sent: ${problem.message}`;
+        return;
+      }
       const body = await response.json().catch(() => ({ msg: `HTTP ${response.status}` }));
       if (response.ok) { location.href = `${document.body.dataset.ui}/runs/${body.run_id}`; return; }
       const message = body.msg || `HTTP ${response.status}`;

@@ -1,0 +1,184 @@
+"""The run browser in a real headless browser (Debian's chromium and chromium-driver, driven by
+selenium), against real Gunicorn and real Toil, with Basic auth: submit from the form, find
+the run in the list, watch its page go RUNNING then COMPLETE with task bars and the log,
+download an output, cancel another run from its page; a second user sees none of it.
+Each test saves a screenshot of its last page under var/test-artifacts/."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import DATA, ROOT, Server, kill_all_leaders, start_server, stop_server
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import WebDriverException  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ARTIFACTS = ROOT / "var" / "test-artifacts"
+pytestmark = pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(DRIVER).exists()),
+    reason="chromium and chromium-driver are not installed (scripts/system-deps installs them)",
+)
+USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+
+
+def auth(user: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{USERS[user]}".encode()).decode()}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    import bcrypt
+
+    root = tmp_path_factory.mktemp("ui")
+    lines = [f"{user}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt()).decode()}" for user, pw in USERS.items()]
+    (root / "htpasswd").write_text("\n".join(lines) + "\n")
+    server = start_server(
+        root / "data",
+        {"WES_GATEWAY_AUTH_MODES": "basic", "WES_GATEWAY_HTPASSWD_FILE": str(root / "htpasswd")},
+    )
+    yield server
+    stop_server(server)
+    kill_all_leaders()
+
+
+@pytest.fixture
+def browser(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1000",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        driver.save_screenshot(str(ARTIFACTS / f"{request.node.name}.png"))
+    except WebDriverException:
+        pass
+    driver.quit()
+
+
+def as_user(server: Server, user: str, path: str) -> str:
+    host = server.base.removeprefix("http://")
+    return f"http://{user}:{USERS[user]}@{host}{path}"
+
+
+def wait_text(driver: webdriver.Chrome, element_id: str, texts: set[str], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            text = driver.find_element(By.ID, element_id).text
+            if text in texts:
+                return text
+        except WebDriverException:
+            pass  # the page is reloading
+        time.sleep(0.3)
+    raise AssertionError(f"#{element_id} never became one of {texts}")
+
+
+def test_submit_watch_download_and_cancel(gateway: Server, browser: webdriver.Chrome) -> None:
+    browser.get(as_user(gateway, "alice", "/ui/submit"))
+    browser.find_element(By.ID, "workflow_attachment").send_keys(str(DATA / "slow_echo.cwl"))
+    assert browser.find_element(By.ID, "workflow_url").get_attribute("value") == "slow_echo.cwl"
+    Select(browser.find_element(By.ID, "workflow_type")).select_by_visible_text("CWL")
+    Select(browser.find_element(By.ID, "workflow_type_version")).select_by_visible_text("v1.2")
+    params = browser.find_element(By.ID, "workflow_params")
+    params.clear()
+    params.send_keys('{"seconds": 6, "message": "from the browser"')  # not JSON yet
+    assert "Not valid JSON" in browser.find_element(By.ID, "error-workflow_params").text
+    params.send_keys("}")
+    assert browser.find_element(By.ID, "error-workflow_params").text == ""
+    browser.find_element(By.ID, "send").click()
+    WebDriverWait(browser, 30).until(expected_conditions.url_contains("/ui/runs/"))
+    run_id = browser.current_url.rstrip("/").rsplit("/", 1)[1]
+
+    # The run page follows it live: RUNNING, then COMPLETE, with a task bar and the log.
+    wait_text(browser, "state", {"RUNNING", "COMPLETE"}, 120)
+    assert wait_text(browser, "state", {"COMPLETE"}, 180) == "COMPLETE"
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "svg.gantt rect.bar.ok"))
+    assert "slow_echo" in browser.find_element(By.CSS_SELECTOR, "svg.gantt").text
+    assert "Resolved" in browser.find_element(By.ID, "log").text or browser.find_element(By.ID, "log").text
+    # Download the output through its link and compare the bytes with the run's record.
+    link = browser.find_element(By.CSS_SELECTOR, "ul.outputs a")
+    downloaded = requests.get(link.get_attribute("href"), headers=auth("alice"), timeout=30)
+    outputs = requests.get(f"{gateway.api}/runs/{run_id}", headers=auth("alice"), timeout=30).json()["outputs"]
+    assert downloaded.content == Path(outputs["out"]["path"]).read_bytes() == b"from the browser\n"
+    assert browser.find_element(By.ID, "ro-crate")
+
+    # The run is in the list, with its state.
+    browser.get(as_user(gateway, "alice", "/ui/"))
+    row = browser.find_element(By.CSS_SELECTOR, f'tr[data-run="{run_id}"]')
+    assert "COMPLETE" in row.text and "slow_echo.cwl" in row.text
+
+    # Cancel another run from its page.
+    files = [("workflow_attachment", ("sleep.cwl", (DATA / "sleep.cwl").read_bytes()))]
+    form = {"workflow_url": "sleep.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2"}
+    form["workflow_params"] = json.dumps({"seconds": 600})
+    napping = requests.post(f"{gateway.api}/runs", data=form, files=files, headers=auth("alice"), timeout=60)
+    nap_id = napping.json()["run_id"]
+    browser.get(as_user(gateway, "alice", f"/ui/runs/{nap_id}"))
+    wait_text(browser, "state", {"RUNNING"}, 120)
+    browser.find_element(By.ID, "cancel").click()
+    assert wait_text(browser, "state", {"CANCELED"}, 90) == "CANCELED"
+
+
+def test_a_refusal_is_shown_beside_its_field(gateway: Server, browser: webdriver.Chrome) -> None:
+    browser.get(as_user(gateway, "alice", "/ui/submit"))
+    browser.find_element(By.ID, "workflow_attachment").send_keys(str(DATA / "echo.cwl"))
+    url = browser.find_element(By.ID, "workflow_url")
+    url.clear()
+    url.send_keys("missing.cwl")  # not among the files
+    browser.find_element(By.ID, "send").click()
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error-workflow_url").text)
+    assert "missing.cwl" in browser.find_element(By.ID, "error-workflow_url").text
+
+
+def test_another_user_sees_none_of_it(gateway: Server, browser: webdriver.Chrome) -> None:
+    files = [("workflow_attachment", ("echo.cwl", (DATA / "echo.cwl").read_bytes()))]
+    form = {"workflow_url": "echo.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2"}
+    form["workflow_params"] = json.dumps({"message": "alice's"})
+    run_id = requests.post(f"{gateway.api}/runs", data=form, files=files, headers=auth("alice"), timeout=60).json()[
+        "run_id"
+    ]
+    browser.get(as_user(gateway, "bob", f"/ui/runs/{run_id}"))
+    assert "Run not found" in browser.find_element(By.TAG_NAME, "h1").text
+    browser.get(as_user(gateway, "bob", "/ui/"))
+    assert not browser.find_elements(By.CSS_SELECTOR, f'tr[data-run="{run_id}"]')
+    assert "bob" in browser.find_element(By.CSS_SELECTOR, ".who").text
+    # And without credentials there is no page at all.
+    assert requests.get(gateway.base + "/ui/", timeout=10).status_code == 401
+
+
+def test_pages_are_light_and_need_no_third_party(gateway: Server) -> None:
+    for path in ("/ui/", "/ui/submit"):
+        page = requests.get(gateway.base + path, headers=auth("alice"), timeout=10)
+        assert page.status_code == 200
+        assets = [requests.get(gateway.base + f"/ui/static/{name}", timeout=10) for name in ("ui.css", "ui.js")]
+        assert all(asset.status_code == 200 for asset in assets)
+        weight = len(page.content) + sum(len(asset.content) for asset in assets)
+        assert weight <= 150 * 1024, weight
+        assert "http://" not in page.text.replace(gateway.base, "") and "https://" not in page.text
