@@ -116,7 +116,10 @@ def _gantt(tasks: list[store.Task], started: str | None, ended: str | None) -> d
     for task in tasks:
         begin = seconds(task.start_time) or origin
         end = seconds(task.end_time) or finish
-        state = "running" if task.end_time is None else ("ok" if task.exit_code == 0 else "failed")
+        if task.end_time is None:
+            state = "canceled" if ended else "running"  # the run ended without it
+        else:
+            state = "ok" if task.exit_code == 0 else "failed"
         bars.append({"task": task, "start": max(0.0, begin - origin), "length": max(0.0, end - begin), "state": state})
     span = max([finish - origin, *(float(bar["start"]) + float(bar["length"]) for bar in bars), 1.0])
     row = 18 if len(bars) <= 60 else 6  # 500 tasks stay one screen tall and readable by tooltip
