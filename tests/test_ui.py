@@ -182,3 +182,41 @@ def test_pages_are_light_and_need_no_third_party(gateway: Server) -> None:
         weight = len(page.content) + sum(len(asset.content) for asset in assets)
         assert weight <= 150 * 1024, weight
         assert "http://" not in page.text.replace(gateway.base, "") and "https://" not in page.text
+
+
+def test_token_mode_signs_in_with_an_httponly_strict_cookie(tmp_path: Path, browser: webdriver.Chrome) -> None:
+    import os
+    import subprocess
+    import sys
+
+    server = start_server(tmp_path / "data", {"WES_GATEWAY_AUTH_MODES": "token"})
+    try:
+        env = {**os.environ, "WES_GATEWAY_DATA_DIR": str(tmp_path / "data")}
+        made = subprocess.run(
+            [sys.executable, "-m", "wes_gateway.cli", "token", "create", "carol"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        token = made.stdout.strip().splitlines()[-1]
+        # Without credentials, the pages send a browser to the login form.
+        first = requests.get(server.base + "/ui/runs/x", allow_redirects=False, timeout=10)
+        assert first.status_code == 303 and first.headers["Location"] == "../login"
+        wrong = requests.post(server.base + "/ui/login", data={"token": "wes_nope"}, allow_redirects=False, timeout=10)
+        assert wrong.status_code == 401 and "unknown or revoked" in wrong.text
+        # In the browser: sign in, and the pages and their API calls carry the cookie.
+        browser.get(server.base + "/ui/")
+        assert browser.current_url.endswith("/ui/login")
+        browser.find_element(By.ID, "token").send_keys(token)
+        browser.find_element(By.CSS_SELECTOR, "form button").click()
+        WebDriverWait(browser, 30).until(lambda d: d.current_url.endswith("/ui/"))
+        assert "carol" in browser.find_element(By.CSS_SELECTOR, ".who").text
+        cookie = browser.get_cookie("wes_gateway_ui")
+        assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert browser.execute_script("return document.cookie") == ""  # scripts cannot read it
+        # The API takes the cookie as the token, for this browser's calls.
+        status = browser.execute_script("return fetch(location.origin + '/ga4gh/wes/v1/runs').then(r => r.status)")
+        assert status == 200
+    finally:
+        stop_server(server)

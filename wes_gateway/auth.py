@@ -43,6 +43,8 @@ from .errors import send_error
 log = logging.getLogger(__name__)
 
 USER_HEADER = b"x-wes-gateway-user"
+# The run browser's login form keeps a token or JWT here (HttpOnly, SameSite=Strict).
+UI_COOKIE = "wes_gateway_ui"
 ADMIN_HEADER = b"x-wes-gateway-admin"
 ASYMMETRIC = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 PUBLIC_SUFFIXES = ("/openapi.json", "/openapi.yaml", "/health")
@@ -437,10 +439,27 @@ class AuthMiddleware:
         if rest is None:
             # /metrics decides for itself (loopback or admin), so it sees anonymous callers;
             # the run browser's stylesheet and script are the same for everyone.
+            if path.rstrip("/") == "/ui/login":
+                return True
             return path in ("", "/", "/metrics") or (path.startswith("/ui/static/") and ".." not in path)
         if rest in PUBLIC_SUFFIXES or rest == "/ui" or rest.startswith("/ui/"):
             return True
         return rest.rstrip("/") == "/service-info" and not self.settings.auth_service_info
+
+    def _with_ui_cookie(self, headers: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        """The login form's cookie as a bearer credential, where no other credential came.
+        SameSite=Strict keeps browsers from sending it on any other site's request."""
+        if b"authorization" in headers or not ({"token", "jwt"} & set(self.settings.auth_modes)):
+            return headers
+        for part in headers.get(b"cookie", b"").decode("latin-1").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == UI_COOKIE and value:
+                return {**headers, b"authorization": b"Bearer " + value.encode("latin-1")}
+        return headers
+
+    def _wants_login(self, path: str) -> bool:
+        modes = set(self.settings.auth_modes)
+        return (path == "/ui" or path.startswith("/ui/")) and "basic" not in modes and bool({"token", "jwt"} & modes)
 
     def _cross_site(self, peer: str, headers: dict[bytes, bytes]) -> str | None:
         """Why a state-changing request looks sent by another site's page, if it does: a form
@@ -478,6 +497,7 @@ class AuthMiddleware:
                 log.info("403 for %s %s from %s: %s", scope["method"], path, peer, reason)
                 await send_error(send, 403, f"cross-site request refused: {reason}")
                 return
+        headers = self._with_ui_cookie(headers)
         try:
             try:
                 user = self.auth.authenticate(peer, headers)
@@ -493,6 +513,14 @@ class AuthMiddleware:
         except Unauthorized as exc:
             if self._public(scope["path"]):
                 user = User("")
+            elif self._wants_login(scope["path"]):
+                # A browser with no credentials the modes can take from it: the login form.
+                # Relative, so that it holds under any proxy prefix.
+                rest = scope["path"][len("/ui/") :] if scope["path"].startswith("/ui/") else None
+                login = "ui/login" if rest is None else "../" * rest.count("/") + "login"
+                await send({"type": "http.response.start", "status": 303, "headers": [(b"location", login.encode())]})
+                await send({"type": "http.response.body", "body": b""})
+                return
             else:
                 log.info("401 for %s %s from %s: %s", scope["method"], scope["path"], peer, exc.msg)
                 await send_error(send, 401, exc.msg, [(b"www-authenticate", self.auth.challenge().encode())])

@@ -189,6 +189,37 @@ def cancel(run_id: str) -> Any:
     return flask.redirect(f"{_site()['ui']}/runs/{run_id}", code=303)
 
 
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    """For token and JWT modes: the credential is kept in an HttpOnly, SameSite=Strict cookie
+    that the pages (and their calls to the API) send; scripts cannot read it."""
+    from .auth import UI_COOKIE, Authenticator, Unauthorized
+
+    settings = current_settings()
+    if flask.request.method == "GET":
+        return _render("login.html", error="", modes=settings.auth_modes)
+    token = flask.request.form.get("token", "").strip()
+    try:
+        Authenticator(settings).authenticate("", {b"authorization": f"Bearer {token}".encode("latin-1", "replace")})
+    except (Unauthorized, UnicodeError) as exc:
+        return _render(
+            "login.html", 401, error=getattr(exc, "msg", "not a valid credential"), modes=settings.auth_modes
+        )
+    response = flask.redirect(f"{_site()['ui']}/", code=303)
+    secure = flask.request.headers.get("X-Forwarded-Proto", flask.request.scheme) == "https"
+    response.set_cookie(UI_COOKIE, token, httponly=True, samesite="Strict", secure=secure, path="/")
+    return response
+
+
+@bp.post("/logout")
+def logout() -> Any:
+    from .auth import UI_COOKIE
+
+    response = flask.redirect(f"{_site()['ui']}/login", code=303)
+    response.delete_cookie(UI_COOKIE, path="/")
+    return response
+
+
 @bp.get("/submit")
 def submit_page() -> flask.Response:
     types = service_info.build(current_settings(), {}).workflow_type_versions
