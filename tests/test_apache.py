@@ -282,3 +282,17 @@ def test_100_mb_attachment_arrives_intact(stack: tuple[Apache, Server], tmp_path
     stored = server.data_dir / "runs" / response.json()["run_id"] / "attachments" / "data" / "big.bin"
     assert stored.stat().st_size == 100 * 1024 * 1024
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest.hexdigest()
+
+
+def test_run_browser_through_apache_under_its_prefix(stack: tuple[Apache, Server]) -> None:
+    apache, _ = stack
+    alice = ("alice", USERS["alice"])
+    base = wes(apache).removesuffix("/ga4gh/wes/v1")
+    assert requests.get(base + "/ui/", timeout=10).status_code == 401  # Apache asks first
+    page = requests.get(base + "/ui/", auth=alice, timeout=10)
+    assert page.status_code == 200 and "Signed in as <strong>alice</strong>" in page.text
+    prefix = base.split("://", 1)[1].split("/", 1)[1] if "/" in base.split("://", 1)[1] else ""
+    # Every link and asset is under the prefix, so that the pages work behind it.
+    assert f'href="/{prefix}/ui/static/ui.css"'.replace("//", "/") in page.text
+    assert f'data-api="/{prefix}/ga4gh/wes/v1"'.replace("//", "/") in page.text
+    assert requests.get(base + "/ui/static/ui.css", auth=alice, timeout=10).status_code == 200

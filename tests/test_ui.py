@@ -82,6 +82,11 @@ def browser(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[webdrive
     driver.quit()
 
 
+def screenshot(driver: webdriver.Chrome, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
 def as_user(server: Server, user: str, path: str) -> str:
     host = server.base.removeprefix("http://")
     return f"http://{user}:{USERS[user]}@{host}{path}"
@@ -120,6 +125,7 @@ def test_submit_watch_download_and_cancel(gateway: Server, browser: webdriver.Ch
     wait_text(browser, "state", {"RUNNING", "COMPLETE"}, 120)
     assert wait_text(browser, "state", {"COMPLETE"}, 180) == "COMPLETE"
     WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "svg.gantt rect.bar.ok"))
+    screenshot(browser, "run-page")
     assert "slow_echo" in browser.find_element(By.CSS_SELECTOR, "svg.gantt").text
     assert "Resolved" in browser.find_element(By.ID, "log").text or browser.find_element(By.ID, "log").text
     # Download the output through its link and compare the bytes with the run's record.
@@ -133,6 +139,7 @@ def test_submit_watch_download_and_cancel(gateway: Server, browser: webdriver.Ch
     browser.get(as_user(gateway, "alice", "/ui/"))
     row = browser.find_element(By.CSS_SELECTOR, f'tr[data-run="{run_id}"]')
     assert "COMPLETE" in row.text and "slow_echo.cwl" in row.text
+    screenshot(browser, "run-list")
 
     # Cancel another run from its page.
     files = [("workflow_attachment", ("sleep.cwl", (DATA / "sleep.cwl").read_bytes()))]
