@@ -227,3 +227,43 @@ def test_token_mode_signs_in_with_an_httponly_strict_cookie(tmp_path: Path, brow
         assert status == 200
     finally:
         stop_server(server)
+
+
+def test_a_run_of_500_tasks_stays_light(gateway: Server, browser: webdriver.Chrome) -> None:
+    from wes_gateway import store
+
+    store.open_database(f"sqlite:///{gateway.data_dir / 'wes.sqlite3'}")
+    run_id = store.new_run_id()
+    store.create_run(
+        store.NewRun(
+            run_id=run_id,
+            owner="alice",
+            workflow_type="CWL",
+            request={"workflow_url": "wide.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2"},
+            engine_args=[],
+            workflow_path="/x",
+            tags={},
+        )
+    )
+    store.Run.update(state="COMPLETE", start_time="2026-12-01T10:00:00Z", end_time="2026-12-01T11:00:00Z").where(
+        store.Run.run_id == run_id
+    ).execute()
+    for i in range(500):
+        store.Task.create(
+            run_id=run_id,
+            task_id=f"kind-CWLJob:instance-{i:04d}",
+            job_id=f"kind-CWLJob/instance-{i:04d}",
+            name=f"align[{i}]",
+            start_time=f"2026-12-01T10:{i % 60:02d}:00Z",
+            end_time=f"2026-12-01T10:{i % 60:02d}:30Z",
+            exit_code=0 if i % 50 else 1,
+        )
+    store.database.close()
+    page = requests.get(gateway.base + f"/ui/runs/{run_id}", headers=auth("alice"), timeout=30)
+    assets = sum(len(requests.get(gateway.base + f"/ui/static/{n}", timeout=10).content) for n in ("ui.css", "ui.js"))
+    assert len(page.content) + assets <= 150 * 1024, len(page.content) + assets
+    browser.get(as_user(gateway, "alice", f"/ui/runs/{run_id}"))
+    bars = browser.find_elements(By.CSS_SELECTOR, "svg.gantt rect.bar")
+    assert len(bars) == 500 and len(browser.find_elements(By.CSS_SELECTOR, "svg.gantt rect.bar.failed")) == 10
+    height = browser.find_element(By.CSS_SELECTOR, "svg.gantt").size["height"]
+    assert height <= 3100  # 6 px a task: one long look, not 500 screens
