@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""bench/throughput: 50 trivial CWL runs submitted at once through the gateway, timed until all
+50 are COMPLETE, against the same 50 run directly as a pool of concurrent `toil-cwl-runner`
+processes with the same concurrency (the gateway's max_concurrent_runs). Prints both and the
+ratio (target <= 0.7). One warm-up run on each side first, not counted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+from common import ROOT, cores, start_server, stop_server
+
+TOOL = ROOT / "tests" / "data" / "echo.cwl"
+TERMINAL = ("COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED")
+
+
+def direct_one(tmp: Path, i: int) -> None:
+    job = tmp / f"job{i}.json"
+    job.write_text(json.dumps({"message": f"direct {i}"}))
+    bin_dir = Path(sys.executable).parent
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp), "TOIL_HISTORY": "False", "LANG": "C.UTF-8"}
+    subprocess.run(
+        [
+            str(bin_dir / "toil-cwl-runner"),
+            "--no-container",
+            "--jobStore",
+            f"file:{tmp}/js{i}",
+            "--outdir",
+            str(tmp / f"out{i}"),
+            "--workDir",
+            str(tmp),
+            "--disableProgress",
+            str(TOOL),
+            str(job),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
+
+
+def submit(server, i: int) -> str:  # type: ignore[no-untyped-def]
+    response = requests.post(
+        server.api + "/runs",
+        timeout=60,
+        data={
+            "workflow_url": "echo.cwl",
+            "workflow_type": "CWL",
+            "workflow_type_version": "v1.2",
+            "workflow_params": json.dumps({"message": f"gateway {i}"}),
+        },
+        files=[("workflow_attachment", ("echo.cwl", TOOL.read_bytes()))],
+    )
+    response.raise_for_status()
+    return str(response.json()["run_id"])
+
+
+def through_gateway(server, count: int) -> float:  # type: ignore[no-untyped-def]
+    began = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        run_ids = list(pool.map(lambda i: submit(server, i), range(count)))
+    pending = set(run_ids)
+    deadline = time.monotonic() + 1800
+    while pending and time.monotonic() < deadline:
+        for run_id in list(pending):
+            state = requests.get(f"{server.api}/runs/{run_id}/status", timeout=10).json()["state"]
+            if state in TERMINAL:
+                assert state == "COMPLETE", (run_id, state)
+                pending.discard(run_id)
+        time.sleep(0.2)
+    assert not pending, f"{len(pending)} runs unfinished"
+    return time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=cores())
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_text:
+        tmp = Path(tmp_text)
+        server = start_server(
+            tmp / "gw",
+            {
+                "WES_GATEWAY_ACCESS_LOG": "/dev/null",
+                "WES_GATEWAY_MAX_CONCURRENT_RUNS": str(args.concurrency),
+                "WES_GATEWAY_POLL_INTERVAL": "0.2",
+            },
+        )
+        try:
+            through_gateway(server, 1)  # warm-up: the forkserver and the web workers' imports
+            gateway = through_gateway(server, args.runs)
+        finally:
+            stop_server(server)
+        direct_one(tmp, -1)  # warm-up: the page cache holds Toil and cwltool, as for the gateway
+        began = time.perf_counter()
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            list(pool.map(lambda i: direct_one(tmp, i), range(args.runs)))
+        direct = time.perf_counter() - began
+    print(f"cores={cores()} runs={args.runs} concurrency={args.concurrency} (one warm-up run each side)")
+    print(f"gateway: all {args.runs} COMPLETE in {gateway:.1f}s ({args.runs / gateway * 60:.1f} runs/min)")
+    print(f"direct toil-cwl-runner pool: {direct:.1f}s ({args.runs / direct * 60:.1f} runs/min)")
+    print(f"ratio gateway/direct = {gateway / direct:.2f}  (target <= 0.7)")
+
+
+if __name__ == "__main__":
+    main()
