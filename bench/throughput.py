@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,35 +15,10 @@ from pathlib import Path
 
 import requests
 from common import ROOT, cores, start_server, stop_server
+from e2e import direct as direct_one  # one direct toil-cwl-runner run of the echo tool
 
 TOOL = ROOT / "tests" / "data" / "echo.cwl"
 TERMINAL = ("COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED")
-
-
-def direct_one(tmp: Path, i: int) -> None:
-    job = tmp / f"job{i}.json"
-    job.write_text(json.dumps({"message": f"direct {i}"}))
-    bin_dir = Path(sys.executable).parent
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp), "TOIL_HISTORY": "False", "LANG": "C.UTF-8"}
-    subprocess.run(
-        [
-            str(bin_dir / "toil-cwl-runner"),
-            "--no-container",
-            "--jobStore",
-            f"file:{tmp}/js{i}",
-            "--outdir",
-            str(tmp / f"out{i}"),
-            "--workDir",
-            str(tmp),
-            "--disableProgress",
-            str(TOOL),
-            str(job),
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-        timeout=600,
-    )
 
 
 def submit(server, i: int) -> str:  # type: ignore[no-untyped-def]

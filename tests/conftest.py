@@ -220,6 +220,32 @@ def data() -> Path:
     return DATA
 
 
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Any]:
+    """A private PostgreSQL server for the module's tests (tests/postgres.py)."""
+    from postgres import start_postgres
+
+    try:
+        pg = start_postgres()
+    except (FileNotFoundError, OSError) as exc:
+        pytest.skip(f"no PostgreSQL server can be started here: {exc}")
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A shared directory as a cluster's: outside pytest's private temporary tree, so that
+    batch jobs running as the run user can reach it."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="wes-gateway-shared-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def worker_pid(server: Server) -> int:
     """A web worker of the server (the first found; start it with workers=1 to be sure)."""
     for entry in Path("/proc").iterdir():

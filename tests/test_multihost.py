@@ -7,41 +7,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, Server, start_server, stop_server
-from postgres import Postgres, start_postgres
+from postgres import Postgres
 from test_durability import slow_echo, wait_for
 
 from wes_gateway import store
 
 LEASE = 4.0
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    try:
-        pg = start_postgres()
-    except (FileNotFoundError, OSError) as exc:
-        pytest.skip(f"no PostgreSQL server can be started here: {exc}")
-    yield pg
-    pg.stop()
-
-
-@pytest.fixture
-def shared() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="wes-gateway-shared-"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def host_env(postgres: Postgres, shared: Path, data_dir: Path, host: str) -> dict[str, str]:

@@ -7,22 +7,12 @@ from pathlib import Path
 
 import pytest
 from conftest import Server, start_server, stop_server
-from postgres import Postgres, start_postgres
+from postgres import Postgres
 from test_durability import assert_storm_completes, slow_echo, submit_storm
 
 from wes_gateway import store
 
 D = Path(__file__).parent / "data"
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    try:
-        pg = start_postgres()
-    except (FileNotFoundError, OSError) as exc:
-        pytest.skip(f"no PostgreSQL server can be started here: {exc}")
-    yield pg
-    pg.stop()
 
 
 @pytest.fixture(scope="module")

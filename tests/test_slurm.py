@@ -33,15 +33,6 @@ def cluster() -> Iterator[slurm.Slurm]:
     running.stop()
 
 
-@pytest.fixture
-def shared() -> Iterator[Path]:
-    # Outside pytest's private temporary tree: batch jobs run as the run user and must reach it.
-    path = Path(tempfile.mkdtemp(prefix="wes-gateway-shared-"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def slurm_env(cluster: slurm.Slurm, shared: Path, **extra: str) -> dict[str, str]:
     env = {
         "SLURM_CONF": str(cluster.conf),

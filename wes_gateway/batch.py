@@ -135,28 +135,23 @@ def node_of(batch_system: str, external_id: str, environ: dict[str, str] | os._E
         return os.uname().nodename
     if kind != "slurm" or not external_id.isdigit():
         return None
-    try:
-        result = subprocess.run(
-            ["scontrol", "show", "job", "--oneliner", external_id],
-            env=_slurm_env(environ),
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.debug("scontrol for job %s failed: %s", external_id, exc)
+    shown = _slurm(["scontrol", "show", "job", "--oneliner", external_id], environ)
+    if shown is None:
         return None
-    found = re.search(r"\bBatchHost=(\S+)", result.stdout) or re.search(r"\bNodeList=(\S+)", result.stdout)
+    found = re.search(r"\bBatchHost=(\S+)", shown) or re.search(r"\bNodeList=(\S+)", shown)
     if not found or found.group(1) in ("(null)", ""):
         return None
     return found.group(1)
 
 
-def _slurm_env(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
-    return {
-        "PATH": environ.get("PATH", "/usr/bin:/bin"),
-        **{k: environ[k] for k in CLIENT_ENV["slurm"] if k in environ},
-    }
+def _slurm(argv: list[str], environ: dict[str, str] | os._Environ[str]) -> str | None:
+    """What one of Slurm's clients prints, with its configuration variables; None if it fails."""
+    env = {"PATH": environ.get("PATH", "/usr/bin:/bin"), **{k: environ[k] for k in CLIENT_ENV["slurm"] if k in environ}}
+    try:
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("%s failed: %s", argv[0], exc)
+        return None
 
 
 def run_label(run_id: str) -> str:
@@ -169,19 +164,9 @@ def leftover_jobs(settings: Settings, run_id: str, environ: dict[str, str] | os.
     """The run's jobs the scheduler still holds (pending or running)."""
     if "slurm" not in {settings.batch_system, *settings.allowed_batch_systems}:
         return []
-    try:
-        result = subprocess.run(
-            ["squeue", "--noheader", "--format=%i %k"],
-            env=_slurm_env(environ),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("run %s: squeue failed: %s", run_id, exc)
-        return []
+    listed = _slurm(["squeue", "--noheader", "--format=%i %k"], environ)
     label = run_label(run_id)
-    return [line.split()[0] for line in result.stdout.splitlines() if line.split()[1:] == [label]]
+    return [line.split()[0] for line in (listed or "").splitlines() if line.split()[1:] == [label]]
 
 
 def cancel_leftovers(settings: Settings, run_id: str, environ: dict[str, str] | os._Environ[str]) -> int:
@@ -191,8 +176,5 @@ def cancel_leftovers(settings: Settings, run_id: str, environ: dict[str, str] | 
     jobs = leftover_jobs(settings, run_id, environ)
     if jobs:
         log.info("run %s: cancelling %d leftover Slurm jobs: %s", run_id, len(jobs), " ".join(jobs))
-        try:
-            subprocess.run(["scancel", *jobs], env=_slurm_env(environ), capture_output=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            log.warning("run %s: scancel failed: %s", run_id, exc)
+        _slurm(["scancel", *jobs], environ)
     return len(jobs)
