@@ -112,7 +112,9 @@ def test_a_dead_supervisor_whose_leader_lives_is_not_replaced(
     hosts: tuple[Server, dict[str, str], Path], postgres: Postgres, shared: Path
 ) -> None:
     host_a, env_b, tmp = hosts
-    run_id = slow_echo(host_a, "only once", seconds=20)
+    # Long enough that the leader is still at work when A's supervisor comes back, however
+    # slow a loaded machine makes the wait and the restart.
+    run_id = slow_echo(host_a, "only once", seconds=60)
     host_a.wait(run_id, {"RUNNING"}, timeout=120)
     token = run_row(postgres, run_id).leader_token
     log_b = tmp / "host-b.log"
