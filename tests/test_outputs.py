@@ -153,3 +153,54 @@ def test_delete_keeps_a_tombstone(server: Server) -> None:
     assert gone.status_code == 404 and "deleted" in gone.json()["msg"]
     assert requests.get(log["run_log"]["stdout"], timeout=30).content == b""
     assert requests.delete(f"{server.api}/runs/no-such-run", timeout=30).status_code == 404
+
+
+def test_a_large_zip_streams_in_constant_memory(tmp_path: Path) -> None:
+    """1.5 GB of outputs through one web worker: its peak memory barely moves."""
+    from conftest import peak_rss, start_server, stop_server, worker_pid
+
+    from wes_gateway import store
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    store.open_database(f"sqlite:///{data_dir / 'wes.sqlite3'}")
+    store.upgrade(store.database.obj)
+    run_id = store.new_run_id()
+    store.create_run(
+        store.NewRun(
+            run_id=run_id,
+            owner="",
+            workflow_type="CWL",
+            request={"workflow_url": "x.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2"},
+            engine_args=[],
+            workflow_path="/x",
+            tags={},
+        )
+    )
+    store.Run.update(state="COMPLETE").where(store.Run.run_id == run_id).execute()
+    store.database.close()
+    outdir = data_dir / "runs" / run_id / "outputs"
+    outdir.mkdir(parents=True)
+    size = 1536 * 1024 * 1024
+    with open(outdir / "big.bin", "wb") as handle:  # sparse: no disk, all zeros
+        handle.truncate(size)
+    (outdir / "small.txt").write_text("small\n")
+    server = start_server(data_dir, {"WES_GATEWAY_SUPERVISOR": "off"}, workers=1)
+    try:
+        pid = worker_pid(server)
+        server.get("/runs")  # imports and caches warm before the baseline
+        before = peak_rss(pid)
+        received = 0
+        with requests.get(f"{server.api}/runs/{run_id}/outputs.zip", stream=True, timeout=300) as response:
+            assert response.status_code == 200
+            tail = b""
+            for chunk in response.iter_content(1024 * 1024):
+                received += len(chunk)
+                tail = (tail + chunk)[-65536:]
+        growth = peak_rss(pid) - before
+        assert received > size
+        assert b"small.txt" in tail and b"big.bin" in tail  # the central directory came last
+        assert growth < 64 * 1024 * 1024, f"the worker grew by {growth / 1e6:.0f} MB"
+        print(f"zip of {received / 1e9:.2f} GB: worker peak RSS grew {growth / 1e6:.1f} MB")
+    finally:
+        stop_server(server)
