@@ -157,7 +157,7 @@ def test_delete_keeps_a_tombstone(server: Server) -> None:
 
 def test_a_large_zip_streams_in_constant_memory(tmp_path: Path) -> None:
     """1.5 GB of outputs through one web worker: its peak memory barely moves."""
-    from conftest import peak_rss, start_server, stop_server, worker_pid
+    from conftest import peak_rss, record_run, start_server, stop_server, worker_pid
 
     from wes_gateway import store
 
@@ -165,19 +165,7 @@ def test_a_large_zip_streams_in_constant_memory(tmp_path: Path) -> None:
     data_dir.mkdir()
     store.open_database(f"sqlite:///{data_dir / 'wes.sqlite3'}")
     store.upgrade(store.database.obj)
-    run_id = store.new_run_id()
-    store.create_run(
-        store.NewRun(
-            run_id=run_id,
-            owner="",
-            workflow_type="CWL",
-            request={"workflow_url": "x.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2"},
-            engine_args=[],
-            workflow_path="/x",
-            tags={},
-        )
-    )
-    store.Run.update(state="COMPLETE").where(store.Run.run_id == run_id).execute()
+    run_id = record_run(state="COMPLETE")
     store.database.close()
     outdir = data_dir / "runs" / run_id / "outputs"
     outdir.mkdir(parents=True)

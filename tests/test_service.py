@@ -7,7 +7,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from conftest import Server, start_server, stop_server
+from conftest import Server, record_run, start_server, stop_server
 
 from wes_gateway import store
 
@@ -19,19 +19,7 @@ def seed(data_dir: Path, count: int) -> list[str]:
     ids = []
     with db.atomic():
         for i in range(count):
-            run_id = store.new_run_id()
-            store.create_run(
-                store.NewRun(
-                    run_id=run_id,
-                    owner="",
-                    workflow_type="CWL",
-                    request={"workflow_url": "x.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2"},
-                    engine_args=[],
-                    workflow_path="/x",
-                    tags={"i": str(i)},
-                )
-            )
-            ids.append(run_id)
+            ids.append(record_run(tags={"i": str(i)}))
     db.close()
     return ids
 

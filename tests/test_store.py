@@ -6,6 +6,7 @@ from pathlib import Path
 
 import peewee
 import pytest
+from conftest import record_run
 
 from wes_gateway import store
 
@@ -18,19 +19,7 @@ def db(tmp_path: Path) -> peewee.Database:
 
 
 def make_run(owner: str = "", tags: dict[str, str] | None = None) -> str:
-    run_id = store.new_run_id()
-    store.create_run(
-        store.NewRun(
-            run_id=run_id,
-            owner=owner,
-            workflow_type="CWL",
-            request={"workflow_url": "x.cwl"},
-            engine_args=[],
-            workflow_path="/x.cwl",
-            tags=tags or {},
-        )
-    )
-    return run_id
+    return record_run(owner=owner, tags=tags)
 
 
 def test_wal_and_busy_timeout(db: peewee.Database) -> None:

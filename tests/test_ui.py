@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import DATA, ROOT, Server, kill_all_leaders, start_server, stop_server
+from conftest import DATA, ROOT, Server, kill_all_leaders, record_run, start_server, stop_server
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import WebDriverException  # noqa: E402
@@ -233,21 +233,13 @@ def test_a_run_of_500_tasks_stays_light(gateway: Server, browser: webdriver.Chro
     from wes_gateway import store
 
     store.open_database(f"sqlite:///{gateway.data_dir / 'wes.sqlite3'}")
-    run_id = store.new_run_id()
-    store.create_run(
-        store.NewRun(
-            run_id=run_id,
-            owner="alice",
-            workflow_type="CWL",
-            request={"workflow_url": "wide.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2"},
-            engine_args=[],
-            workflow_path="/x",
-            tags={},
-        )
+    run_id = record_run(
+        owner="alice",
+        workflow_url="wide.cwl",
+        state="COMPLETE",
+        start_time="2026-12-01T10:00:00Z",
+        end_time="2026-12-01T11:00:00Z",
     )
-    store.Run.update(state="COMPLETE", start_time="2026-12-01T10:00:00Z", end_time="2026-12-01T11:00:00Z").where(
-        store.Run.run_id == run_id
-    ).execute()
     for i in range(500):
         store.Task.create(
             run_id=run_id,
