@@ -216,14 +216,24 @@ def pid_gone(pid: int) -> bool:
     return not pid_alive(pid)
 
 
-def kill_all_leaders() -> None:
+def kill_all_leaders(*roots: Path) -> None:
+    """Kill what is left of the runs kept under ``roots`` (data or shared directories): only
+    those, so that another test session on the same machine keeps its own runs."""
     needle = b"WES_GATEWAY_RUN_ID="
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
                 with open(f"/proc/{entry.name}/environ", "rb") as handle:
-                    if needle in handle.read():
-                        os.killpg(os.getpgid(int(entry.name)), signal.SIGKILL)
+                    environ = handle.read()
+            except OSError:
+                continue
+            if needle not in environ:
+                continue
+            run_id = environ.split(needle, 1)[1].split(b"\0", 1)[0].decode(errors="replace")
+            if not run_id or not any((Path(root) / "runs" / run_id).exists() for root in roots):
+                continue
+            try:
+                os.killpg(os.getpgid(int(entry.name)), signal.SIGKILL)
             except OSError:
                 pass
 
@@ -234,7 +244,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = start_server(tmp_path_factory.mktemp("wes"), {"WES_GATEWAY_EXTRA_PATH": str(ROOT / "tests" / "bin")})
     yield running
     stop_server(running)
-    kill_all_leaders()
+    kill_all_leaders(running.data_dir)
 
 
 @pytest.fixture

@@ -90,7 +90,7 @@ def test_kill_9_of_the_whole_service_loses_no_run(tmp_path: Path) -> None:
         assert any("resumed with --restart" in line for line in resumed), resumed
     finally:
         stop_server(second)
-        kill_all_leaders()
+        kill_all_leaders(tmp_path)
 
 
 def test_hup_reload_and_worker_recycling_keep_runs_going(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def gateway(cluster: slurm.Slurm, tmp_path_factory: pytest.TempPathFactory) -> I
     server = start_server(tmp_path_factory.mktemp("slurm-gateway"), slurm_env(cluster, shared))
     yield server
     stop_server(server)
-    kill_all_leaders()
+    kill_all_leaders(shared)
     shutil.rmtree(shared, ignore_errors=True)
 
 
@@ -173,7 +173,7 @@ def test_kill_9_of_the_whole_service_resumes_without_rerunning_finished_jobs(
         assert not cluster.queued()
     finally:
         stop_server(second)
-        kill_all_leaders()
+        kill_all_leaders(shared)
 
 
 def kill_leader(shared: Path, run_id: str) -> None:
@@ -207,7 +207,7 @@ def test_jobs_run_as_run_user(cluster: slurm.Slurm, shared: Path, tmp_path: Path
             assert state == "EXECUTOR_ERROR"
     finally:
         stop_server(server)
-        kill_all_leaders()
+        kill_all_leaders(shared)
 
 
 def test_refuses_to_start_without_a_shared_dir(tmp_path: Path) -> None:

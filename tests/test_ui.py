@@ -50,7 +50,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     )
     yield server
     stop_server(server)
-    kill_all_leaders()
+    kill_all_leaders(server.data_dir)
 
 
 @pytest.fixture
