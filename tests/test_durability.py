@@ -165,6 +165,24 @@ def test_unresumable_run_is_system_error_with_reason(tmp_path: Path) -> None:
         stop_server(restarted)
 
 
+def test_a_leader_lost_while_making_its_job_store_is_started_again(tmp_path: Path) -> None:
+    """A job store the workflow never began in (Toil had not yet recorded its root job):
+    --restart would refuse it, so the run starts afresh."""
+    server, run_id = _queued_then_orphaned(tmp_path, store.RUNNING)
+    stop_server(server)
+    half_made = tmp_path / "runs" / run_id / "jobstore"
+    (half_made / "shared").mkdir(parents=True)
+    (half_made / "config.pickle").write_bytes(b"")  # begun, never finished
+    restarted = start_server(tmp_path, FAST)
+    try:
+        assert restarted.wait(run_id, timeout=180) == "COMPLETE", restarted.get(f"/runs/{run_id}").text
+        logs = restarted.get(f"/runs/{run_id}").json()["run_log"]["system_logs"]
+        assert any("before its workflow began; started again" in line for line in logs), logs
+        assert output_of(restarted, run_id) == "never\n"
+    finally:
+        stop_server(restarted)
+
+
 def submit_storm(server: Server, count: int = 200, threads: int = 20) -> list[str]:
     def one(i: int) -> tuple[int, str]:
         response = server.submit(

@@ -49,6 +49,12 @@ class RunPaths:
         return self.root / "jobstore"
 
     @property
+    def jobstore_began(self) -> bool:
+        """Whether the workflow began in its job store, so that Toil's --restart can resume it:
+        Toil's file job store records the root job once it has made it."""
+        return (self.jobstore / "shared" / "rootJobStoreID").is_file()
+
+    @property
     def work(self) -> Path:
         return self.root / "work"
 

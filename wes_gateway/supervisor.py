@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -313,9 +314,16 @@ class Supervisor:
             log.info("run %s: leader never started; starting it now", run_id)
             self._start(run_id)
             return
-        if paths.jobstore.exists():
+        if paths.jobstore_began:
             store.append_system_log(run_id, f"{store.utc_now()} leader lost; resumed with --restart")
             self._start(run_id, restart=True)
+            return
+        if paths.jobstore.exists():
+            # Lost while Toil was still setting its job store up: nothing of the workflow ran,
+            # and --restart would refuse the half-made store. Start the run afresh.
+            shutil.rmtree(paths.jobstore, ignore_errors=True)
+            store.append_system_log(run_id, f"{store.utc_now()} leader lost before its workflow began; started again")
+            self._start(run_id)
             return
         store.append_system_log(run_id, "leader lost and its job store is gone; cannot resume")
         store.transition(run_id, store.SYSTEM_ERROR)
