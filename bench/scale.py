@@ -49,7 +49,8 @@ def measure(count: int, seconds: float, connections: int) -> dict[str, dict[str,
         try:
             results = {name: load(host, port, path, seconds, connections) for name, path in paths.items()}
             # One client at a time: the request's own latency, not the queue of 8 on 2 cores.
-            results["count=true, 1 conn"] = load(host, port, paths["count=true"], seconds, 1)
+            for name in ("state filter", "tag filter", "since filter", "count=true"):
+                results[f"{name}, 1 conn"] = load(host, port, paths[name], seconds, 1)
             return results
         finally:
             stop_server(server)
