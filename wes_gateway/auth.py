@@ -70,6 +70,10 @@ class User:
     name: str
     admin: bool = False
 
+    def sees(self, owner: str) -> bool:
+        """Whether this caller may see a run of ``owner``: their own, or any as an admin."""
+        return self.admin or owner == self.name
+
 
 class Unauthorized(Exception):
     def __init__(self, msg: str) -> None:

@@ -69,7 +69,7 @@ class EventStream:
         run_id = found.group(1)
         caller = current_user(headers)
         run = await self._call(store.get_run, run_id)
-        if run is None or not (caller.admin or run.owner == caller.name):
+        if run is None or not caller.sees(run.owner):
             await send_error(send, 404, f"run {run_id} not found")
             return
         # Last-Event-ID, as EventSource sends it on reconnecting; or ?after=, for a page that

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -38,7 +39,7 @@ def _visible_run(run_id: str) -> store.Run:
     run = store.get_run(run_id)
     caller = _caller()
     # Another user's run is "not found", exactly like a run that does not exist.
-    if run is None or not (caller.admin or run.owner == caller.name):
+    if run is None or not caller.sees(run.owner):
         raise NotFound(f"run {run_id} not found")
     return run
 
@@ -186,7 +187,7 @@ def delete_run(run_id: str) -> Json:
 def get_run_status(run_id: str) -> Json:
     found = store.get_run_state(run_id)
     caller = _caller()
-    if found is None or not (caller.admin or found[0] == caller.name):
+    if found is None or not caller.sees(found[0]):
         raise NotFound(f"run {run_id} not found")
     return RunStatus(run_id=run_id, state=found[1]).to_json()
 
@@ -287,11 +288,15 @@ def _send_handle(handle: IO[bytes], mimetype: str, etag: str | None = None) -> f
 
 
 def get_run_outputs_zip(run_id: str) -> flask.Response:
-    paths = _finished_outputs(run_id)
+    return _zip_response(outputs.all_outputs(_finished_outputs(run_id)), f"{run_id}-outputs.zip")
+
+
+def _zip_response(items: Iterable[tuple[str, Any]], filename: str) -> flask.Response:
+    """A zip streamed as it is built (outputs.zip_stream), as a download."""
     return flask.Response(
-        flask.stream_with_context(outputs.zip_stream(outputs.all_outputs(paths))),
+        flask.stream_with_context(outputs.zip_stream(items)),
         mimetype="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{run_id}-outputs.zip"'},
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 
 
@@ -308,11 +313,7 @@ def get_run_ro_crate(run_id: str) -> flask.Response:
         raise NotFound(f"run {run_id} has no RO-Crate (it was deleted at {run.deleted_at})")
     paths = RunPaths.of(current_settings(), run_id)
     metadata = provenance.build(run, store.all_tasks(run_id), paths, service_info.toil_version())
-    return flask.Response(
-        flask.stream_with_context(outputs.zip_stream(provenance.zip_items(paths, metadata))),
-        mimetype="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{run_id}-ro-crate.zip"'},
-    )
+    return _zip_response(provenance.zip_items(paths, metadata), f"{run_id}-ro-crate.zip")
 
 
 def get_run_log_file(run_id: str, stream: str) -> flask.Response:

@@ -153,12 +153,14 @@ class _Pipe:
         yield from chunks
 
 
-def _files(paths: RunPaths) -> Iterator[str]:
-    root = paths.outdir
+def files_under(root: Path) -> list[str]:
+    """Every file name below ``root``, relative to it, in order; links to directories are not
+    followed."""
+    names = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
-        for name in sorted(filenames):
-            yield str((Path(dirpath) / name).relative_to(root))
+        names += [str((Path(dirpath) / name).relative_to(root)) for name in sorted(filenames)]
+    return names
 
 
 Opened = tuple[IO[bytes], os.stat_result]
@@ -207,5 +209,5 @@ def zip_stream(items: Iterable[tuple[str, Callable[[], Opened | None] | bytes]])
 
 
 def all_outputs(paths: RunPaths) -> Iterator[tuple[str, Callable[[], Opened | None]]]:
-    for name in _files(paths):
+    for name in files_under(paths.outdir):
         yield name, partial(output_file, paths, name)

@@ -15,7 +15,6 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from . import outputs, store
@@ -71,14 +70,6 @@ def _checksums(paths: RunPaths, names: list[str]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _files_under(root: Path) -> list[str]:
-    names = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        names += sorted(str((Path(dirpath) / name).relative_to(root)) for name in filenames)
-    return names
-
-
 def build(run: store.Run, run_tasks: list[store.Task], paths: RunPaths, engine_version: str) -> dict[str, Any]:
     """The crate's ro-crate-metadata.json, as a dict."""
     from rocrate.model import ContextEntity
@@ -103,7 +94,7 @@ def build(run: store.Run, run_tasks: list[store.Task], paths: RunPaths, engine_v
             },
         )
     )
-    attachments = _files_under(paths.attachments)
+    attachments = outputs.files_under(paths.attachments)
     workflow_url = str(run.request.get("workflow_url", "")).split("#", 1)[0]
     workflow = None
     for name in attachments:
@@ -142,7 +133,7 @@ def build(run: store.Run, run_tasks: list[store.Task], paths: RunPaths, engine_v
             properties={"@type": "SoftwareApplication", "name": "Toil", "version": engine_version},
         )
     )
-    names = _files_under(paths.outdir) if run.state == store.COMPLETE else []
+    names = outputs.files_under(paths.outdir) if run.state == store.COMPLETE else []
     sums = _checksums(paths, names)
     results = [
         crate.add_file(
@@ -206,7 +197,7 @@ def build(run: store.Run, run_tasks: list[store.Task], paths: RunPaths, engine_v
 def zip_items(paths: RunPaths, metadata: dict[str, Any]) -> Iterator[tuple[str, Callable[[], Opened | None] | bytes]]:
     """What the zip holds: the metadata, then each file the crate names, read from the run."""
     yield "ro-crate-metadata.json", json.dumps(metadata, indent=2).encode()
-    for name in _files_under(paths.attachments):
+    for name in outputs.files_under(paths.attachments):
         yield f"workflow/{name}", partial(outputs.run_file, paths, paths.attachments / name)
     yield "inputs/params.json", partial(outputs.run_file, paths, paths.params)
     for name, opener in outputs.all_outputs(paths):

@@ -416,17 +416,18 @@ class Supervisor:
         recorded = paths.read_result()
         code = recorded if recorded is not None else exitcode
         started = (store.get_run(run_id) or run).start_time or store.utc_now()
+
+        def end(state: str, **fields: object) -> None:
+            if store.transition(run_id, state, **fields):
+                metrics.get().run_duration.labels(state).observe(_seconds_since(started))
+
         if cancelled:
-            if store.transition(run_id, store.CANCELED, exit_code=code):
-                metrics.get().run_duration.labels(store.CANCELED).observe(_seconds_since(started))
+            end(store.CANCELED, exit_code=code)
             return
         if code == 0:
-            outputs = engine.present_outputs(paths.read_outputs(), paths)
-            if store.transition(run_id, store.COMPLETE, exit_code=0, outputs=outputs):
-                metrics.get().run_duration.labels(store.COMPLETE).observe(_seconds_since(started))
+            end(store.COMPLETE, exit_code=0, outputs=engine.present_outputs(paths.read_outputs(), paths))
         elif recorded is not None:
-            if store.transition(run_id, store.EXECUTOR_ERROR, exit_code=code):
-                metrics.get().run_duration.labels(store.EXECUTOR_ERROR).observe(_seconds_since(started))
+            end(store.EXECUTOR_ERROR, exit_code=code)
         else:
             detail = f"exit status {exitcode}" if exitcode is not None else "unknown exit status"
             if exitcode is not None and exitcode < 0:

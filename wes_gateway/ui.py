@@ -62,7 +62,7 @@ def _render(template: str, status: int = 200, **context: Any) -> flask.Response:
 def _visible(run_id: str) -> store.Run | None:
     run = store.get_run(run_id)
     caller = _caller()
-    if run is None or not (caller.admin or run.owner == caller.name):
+    if run is None or not caller.sees(run.owner):
         return None
     return run
 
