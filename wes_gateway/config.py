@@ -17,6 +17,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ENV_PREFIX = "WES_GATEWAY_"
+# What one leader is allowed in sizing the default concurrency: a forked leader's own pages
+# (measured about 200 MB unique for a CWL run) plus room for its Toil worker processes.
+LEADER_MEMORY = 1 << 30
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
 
 
 class BatchOptions(BaseModel):
@@ -35,7 +45,11 @@ class Settings(BaseModel):
     bind: str = Field("127.0.0.1:8080", description="Where Gunicorn listens (host:port or unix:PATH).")
     data_dir: Path = Field(Path("var"), description="Root for the SQLite file and run directories.")
     database_url: str = Field("", description="Peewee db_url; empty means SQLite at <data_dir>/wes.sqlite3.")
-    max_concurrent_runs: int = Field(2, ge=1, description="Runs whose leaders may run at once.")
+    max_concurrent_runs: int = Field(
+        0,
+        ge=0,
+        description="Runs whose leaders may run at once; 0 picks one for the host (effective_max_concurrent_runs).",
+    )
     batch_system: str = Field(
         "single_machine",
         pattern=r"^[a-z_]+$",
@@ -58,6 +72,11 @@ class Settings(BaseModel):
     default_page_size: int = Field(50, ge=1)
     max_page_size: int = Field(1000, ge=1)
     poll_interval: float = Field(0.5, gt=0, description="Seconds between supervisor store polls.")
+    toil_prompt_shutdown: bool = Field(
+        True,
+        description="Wake Toil's idle threads at a run's end instead of waiting out their sleeps "
+        "(wes_gateway/engines/toil_waits.py; about 1.9 s per run).",
+    )
     lease_seconds: float = Field(
         30.0, gt=0, description="A supervisor that has not renewed its lease for this long is dead."
     )
@@ -183,6 +202,21 @@ class Settings(BaseModel):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir.resolve() / 'wes.sqlite3'}"
+
+    @property
+    def effective_max_concurrent_runs(self) -> int:
+        """With single_machine a leader's jobs share this host's cores with every other
+        run's, so two leaders a core keep the cores busy while some leaders only start up,
+        wait on their jobs or shut down. On a cluster batch system a leader only waits on
+        jobs that run elsewhere: eight a core. Never more than one per LEADER_MEMORY."""
+        if self.max_concurrent_runs:
+            return self.max_concurrent_runs
+        cores = os.cpu_count() or 1
+        wanted = cores * (2 if self.batch_system == "single_machine" else 8)
+        memory = _physical_memory()
+        if memory:
+            wanted = min(wanted, memory // LEADER_MEMORY)
+        return max(2, wanted)
 
     @property
     def effective_max_cores(self) -> int:

@@ -72,7 +72,7 @@ def build(settings: Settings, counts: dict[str, int]) -> ServiceInfo:
         system_state_counts=counts,
         auth_instructions_url=settings.auth_instructions_url,
         tags={
-            "max_concurrent_runs": str(settings.max_concurrent_runs),
+            "max_concurrent_runs": str(settings.effective_max_concurrent_runs),
             "run_max_cores": str(settings.effective_max_cores),
             "run_max_memory": settings.run_max_memory,
             "default_page_size": str(settings.default_page_size),

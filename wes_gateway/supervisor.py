@@ -147,7 +147,7 @@ class Supervisor:
         self.host_id = settings.effective_host_id
         self.worker_id = f"{self.host_id}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop_event = threading.Event()
-        self.pool = ThreadPoolExecutor(settings.max_concurrent_runs, thread_name_prefix="run")
+        self.pool = ThreadPoolExecutor(settings.effective_max_concurrent_runs, thread_name_prefix="run")
         self.active: set[str] = set()
         self.lock = threading.Lock()
         self.waker = wakeup.Waker(wakeup.socket_path(settings), _work_listener())
@@ -161,7 +161,7 @@ class Supervisor:
             "supervisor %s started on host %s, %d slots, batch system %s",
             self.worker_id,
             self.host_id,
-            self.settings.max_concurrent_runs,
+            self.settings.effective_max_concurrent_runs,
             self.settings.batch_system,
         )
         # Start the forkserver now, so Toil's import cost is paid before the first run.
@@ -203,7 +203,7 @@ class Supervisor:
                     # Recovered runs already hold a leader (or job store); never strand them.
                     self.active.add(run_id)
                     return True
-            return len(self.active) < self.settings.max_concurrent_runs
+            return len(self.active) < self.settings.effective_max_concurrent_runs
 
     def _guard(self, run_id: str, step: Callable[[str], None]) -> None:
         try:
@@ -250,6 +250,7 @@ class Supervisor:
             token=uuid.uuid4().hex,
             heartbeat_seconds=self.settings.lease_seconds / 3,
             fence_seconds=self.settings.lease_seconds * 2 / 3,
+            prompt_shutdown=self.settings.toil_prompt_shutdown,
         )
         paths.result.unlink(missing_ok=True)
         paths.leader_file.unlink(missing_ok=True)

@@ -28,6 +28,7 @@ class LeaderSpec:
     token: str = ""  # this leader's claim on the run; a successor's token fences it out
     heartbeat_seconds: float = 10.0  # how often the launcher renews the leader's heartbeat
     fence_seconds: float = 20.0  # with no renewal this long, the leader stops (another host may take over)
+    prompt_shutdown: bool = True  # cut Toil's idle waits at the run's end short (toil_waits)
 
 
 class Admission(Protocol):

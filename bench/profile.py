@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""bench/profile: where the seconds of one short run go, POST to COMPLETE.
+
+Two views, in one run:
+
+1. Through a gateway with its default settings (the client polls every 10 ms): the phases
+   are read off the run directory's own files (each written once, at a known point) and
+   the client's clock, all on this host's wall clock.
+2. Inside a leader: the same echo tool run by toil.cwl.cwltoil in a process forked from a
+   warm one (as the forkserver does), with Toil's phases timed by wrappers around its
+   methods, with the gateway's prompt shutdown on and off.
+
+Prints the median of each phase over --repeat runs (one warm-up run first, not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+from common import ROOT, start_server, stop_server
+
+TOOL = ROOT / "tests" / "data" / "echo.cwl"
+TERMINAL = ("COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED")
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime
+
+
+def gateway_run(server: Any, i: int) -> dict[str, float]:
+    """One run; the wall-clock moments of its phases, relative to the POST."""
+    began = time.time()
+    response = requests.post(
+        server.api + "/runs",
+        timeout=60,
+        data={
+            "workflow_url": "echo.cwl",
+            "workflow_type": "CWL",
+            "workflow_type_version": "v1.2",
+            "workflow_params": json.dumps({"message": f"profile {i}"}),
+        },
+        files=[("workflow_attachment", ("echo.cwl", TOOL.read_bytes()))],
+    )
+    posted = time.time()
+    run_id = response.json()["run_id"]
+    deadline = time.monotonic() + 120
+    seen_running = None
+    while time.monotonic() < deadline:
+        state = requests.get(f"{server.api}/runs/{run_id}/status", timeout=10).json()["state"]
+        if state == "RUNNING" and seen_running is None:
+            seen_running = time.time()
+        if state in TERMINAL:
+            assert state == "COMPLETE", state
+            break
+        time.sleep(0.01)
+    done = time.time()
+    root = server.data_dir / "runs" / run_id
+    job_logs = sorted((root / "job-logs").iterdir(), key=_mtime)
+    marks = {
+        "POST answered": posted,
+        "leader process started (claim + fork)": _mtime(root / "control" / "leader.json"),
+        "the tool's job log written (job ran)": _mtime(job_logs[-1]) if job_logs else float("nan"),
+        "outputs written (Toil's main returned)": _mtime(root / "outputs.json"),
+        "leader exited (result written)": _mtime(root / "control" / "result.json"),
+        "COMPLETE seen by the client": done,
+    }
+    return {name: moment - began for name, moment in marks.items()} | {
+        "(RUNNING first seen)": (seen_running or done) - began
+    }
+
+
+def _leader_phases(argv: list[str], prompt: bool) -> dict[str, float]:
+    """In this (forked) process: run the CWL leader and time Toil's phases."""
+    import toil.common
+    import toil.cwl.cwltoil
+    import toil.leader
+    import toil.realtimeLogger
+    import toil.serviceManager
+    import toil.statsAndLogging
+
+    from wes_gateway.engines import toil_waits
+
+    if prompt:
+        toil_waits.install()
+    spans: list[tuple[str, float, float]] = []
+
+    def wrap(owner: Any, name: str, label: str) -> None:
+        original: Callable[..., Any] = getattr(owner, name)
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spans.append((label, start, time.perf_counter()))
+
+        setattr(owner, name, timed)
+
+    import cwltool.load_tool
+
+    wrap(cwltool.load_tool, "resolve_and_validate_document", "cwltool loads and validates the document")
+    wrap(toil.common.Toil, "__enter__", "Toil makes the job store")
+    wrap(toil.leader.Leader, "innerLoop", "Toil's leader loop (the job runs)")
+    wrap(toil.serviceManager.ServiceManager, "shutdown", "Toil's service manager shuts down")
+    wrap(toil.statsAndLogging.StatsAndLogging, "shutdown", "Toil's stats-and-logging thread stops")
+    wrap(toil.realtimeLogger.RealtimeLogger, "_stopLeader", "Toil's real-time log server stops")
+    wrap(toil.common.Toil, "_shutdownBatchSystem", "Toil's batch system shuts down")
+    start = time.perf_counter()
+    code = toil.cwl.cwltoil.main(argv, stdout=io.StringIO())
+    total = time.perf_counter() - start
+    assert code == 0, code
+    phases: dict[str, float] = {}
+    for label, began, ended in spans:
+        phases[label] = phases.get(label, 0.0) + ended - began
+    phases["the rest (options, imports of inputs, output collection)"] = total - sum(phases.values())
+    phases["total: toil.cwl.cwltoil.main"] = total
+    return phases
+
+
+def leader_run(tmp: Path, i: int, prompt: bool) -> dict[str, float]:
+    job = tmp / f"job{i}.json"
+    job.write_text(json.dumps({"message": "profile"}))
+    argv = [
+        str(TOOL),
+        str(job),
+        "--jobStore",
+        f"file:{tmp}/js{i}",
+        "--outdir",
+        str(tmp / f"out{i}"),
+        "--workDir",
+        str(tmp),
+        "--no-container",
+        "--disableProgress",
+        "--disableChaining",
+        "true",
+        "--logCritical",
+    ]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # as the forkserver forks a leader: Toil and cwltool are warm already
+        os.close(read)
+        try:
+            result = _leader_phases(argv, prompt)
+        except BaseException as exc:  # reported to the parent, which fails
+            result = {"error": repr(exc)}  # type: ignore[dict-item]
+        os.write(write, json.dumps(result).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as channel:
+        text = channel.read()
+    os.waitpid(pid, 0)
+    result = json.loads(text)
+    assert "error" not in result, result
+    return result  # type: ignore[no-any-return]
+
+
+def report(title: str, runs: list[dict[str, float]], cumulative: bool) -> None:
+    print(title)
+    previous = 0.0
+    for name in runs[0]:
+        value = statistics.median(run[name] for run in runs)
+        if cumulative and not name.startswith("("):
+            print(f"  {value:6.2f} s  (+{value - previous:5.2f})  {name}")
+            previous = value
+        else:
+            print(f"  {value:6.2f} s  {name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    os.environ["TOIL_HISTORY"] = "False"
+    os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    with tempfile.TemporaryDirectory() as tmp_text:
+        tmp = Path(tmp_text)
+        server = start_server(tmp / "gw", {"WES_GATEWAY_ACCESS_LOG": "/dev/null", "WES_GATEWAY_POLL_INTERVAL": "0.5"})
+        try:
+            gateway_run(server, -1)  # warm-up
+            through = [gateway_run(server, i) for i in range(args.repeat)]
+        finally:
+            stop_server(server)
+        import wes_gateway.engines.leader  # noqa: F401  (warms Toil and cwltool, as the forkserver does)
+
+        leader_run(tmp, -1, True)  # warm-up
+        prompt = [leader_run(tmp, i, True) for i in range(args.repeat)]
+        stock = [leader_run(tmp, 100 + i, False) for i in range(args.repeat)]
+    print(f"repeat={args.repeat} (one warm-up run not counted); medians")
+    report("Through the gateway, seconds after the POST began (cumulative):", through, cumulative=True)
+    report("Inside a warm leader, Toil's own shutdown waits cut short (the gateway's default):", prompt, False)
+    report("Inside a warm leader, stock Toil (WES_GATEWAY_TOIL_PROMPT_SHUTDOWN=false):", stock, False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Short runs fast: Toil's shutdown waits cut short (engines/toil_waits.py) change how long a
+leader takes to stop, and nothing else a client can see. The same workflows run through a
+gateway with the default and through one with WES_GATEWAY_TOIL_PROMPT_SHUTDOWN=false."""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import Server, kill_all_leaders, start_server, stop_server
+from test_tasks import all_tasks, cwl
+
+D = Path(__file__).parent / "data"
+THREE = ["three_step.cwl", "upper.cwl", "rev.cwl", "count.cwl"]
+FAIL = ["fail_second.cwl", "upper.cwl", "fail_file.cwl"]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
+    quick = {"WES_GATEWAY_ACCESS_LOG": "/dev/null"}
+    prompt = start_server(tmp_path_factory.mktemp("prompt"), quick, workers=1)
+    stock = start_server(tmp_path_factory.mktemp("stock"), {**quick, "WES_GATEWAY_TOIL_PROMPT_SHUTDOWN": "false"}, 1)
+    yield prompt, stock
+    for server in (prompt, stock):
+        stop_server(server)
+        kill_all_leaders(server.data_dir)
+
+
+def leader_seconds(server: Server, run_id: str) -> float:
+    """From the leader's start to its exit, by the files its launcher writes at each."""
+    control = server.data_dir / "runs" / run_id / "control"
+    return (control / "result.json").stat().st_mtime - (control / "leader.json").stat().st_mtime
+
+
+def observed(server: Server, run_id: str) -> dict[str, object]:
+    """What a client sees of a finished run, less what differs between any two runs."""
+    log = server.get(f"/runs/{run_id}").json()
+    outputs = {}
+    for name, value in (log.get("outputs") or {}).items():
+        body = requests.get(value["url"], timeout=30).content
+        outputs[name] = (value["basename"], value["size"], hashlib.sha256(body).hexdigest())
+    tasks = all_tasks(server, run_id)
+    return {
+        "state": log["state"],
+        "exit_code": log["run_log"]["exit_code"],
+        "outputs": outputs,
+        "tasks": [(t["name"], t["exit_code"]) for t in tasks],
+        # Every task's log was collected by Toil's stats-and-logging thread, whose last pass
+        # runs only as it is shut down: cutting its sleep short must not cut that pass.
+        "task logs": [bool(requests.get(t["stderr"], timeout=30).text.strip()) for t in tasks],
+    }
+
+
+def test_runs_end_the_same_with_prompt_shutdown(pair: tuple[Server, Server]) -> None:
+    prompt, stock = pair
+    infile = {"infile": {"class": "File", "location": "in.txt"}}
+    seen = []
+    for server in (prompt, stock):
+        good = cwl(server, "three_step.cwl", THREE, infile, {"in.txt": b"hello prompt\n"})
+        bad = cwl(server, "fail_second.cwl", FAIL, infile, {"in.txt": b"x\n"})
+        assert server.wait(good) == "COMPLETE"
+        assert server.wait(bad) == "EXECUTOR_ERROR"
+        seen.append((observed(server, good), observed(server, bad)))
+    assert seen[0] == seen[1]
+    assert seen[0][0]["tasks"] == [("shout", 0), ("reverse", 0), ("count", 0)]
+    assert all(seen[0][0]["task logs"]) and all(seen[0][1]["task logs"])  # type: ignore[arg-type]
+
+
+def test_prompt_shutdown_takes_over_a_second_off_each_leader(pair: tuple[Server, Server]) -> None:
+    durations: dict[str, list[float]] = {"prompt": [], "stock": []}
+    for i in range(3):
+        for name, server in zip(("prompt", "stock"), pair, strict=True):
+            run_id = cwl(server, "echo.cwl", ["echo.cwl"], {"message": f"timed {i}"})
+            assert server.wait(run_id, timeout=120) == "COMPLETE"
+            durations[name].append(leader_seconds(server, run_id))
+            leader_log = (server.data_dir / "runs" / run_id / "stderr.log").read_text()
+            assert "Finished toil run successfully" in leader_log, leader_log[-2000:]
+    prompt, stock = statistics.median(durations["prompt"]), statistics.median(durations["stock"])
+    # Measured: about 1.3 s against 3.2 s. Stock Toil waits out a 1 s throttle and a 0.5 s poll.
+    assert stock - prompt > 1.0, durations
+
+
+def test_install_leaves_another_toil_version_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import toil.serviceManager
+
+    from wes_gateway.engines import toil_waits
+
+    monkeypatch.setattr(toil_waits, "TOIL_SERIES", "0.0.")
+    before = toil.serviceManager.ServiceManager.shutdown
+    assert toil_waits.install() is False
+    assert toil.serviceManager.ServiceManager.shutdown is before

@@ -1,0 +1,113 @@
+"""Toil's idle waits at the end of a run, cut short inside our own leader processes.
+
+A short run spends most of its leader's life in two waits of Toil 9.6 that do no work and
+that no Toil option shortens (measured in bench/profile.py):
+
+- the service manager's thread runs its loop under ``throttle(1.0)``: every pass lasts a
+  full second, and ``ServiceManager.shutdown`` joins that thread, so the end of every run
+  waits out the current pass (1.2 to 1.4 s measured);
+- the stats-and-logging thread sleeps 0.5 s whenever it finds no new log, and its shutdown
+  joins it (hidden behind the first wait until that one is gone: 0.4 s measured then);
+- the real-time log server is a ``socketserver`` UDP server that Toil always starts (its
+  ``--realTimeLogging`` only changes the level) and serves with the default 0.5 s poll,
+  and ``shutdown`` waits for that poll to notice (0.49 s measured).
+
+These are woken here instead of waited out: the two threads sleep on an event that their
+own shutdown sets, and the log server polls every 50 ms. Nothing else changes: what
+the loops do, and in what order, is Toil's. This is applied only in a leader process that
+the gateway forked (never in the web workers, the supervisor or Toil's own workers), and
+only to the Toil version it was measured on; elsewhere ``install`` changes nothing and says
+so. ``WES_GATEWAY_TOIL_PROMPT_SHUTDOWN=false`` turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import socketserver
+import threading
+import time
+import types
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# The version whose internals this was written against and tested with (tests/test_speed.py).
+TOIL_SERIES = "9.6."
+LOG_SERVER_POLL = 0.05
+
+_manager_stopping = threading.Event()
+_stats_stopping = threading.Event()
+
+
+class _WakeableThrottle:
+    """``toil.lib.throttle.throttle`` (the body lasts at least ``min_interval``), except that
+    the remainder is slept on an event that the service manager's shutdown sets."""
+
+    def __init__(self, min_interval: float) -> None:
+        self.min_interval = min_interval
+        self.start = 0.0
+
+    def __enter__(self) -> None:
+        self.start = time.monotonic()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            remainder = self.min_interval - (time.monotonic() - self.start)
+            if remainder > 0:
+                _manager_stopping.wait(remainder)
+
+
+class _WakeableTime:
+    """The ``time`` module as toil.statsAndLogging sees it: ``sleep`` ends at its shutdown."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        _stats_stopping.wait(seconds)
+
+
+class _PromptUDPServer(socketserver.ThreadingUDPServer):
+    def serve_forever(self, poll_interval: float = LOG_SERVER_POLL) -> None:
+        super().serve_forever(min(poll_interval, LOG_SERVER_POLL))
+
+
+def install() -> bool:
+    """Apply all three in this process; True if applied. Idempotent."""
+    import toil.realtimeLogger
+    import toil.serviceManager
+    import toil.statsAndLogging
+    from toil.version import baseVersion
+
+    version = str(baseVersion)
+    manager: Any = toil.serviceManager.ServiceManager
+    stats: Any = toil.statsAndLogging.StatsAndLogging
+    if not version.startswith(TOIL_SERIES) or not hasattr(toil.serviceManager, "throttle"):
+        log.info("Toil %s: its shutdown waits are left as they are", version)
+        return False
+    if getattr(manager, "_wes_gateway_prompt", False):
+        return True
+    _wake_on_shutdown(manager, _manager_stopping)
+    _wake_on_shutdown(stats, _stats_stopping)
+    toil.serviceManager.throttle = _WakeableThrottle
+    toil.statsAndLogging.time = _WakeableTime()
+    # Only the name toil.realtimeLogger looks the server class up by: stdlib stays as it is.
+    toil.realtimeLogger.SocketServer = types.SimpleNamespace(
+        ThreadingUDPServer=_PromptUDPServer, BaseRequestHandler=socketserver.BaseRequestHandler
+    )
+    return True
+
+
+def _wake_on_shutdown(cls: Any, event: threading.Event) -> None:
+    stock_shutdown = cls.shutdown
+
+    def shutdown(self: Any) -> None:
+        event.set()
+        try:
+            stock_shutdown(self)
+        finally:
+            event.clear()
+
+    cls.shutdown = shutdown
+    cls._wes_gateway_prompt = True
