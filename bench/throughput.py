@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """bench/throughput: 50 trivial CWL runs submitted at once through the gateway, timed until all
 50 are COMPLETE, against the same 50 run directly as a pool of concurrent `toil-cwl-runner`
-processes with the same concurrency (the gateway's max_concurrent_runs). Prints both and the
-ratio (target <= 0.7). One warm-up run on each side first, not counted."""
+processes with the same concurrency (by default the gateway's own default max_concurrent_runs
+for this host, which both sides then use). Prints both and the ratio (target <= 0.7). One
+warm-up run on each side first, not counted."""
 
 from __future__ import annotations
 
@@ -57,8 +58,12 @@ def through_gateway(server, count: int) -> float:  # type: ignore[no-untyped-def
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--concurrency", type=int, default=cores())
+    parser.add_argument("--concurrency", type=int, default=0, help="0: the gateway's default for this host")
     args = parser.parse_args()
+    if not args.concurrency:
+        from wes_gateway.config import load_settings
+
+        args.concurrency = load_settings({}).effective_max_concurrent_runs
     with tempfile.TemporaryDirectory() as tmp_text:
         tmp = Path(tmp_text)
         server = start_server(
@@ -66,7 +71,6 @@ def main() -> None:
             {
                 "WES_GATEWAY_ACCESS_LOG": "/dev/null",
                 "WES_GATEWAY_MAX_CONCURRENT_RUNS": str(args.concurrency),
-                "WES_GATEWAY_POLL_INTERVAL": "0.2",
             },
         )
         try:
