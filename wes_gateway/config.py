@@ -17,8 +17,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ENV_PREFIX = "WES_GATEWAY_"
-# What one leader is allowed in sizing the default concurrency: a forked leader's own pages
-# (measured about 200 MB unique for a CWL run) plus room for its Toil worker processes.
+# What one run is allowed in sizing the default concurrency. Measured for a CWL run waiting on
+# its one job (2026-12-02): launcher 11 MB and leader 32 MB of private memory (the rest is
+# shared with the forkserver), the job's Toil worker 52 MB; the tools' own memory comes on
+# top, which a single_machine leader bounds by --maxMemory.
 LEADER_MEMORY = 1 << 30
 
 
