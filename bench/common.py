@@ -31,6 +31,25 @@ QUIET = {
 }
 
 
+def submit_cwl(server: Server, attachments: dict[str, bytes], params: dict[str, object]) -> str:
+    """POST /runs of a CWL workflow whose first attachment is the workflow; its run_id."""
+    import requests
+
+    response = requests.post(
+        server.api + "/runs",
+        timeout=60,
+        data={
+            "workflow_url": next(iter(attachments)),
+            "workflow_type": "CWL",
+            "workflow_type_version": "v1.2",
+            "workflow_params": json.dumps(params),
+        },
+        files=[("workflow_attachment", (name, body)) for name, body in attachments.items()],
+    )
+    response.raise_for_status()
+    return str(response.json()["run_id"])
+
+
 def host_port(server: Server) -> tuple[str, int]:
     host, port = server.base.removeprefix("http://").rsplit(":", 1)
     return host, int(port)

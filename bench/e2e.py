@@ -14,35 +14,35 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, cores, start_server, stop_server
+from common import ROOT, cores, start_server, stop_server, submit_cwl
 
 TOOL = ROOT / "tests" / "data" / "echo.cwl"
 
 
-def direct(tmp: Path, i: int) -> float:
+def echo_argv(tmp: Path, i: int) -> list[str]:
+    """toil-cwl-runner's arguments for the echo tool, run ``i`` under ``tmp``."""
     job = tmp / f"job{i}.json"
     job.write_text(json.dumps({"message": "bench"}))
+    return [
+        str(TOOL),
+        str(job),
+        "--no-container",
+        "--jobStore",
+        f"file:{tmp}/js{i}",
+        "--outdir",
+        str(tmp / f"out{i}"),
+        "--workDir",
+        str(tmp),
+        "--disableProgress",
+    ]
+
+
+def direct(tmp: Path, i: int) -> float:
     bin_dir = Path(sys.executable).parent
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp), "TOIL_HISTORY": "False", "LANG": "C.UTF-8"}
+    argv = [str(bin_dir / "toil-cwl-runner"), *echo_argv(tmp, i)]
     start = time.perf_counter()
-    subprocess.run(
-        [
-            str(bin_dir / "toil-cwl-runner"),
-            "--no-container",
-            "--jobStore",
-            f"file:{tmp}/js{i}",
-            "--outdir",
-            str(tmp / f"out{i}"),
-            "--workDir",
-            str(tmp),
-            "--disableProgress",
-            str(TOOL),
-            str(job),
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
+    subprocess.run(argv, check=True, env=env, capture_output=True)
     return time.perf_counter() - start
 
 
@@ -50,18 +50,7 @@ def through_gateway(server, i: int) -> float:
     import requests
 
     start = time.perf_counter()
-    response = requests.post(
-        server.api + "/runs",
-        timeout=60,
-        data={
-            "workflow_url": "echo.cwl",
-            "workflow_type": "CWL",
-            "workflow_type_version": "v1.2",
-            "workflow_params": json.dumps({"message": f"bench {i}"}),
-        },
-        files=[("workflow_attachment", ("echo.cwl", TOOL.read_bytes()))],
-    )
-    run_id = response.json()["run_id"]
+    run_id = submit_cwl(server, {"echo.cwl": TOOL.read_bytes()}, {"message": f"bench {i}"})
     while True:
         state = requests.get(f"{server.api}/runs/{run_id}/status", timeout=10).json()["state"]
         if state in ("COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"):

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from common import ROOT, start_server, stop_server
+from common import ROOT, start_server, stop_server, submit_cwl
+from e2e import echo_argv
 
 TOOL = ROOT / "tests" / "data" / "echo.cwl"
 TERMINAL = ("COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED")
@@ -42,19 +43,8 @@ def _mtime(path: Path) -> float:
 def gateway_run(server: Any, i: int) -> dict[str, float]:
     """One run; the wall-clock moments of its phases, relative to the POST."""
     began = time.time()
-    response = requests.post(
-        server.api + "/runs",
-        timeout=60,
-        data={
-            "workflow_url": "echo.cwl",
-            "workflow_type": "CWL",
-            "workflow_type_version": "v1.2",
-            "workflow_params": json.dumps({"message": f"profile {i}"}),
-        },
-        files=[("workflow_attachment", ("echo.cwl", TOOL.read_bytes()))],
-    )
+    run_id = submit_cwl(server, {"echo.cwl": TOOL.read_bytes()}, {"message": f"profile {i}"})
     posted = time.time()
-    run_id = response.json()["run_id"]
     deadline = time.monotonic() + 120
     seen_running = None
     while time.monotonic() < deadline:
@@ -131,23 +121,7 @@ def _leader_phases(argv: list[str], prompt: bool) -> dict[str, float]:
 
 
 def leader_run(tmp: Path, i: int, prompt: bool) -> dict[str, float]:
-    job = tmp / f"job{i}.json"
-    job.write_text(json.dumps({"message": "profile"}))
-    argv = [
-        str(TOOL),
-        str(job),
-        "--jobStore",
-        f"file:{tmp}/js{i}",
-        "--outdir",
-        str(tmp / f"out{i}"),
-        "--workDir",
-        str(tmp),
-        "--no-container",
-        "--disableProgress",
-        "--disableChaining",
-        "true",
-        "--logCritical",
-    ]
+    argv = [*echo_argv(tmp, i), "--disableChaining", "true", "--logCritical"]
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # as the forkserver forks a leader: Toil and cwltool are warm already

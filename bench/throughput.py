@@ -8,40 +8,27 @@ warm-up run on each side first, not counted."""
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
-from common import ROOT, cores, start_server, stop_server
+from common import ROOT, cores, start_server, stop_server, submit_cwl
 from e2e import direct as direct_one  # one direct toil-cwl-runner run of the echo tool
 
 TOOL = ROOT / "tests" / "data" / "echo.cwl"
 TERMINAL = ("COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED")
 
 
-def submit(server, i: int) -> str:  # type: ignore[no-untyped-def]
-    response = requests.post(
-        server.api + "/runs",
-        timeout=60,
-        data={
-            "workflow_url": "echo.cwl",
-            "workflow_type": "CWL",
-            "workflow_type_version": "v1.2",
-            "workflow_params": json.dumps({"message": f"gateway {i}"}),
-        },
-        files=[("workflow_attachment", ("echo.cwl", TOOL.read_bytes()))],
-    )
-    response.raise_for_status()
-    return str(response.json()["run_id"])
-
-
 def through_gateway(server, count: int) -> float:  # type: ignore[no-untyped-def]
     began = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
-        run_ids = list(pool.map(lambda i: submit(server, i), range(count)))
+        run_ids = list(
+            pool.map(
+                lambda i: submit_cwl(server, {"echo.cwl": TOOL.read_bytes()}, {"message": f"gateway {i}"}), range(count)
+            )
+        )
     pending = set(run_ids)
     deadline = time.monotonic() + 1800
     while pending and time.monotonic() < deadline:
