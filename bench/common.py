@@ -31,7 +31,9 @@ QUIET = {
 }
 
 
-def submit_cwl(server: Server, attachments: dict[str, bytes], params: dict[str, object]) -> str:
+def submit_cwl(
+    server: Server, attachments: dict[str, bytes], params: dict[str, object], tags: dict[str, str] | None = None
+) -> str:
     """POST /runs of a CWL workflow whose first attachment is the workflow; its run_id."""
     import requests
 
@@ -43,6 +45,7 @@ def submit_cwl(server: Server, attachments: dict[str, bytes], params: dict[str, 
             "workflow_type": "CWL",
             "workflow_type_version": "v1.2",
             "workflow_params": json.dumps(params),
+            **({"tags": json.dumps(tags)} if tags else {}),
         },
         files=[("workflow_attachment", (name, body)) for name, body in attachments.items()],
     )
