@@ -94,3 +94,24 @@ def test_install_leaves_another_toil_version_alone(monkeypatch: pytest.MonkeyPat
     before = toil.serviceManager.ServiceManager.shutdown
     assert toil_waits.install() is False
     assert toil.serviceManager.ServiceManager.shutdown is before
+
+
+@pytest.mark.parametrize(
+    ("batch_system", "cores", "memory_gib", "expected"),
+    [
+        ("single_machine", 2, 24, 4),  # this machine: two leaders a core
+        ("single_machine", 1, 24, 2),  # never fewer than two
+        ("slurm", 8, 64, 64),  # a cluster's leaders only wait: eight a core
+        ("slurm", 8, 16, 16),  # ... but one per GiB of memory at most
+    ],
+)
+def test_the_default_concurrency_follows_the_host(
+    monkeypatch: pytest.MonkeyPatch, batch_system: str, cores: int, memory_gib: int, expected: int
+) -> None:
+    from wes_gateway import config
+
+    monkeypatch.setattr(config.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(config, "_physical_memory", lambda: memory_gib << 30)
+    settings = config.load_settings({}, batch_system=batch_system)
+    assert settings.effective_max_concurrent_runs == expected
+    assert config.load_settings({"WES_GATEWAY_MAX_CONCURRENT_RUNS": "3"}).effective_max_concurrent_runs == 3
