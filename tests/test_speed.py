@@ -59,13 +59,18 @@ def test_runs_end_the_same_with_prompt_shutdown(pair: tuple[Server, Server]) -> 
     prompt, stock = pair
     infile = {"infile": {"class": "File", "location": "in.txt"}}
     seen = []
+    took = []
     for server in (prompt, stock):
         good = cwl(server, "three_step.cwl", THREE, infile, {"in.txt": b"hello prompt\n"})
         bad = cwl(server, "fail_second.cwl", FAIL, infile, {"in.txt": b"x\n"})
         assert server.wait(good) == "COMPLETE"
         assert server.wait(bad) == "EXECUTOR_ERROR"
         seen.append((observed(server, good), observed(server, bad)))
+        took.append(leader_seconds(server, good))
     assert seen[0] == seen[1]
+    # Three steps in a row: stock Toil's leader loop also waits 2 s on its batch system at
+    # levels where it has work of its own at hand, on top of the 1.8 s at shutdown.
+    assert took[1] - took[0] > 2.5, took
     assert seen[0][0]["tasks"] == [("shout", 0), ("reverse", 0), ("count", 0)]
     assert all(seen[0][0]["task logs"]) and all(seen[0][1]["task logs"])  # type: ignore[arg-type]
 
