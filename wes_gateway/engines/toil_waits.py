@@ -21,8 +21,9 @@ list: about 5 s of its 10 s).
 
 These are woken here instead of waited out: the two threads sleep on an event that their
 own shutdown sets, the log server polls every 50 ms, and the leader loop does not wait on
-its batch system while it has messages of its own. Nothing else changes: what
-the loops do, and in what order, is Toil's. This is applied only in a leader process that
+its batch system while it has messages of its own or nothing issued, nor past a retried
+job's backoff. Nothing else changes: what the loops do, and in what order, is Toil's.
+This is applied only in a leader process that
 the gateway forked (never in the web workers, the supervisor or Toil's own workers), and
 only to the Toil version it was measured on; elsewhere ``install`` changes nothing and says
 so. ``WES_GATEWAY_TOIL_PROMPT_SHUTDOWN=false`` turns it off.
@@ -129,8 +130,9 @@ def _wake_on_shutdown(cls: Any, event: threading.Event) -> None:
 
 def _no_wait_with_work_at_hand(module: Any) -> None:
     """The leader's batch system object answers its leader at once while that leader has
-    messages or waiting jobs to act on, or nothing issued that could end. Set on the
-    instance, so isinstance checks (Slurm's grid-engine paths) still see its own class."""
+    messages to act on or nothing issued that could end, and by the time a retried job's
+    backoff ends. Set on the instance, so isinstance checks (Slurm's grid-engine paths)
+    still see its own class."""
     leader_class = module.Leader
     stock_init = leader_class.__init__
     updated = module.JobUpdatedMessage
@@ -141,8 +143,12 @@ def _no_wait_with_work_at_hand(module: Any) -> None:
         ask = self.batchSystem.getUpdatedBatchJob
 
         def getUpdatedBatchJob(maxWait: float) -> Any:  # noqa: N802, N803  (Toil's names)
-            if leader._messages.count(updated) > 0 or len(leader._waiting_jobs) > 0:
+            if leader._messages.count(updated) > 0:
                 maxWait = 0  # work at hand: the loop comes back at once
+            elif leader._waiting_jobs:
+                # A failed job waits out its retry backoff in this heap: come back when the
+                # first one is due, neither later (stock) nor sooner (a busy loop).
+                maxWait = min(maxWait, max(0.0, leader._waiting_jobs[0][0] - time.time()))
             elif leader.getNumberOfJobsIssued() == 0 and leader.serviceManager.get_job_count() == 0:
                 maxWait = 0  # nothing issued can end: the loop is about to stop
             return ask(maxWait)
