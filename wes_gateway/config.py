@@ -76,8 +76,8 @@ class Settings(BaseModel):
     poll_interval: float = Field(0.5, gt=0, description="Seconds between supervisor store polls.")
     toil_prompt_shutdown: bool = Field(
         True,
-        description="Wake Toil's idle threads at a run's end instead of waiting out their sleeps "
-        "(wes_gateway/engines/toil_waits.py; about 1.9 s per run).",
+        description="Cut Toil's idle waits short in the leaders: its threads' sleeps at shutdown and the "
+        "leader loop's wait on its batch system with work at hand (wes_gateway/engines/toil_waits.py).",
     )
     lease_seconds: float = Field(
         30.0, gt=0, description="A supervisor that has not renewed its lease for this long is dead."
