@@ -83,7 +83,7 @@ class _PromptUDPServer(socketserver.ThreadingUDPServer):
 
 
 def install() -> bool:
-    """Apply all three in this process; True if applied. Idempotent."""
+    """Apply all of the above in this process; True if applied. Idempotent."""
     import toil.leader
     import toil.realtimeLogger
     import toil.serviceManager
