@@ -147,7 +147,9 @@ class Supervisor:
         self.host_id = settings.effective_host_id
         self.worker_id = f"{self.host_id}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop_event = threading.Event()
-        self.pool = ThreadPoolExecutor(settings.effective_max_concurrent_runs, thread_name_prefix="run")
+        # Sized once: the default reads the host's cores and memory, which the claim loop need not redo.
+        self.slots = settings.effective_max_concurrent_runs
+        self.pool = ThreadPoolExecutor(self.slots, thread_name_prefix="run")
         self.active: set[str] = set()
         self.lock = threading.Lock()
         self.waker = wakeup.Waker(wakeup.socket_path(settings), _work_listener())
@@ -161,7 +163,7 @@ class Supervisor:
             "supervisor %s started on host %s, %d slots, batch system %s",
             self.worker_id,
             self.host_id,
-            self.settings.effective_max_concurrent_runs,
+            self.slots,
             self.settings.batch_system,
         )
         # Start the forkserver now, so Toil's import cost is paid before the first run.
@@ -203,7 +205,7 @@ class Supervisor:
                     # Recovered runs already hold a leader (or job store); never strand them.
                     self.active.add(run_id)
                     return True
-            return len(self.active) < self.settings.effective_max_concurrent_runs
+            return len(self.active) < self.slots
 
     def _guard(self, run_id: str, step: Callable[[str], None]) -> None:
         try:
