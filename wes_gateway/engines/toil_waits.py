@@ -1,7 +1,7 @@
 """Toil's idle waits at the end of a run, cut short inside our own leader processes.
 
-A short run spends most of its leader's life in two waits of Toil 9.6 that do no work and
-that no Toil option shortens (measured in bench/profile.py):
+A short run spends most of its leader's life in three waits of Toil 9.6 at shutdown that do
+no work and that no Toil option shortens (measured in bench/profile.py):
 
 - the service manager's thread runs its loop under ``throttle(1.0)``: every pass lasts a
   full second, and ``ServiceManager.shutdown`` joins that thread, so the end of every run
@@ -23,10 +23,9 @@ These are woken here instead of waited out: the two threads sleep on an event th
 own shutdown sets, the log server polls every 50 ms, and the leader loop does not wait on
 its batch system while it has messages of its own or nothing issued, nor past a retried
 job's backoff. Nothing else changes: what the loops do, and in what order, is Toil's.
-This is applied only in a leader process that
-the gateway forked (never in the web workers, the supervisor or Toil's own workers), and
-only to the Toil version it was measured on; elsewhere ``install`` changes nothing and says
-so. ``WES_GATEWAY_TOIL_PROMPT_SHUTDOWN=false`` turns it off.
+This is applied only in a leader process that the gateway forked (never in the web workers,
+the supervisor or Toil's own workers), and only to the Toil version it was measured on;
+elsewhere ``install`` changes nothing and says so. ``WES_GATEWAY_TOIL_PROMPT_SHUTDOWN=false`` turns it off.
 """
 
 from __future__ import annotations
