@@ -185,10 +185,21 @@ def leftover_processes(run_id: str, groups: set[int] | None = None) -> list[int]
     return processes_of_run(run_id, groups)
 
 
-def run_groups(run_id: str) -> set[int]:
+def run_groups(run_id: str, groups: set[int] | None = None) -> set[int]:
     from wes_gateway.procs import run_process_groups
 
-    return run_process_groups(run_id)
+    return run_process_groups(run_id, groups)
+
+
+def leader_group(data_dir: Path, run_id: str) -> set[int]:
+    """The group of the run's leader once it has started: forked from the forkserver, it and
+    what it forks (the worker zygote) carry no marker. Its launcher called setsid."""
+    from wes_gateway.paths import RunPaths
+
+    try:
+        return {int(json.loads(RunPaths(root=data_dir / "runs" / run_id).leader_file.read_text())["pid"])}
+    except (OSError, ValueError, KeyError):
+        return set()
 
 
 def cmdline(pid: int) -> bytes:
@@ -198,11 +209,11 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
-def wait_for_tool(run_id: str, token: bytes, timeout: float = 120) -> tuple[int, set[int]]:
+def wait_for_tool(run_id: str, token: bytes, data_dir: Path, timeout: float = 120) -> tuple[int, set[int]]:
     """The pid of the run's process whose command line holds ``token``, and the run's groups."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        groups = run_groups(run_id)
+        groups = run_groups(run_id, leader_group(data_dir, run_id))
         for pid in leftover_processes(run_id, groups):
             if token in cmdline(pid):
                 return pid, groups

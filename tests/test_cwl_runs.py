@@ -105,7 +105,7 @@ def test_cancel_running_sleep_leaves_no_processes(server: Server, data: Path) ->
         workflow_type_version="v1.2",
         workflow_params={"seconds": 600},
     )
-    tool, groups = wait_for_tool(run_id, b"sleep\x00600")
+    tool, groups = wait_for_tool(run_id, b"sleep\x00600", server.data_dir)
     response = server.post(f"/runs/{run_id}/cancel")
     assert response.status_code == 200 and response.json() == {"run_id": run_id}
     assert server.get(f"/runs/{run_id}/status").json()["state"] in ("CANCELING", "CANCELED")

@@ -10,7 +10,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import Server, cmdline, kill_all_leaders, leftover_processes, run_groups, start_server, stop_server
+from conftest import (
+    Server,
+    cmdline,
+    kill_all_leaders,
+    leader_group,
+    leftover_processes,
+    run_groups,
+    start_server,
+    stop_server,
+)
 
 from wes_gateway import store
 
@@ -28,8 +37,8 @@ def slow_echo(server: Server, message: str, seconds: int = 10) -> str:
     )
 
 
-def tool_running(run_id: str) -> bool:
-    return any(b"sleep" in cmdline(pid) for pid in leftover_processes(run_id))
+def tool_running(data_dir: Path, run_id: str) -> bool:
+    return any(b"sleep" in cmdline(pid) for pid in leftover_processes(run_id, leader_group(data_dir, run_id)))
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
@@ -39,13 +48,6 @@ def wait_for(predicate, timeout: float, what: str) -> None:
             return
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def leader_pid(data_dir: Path, run_id: str) -> int:
-    # The leader is forked from the forkserver, so its /proc environ has no marker.
-    from wes_gateway.paths import RunPaths
-
-    return int(json.loads(RunPaths(root=data_dir / "runs" / run_id).leader_file.read_text())["pid"])
 
 
 def output_of(server: Server, run_id: str) -> str:
@@ -61,8 +63,8 @@ def test_kill_9_of_the_whole_service_loses_no_run(tmp_path: Path) -> None:
     first = start_server(tmp_path, FAST)
     try:
         runs = [slow_echo(first, f"survivor-{i}", seconds=12) for i in range(3)]
-        wait_for(lambda: all(tool_running(r) for r in runs), 120, "three running tools")
-        groups = [run_groups(r) | {leader_pid(tmp_path, r)} for r in runs]
+        wait_for(lambda: all(tool_running(tmp_path, r) for r in runs), 120, "three running tools")
+        groups = [run_groups(r, leader_group(tmp_path, r)) | leader_group(tmp_path, r) for r in runs]
         for run_id in runs:
             assert first.get(f"/runs/{run_id}/status").json()["state"] == "RUNNING"
     finally:

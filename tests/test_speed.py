@@ -1,6 +1,7 @@
-"""Short runs fast: Toil's shutdown waits cut short (engines/toil_waits.py) change how long a
-leader takes to stop, and nothing else a client can see. The same workflows run through a
-gateway with the default and through one with WES_GATEWAY_TOIL_PROMPT_SHUTDOWN=false."""
+"""Short runs fast: Toil's shutdown waits cut short (engines/toil_waits.py) and its workers
+forked warm (engines/toil_workers.py) change how long a leader takes, and nothing else a
+client can see. The same workflows run through a gateway with the defaults and through one
+with WES_GATEWAY_TOIL_PROMPT_SHUTDOWN=false and WES_GATEWAY_TOIL_WARM_WORKERS=false."""
 
 from __future__ import annotations
 
@@ -23,7 +24,11 @@ FAIL = ["fail_second.cwl", "upper.cwl", "fail_file.cwl"]
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
     quick = {"WES_GATEWAY_ACCESS_LOG": "/dev/null"}
     prompt = start_server(tmp_path_factory.mktemp("prompt"), quick, workers=1)
-    stock = start_server(tmp_path_factory.mktemp("stock"), {**quick, "WES_GATEWAY_TOIL_PROMPT_SHUTDOWN": "false"}, 1)
+    stock = start_server(
+        tmp_path_factory.mktemp("stock"),
+        {**quick, "WES_GATEWAY_TOIL_PROMPT_SHUTDOWN": "false", "WES_GATEWAY_TOIL_WARM_WORKERS": "false"},
+        1,
+    )
     yield prompt, stock
     for server in (prompt, stock):
         stop_server(server)

@@ -33,7 +33,7 @@ def test_wdl_runs_fail_and_cancel(server: Server) -> None:
     chain_id, failing_id, napping_id = (r.json()["run_id"] for r in (chain, failing, napping))
 
     # Cancel the long task once it is really running on the host.
-    tool, groups = wait_for_tool(napping_id, b"sleep\x00600", timeout=240)
+    tool, groups = wait_for_tool(napping_id, b"sleep\x00600", server.data_dir, timeout=240)
     server.post(f"/runs/{napping_id}/cancel")
     assert server.wait(napping_id, timeout=90) == "CANCELED"
     left = leftover_processes(napping_id, groups)

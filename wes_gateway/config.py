@@ -79,6 +79,11 @@ class Settings(BaseModel):
         description="Cut Toil's idle waits short in the leaders: its threads' sleeps at shutdown and the "
         "leader loop's wait on its batch system with work at hand (wes_gateway/engines/toil_waits.py).",
     )
+    toil_warm_workers: bool = Field(
+        True,
+        description="Fork the Toil workers that a leader starts on its own host from a warm process instead "
+        "of starting each as a new interpreter (wes_gateway/engines/toil_workers.py).",
+    )
     lease_seconds: float = Field(
         30.0, gt=0, description="A supervisor that has not renewed its lease for this long is dead."
     )

@@ -45,23 +45,50 @@ def marked_pids(run_id: str) -> list[int]:
     return found
 
 
-def run_process_groups(run_id: str) -> set[int]:
+def _processes() -> dict[int, tuple[str, int, int]]:
+    """Every process of this host: its state, parent and group."""
+    table: dict[int, tuple[str, int, int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields is not None:
+                table[int(entry.name)] = (fields[0], int(fields[1]), int(fields[2]))
+    return table
+
+
+def run_process_groups(run_id: str, groups: set[int] | None = None) -> set[int]:
     """Process groups of the run: the leader's and each Toil worker's (Toil starts workers in
     sessions of their own). Tools inherit their worker's group even where cwltool has cleared
     their environment, so the groups reach processes that the marker does not."""
+    table = _processes()
     own = os.getpgrp()
-    return {g for g in (process_group(pid) for pid in marked_pids(run_id)) if g is not None and g != own}
+    return {table[pid][2] for pid in processes_of_run(run_id, groups, table) if pid in table} - {own}
 
 
-def processes_of_run(run_id: str, groups: set[int] | None = None) -> list[int]:
-    """PIDs of the run: everything carrying its marker, and every member of its groups."""
+def processes_of_run(
+    run_id: str, groups: set[int] | None = None, table: dict[int, tuple[str, int, int]] | None = None
+) -> list[int]:
+    """PIDs of the run: everything carrying its marker, every member of its groups (pass the
+    leader's, whose forked processes carry no marker), and everything these started (the
+    workers forked warm from the leader's zygote, engines/toil_workers.py, carry no marker
+    and have groups of their own)."""
+    table = _processes() if table is None else table
     marked = marked_pids(run_id)
-    wanted = {g for g in (process_group(pid) for pid in marked) if g is not None} | (groups or set())
+    wanted = {table[pid][2] for pid in marked if pid in table} | (groups or set())
     wanted.discard(os.getpgrp())
-    members = {int(e.name) for e in os.scandir("/proc") if e.name.isdigit() and process_group(int(e.name)) in wanted}
-    members.discard(os.getpid())
+    found = set(marked) | {pid for pid, (_, _, group) in table.items() if group in wanted}
+    children: dict[int, list[int]] = {}
+    for pid, (_, parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    pending = list(found)
+    while pending:
+        for child in children.get(pending.pop(), []):
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    found.discard(os.getpid())
     # Zombies have exited already; only their parent (or init) can clear them.
-    return sorted(pid for pid in set(marked) | members if pid_alive(pid))
+    return sorted(pid for pid in found if pid in table and table[pid][0] != "Z")
 
 
 def kill_run_processes(run_id: str, groups: set[int] | None = None) -> int:

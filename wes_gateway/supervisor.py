@@ -253,6 +253,7 @@ class Supervisor:
             heartbeat_seconds=self.settings.lease_seconds / 3,
             fence_seconds=self.settings.lease_seconds * 2 / 3,
             prompt_shutdown=self.settings.toil_prompt_shutdown,
+            warm_workers=self.settings.toil_warm_workers,
         )
         paths.result.unlink(missing_ok=True)
         paths.leader_file.unlink(missing_ok=True)
@@ -350,7 +351,7 @@ class Supervisor:
             if leader.wait(settings.poll_interval):
                 break
             # Remember every group the run ever had: a tool can outlive its worker.
-            groups |= procs.run_process_groups(run_id)
+            groups |= procs.run_process_groups(run_id, groups)
             self._ingest_tasks(run, engine, paths, known_logs)
             if self.stop_event.is_set():
                 # Shutting down: the leader lives on; whoever holds the next lease adopts it.
@@ -367,7 +368,7 @@ class Supervisor:
                 next_renew = now + renew_every
             if not cancelled and store.cancel_requested(run_id):
                 cancelled = True
-                groups |= procs.run_process_groups(run_id)
+                groups |= procs.run_process_groups(run_id, groups)
                 self._cancel(run_id, leader, paths)
                 break
         self._ingest_tasks(run, engine, paths, known_logs)

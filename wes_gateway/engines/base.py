@@ -29,6 +29,7 @@ class LeaderSpec:
     heartbeat_seconds: float = 10.0  # how often the launcher renews the leader's heartbeat
     fence_seconds: float = 20.0  # with no renewal this long, the leader stops (another host may take over)
     prompt_shutdown: bool = True  # cut Toil's idle waits at the run's end short (toil_waits)
+    warm_workers: bool = True  # fork this host's Toil workers from a warm zygote (toil_workers)
 
 
 class Admission(Protocol):

@@ -22,7 +22,7 @@ from pathlib import Path
 from .. import procs, store
 from ..paths import RunPaths
 from ..sandbox import Sandbox, become
-from . import ENGINES, engine_for, toil_waits
+from . import ENGINES, engine_for, toil_waits, toil_workers
 from .base import LeaderSpec
 
 
@@ -202,6 +202,9 @@ def _lead(spec: LeaderSpec, paths: RunPaths, box: Sandbox | None) -> int:
         if engine is None:
             raise RuntimeError(f"no engine for workflow type {spec.workflow_type}")
         sys.argv = [engine.program, *spec.argv]
+        if spec.warm_workers:
+            # Before anything below starts a thread: the zygote is a fork of this process.
+            toil_workers.start(paths.tmp / ".toil-workers.sock")
         if spec.prompt_shutdown:
             toil_waits.install()
         exit_code = engine.run_leader(spec.argv, paths)

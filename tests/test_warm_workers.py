@@ -1,0 +1,117 @@
+"""Warm Toil workers (engines/toil_workers.py): a job's worker is forked from its leader's
+zygote instead of started as a new interpreter. test_speed compares whole runs with and
+without; here, the processes themselves: the worker really is forked (and really is not
+with the setting off), and every way a job is ended still reaches the job's own tool.
+
+The gateways here run without the sandbox: the sandbox's end kills everything in it, which
+would hide a gap in the chain that ends a job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import (
+    Server,
+    cmdline,
+    kill_all_leaders,
+    leader_group,
+    leftover_processes,
+    pid_gone,
+    start_server,
+    stop_server,
+    wait_for_tool,
+)
+
+D = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
+    bare = {"WES_GATEWAY_ACCESS_LOG": "/dev/null", "WES_GATEWAY_RUN_SANDBOX": "none"}
+    servers = {
+        "warm": start_server(tmp_path_factory.mktemp("warm"), bare, workers=1),
+        "cold": start_server(tmp_path_factory.mktemp("cold"), {**bare, "WES_GATEWAY_TOIL_WARM_WORKERS": "false"}, 1),
+    }
+    yield servers
+    for server in servers.values():
+        stop_server(server)
+        kill_all_leaders(server.data_dir)
+
+
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[1])
+
+
+def sleeping(server: Server, seconds: int) -> tuple[str, int]:
+    run_id = server.submit_ok(
+        {"sleep.cwl": D / "sleep.cwl"},
+        workflow_url="sleep.cwl",
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
+        workflow_params={"seconds": seconds},
+    )
+    tool, _ = wait_for_tool(run_id, b"sleep\x00%d" % seconds, server.data_dir)
+    return run_id, tool
+
+
+def shim_of(server: Server, run_id: str) -> int:
+    [shim] = [
+        pid
+        for pid in leftover_processes(run_id, leader_group(server.data_dir, run_id))
+        if cmdline(pid).split(b"\x00")[1:4] == [b"-I", b"-S", b"-c"]  # not the /bin/sh -c that runs it
+    ]
+    return shim
+
+
+def until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+@pytest.mark.parametrize("kind", ["warm", "cold"])
+def test_the_worker_is_forked_only_when_warm_and_cancel_ends_it_all(gateways: dict[str, Server], kind: str) -> None:
+    server = gateways[kind]
+    run_id, tool = sleeping(server, 611 if kind == "warm" else 612)
+    worker = parent(tool)
+    chain = [tool, worker]
+    if kind == "warm":
+        # Toil's child is the shim; the worker under the tool is a fork (no _toil_worker
+        # command line of its own) of a keeper, itself forked by the leader's zygote.
+        shim = shim_of(server, run_id)
+        assert b"_toil_worker" not in cmdline(worker)
+        keeper = parent(worker)
+        zygote = parent(keeper)
+        # ... and the zygote is the leader's child, whose parent is the run's launcher.
+        assert {parent(parent(zygote))} == leader_group(server.data_dir, run_id)
+        chain += [shim, keeper, zygote]
+    else:
+        assert cmdline(worker).split(b"\x00")[1].endswith(b"_toil_worker"), cmdline(worker)
+    assert server.post(f"/runs/{run_id}/cancel").status_code == 200
+    assert server.wait(run_id, timeout=60) == "CANCELED"
+    assert until(lambda: all(pid_gone(pid) for pid in chain), 10), [(p, cmdline(p)[:80]) for p in chain]
+    assert leftover_processes(run_id, leader_group(server.data_dir, run_id)) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_what_ends_the_shim_ends_its_job(gateways: dict[str, Server], signum: int) -> None:
+    """Toil ends a job by killing its child's group: with warm workers that is the shim, and
+    the job's tool, which runs elsewhere, must go with it (SIGKILL: the keeper sees the shim's
+    socket close; a catchable signal is passed on)."""
+    server = gateways["warm"]
+    run_id, tool = sleeping(server, 620 + signum)
+    shim = shim_of(server, run_id)
+    sent = time.monotonic()
+    os.kill(shim, signum)
+    assert until(lambda: pid_gone(tool), 10), f"the tool outlived its shim ({signal.Signals(signum).name})"
+    assert time.monotonic() - sent < 5
+    server.post(f"/runs/{run_id}/cancel")
+    assert server.wait(run_id, timeout=60) in {"CANCELED", "EXECUTOR_ERROR"}
