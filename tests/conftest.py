@@ -185,6 +185,15 @@ def leftover_processes(run_id: str, groups: set[int] | None = None) -> list[int]
     return processes_of_run(run_id, groups)
 
 
+def lasting_processes(run_id: str, groups: set[int] | None = None, grace: float = 5.0) -> list[int]:
+    """The run's processes still there after ``grace`` seconds: one killed a moment ago (with
+    the sandbox's PID namespace, say) takes a little while to exit, its command line already empty."""
+    deadline = time.monotonic() + grace
+    while (left := leftover_processes(run_id, groups)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
 def run_groups(run_id: str, groups: set[int] | None = None) -> set[int]:
     from wes_gateway.procs import run_process_groups
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
-from conftest import Server, leftover_processes, pid_gone, wait_for_tool
+from conftest import Server, lasting_processes, pid_gone, wait_for_tool
 
 
 def output_text(server: Server, run_log: dict, name: str) -> str:
@@ -110,7 +110,7 @@ def test_cancel_running_sleep_leaves_no_processes(server: Server, data: Path) ->
     assert response.status_code == 200 and response.json() == {"run_id": run_id}
     assert server.get(f"/runs/{run_id}/status").json()["state"] in ("CANCELING", "CANCELED")
     assert server.wait(run_id, timeout=60) == "CANCELED"
-    assert leftover_processes(run_id, groups) == []
+    assert lasting_processes(run_id, groups) == []
     assert pid_gone(tool), "the tool itself outlived the cancel"
     # Cancelling a finished run is a no-op that still answers with the id.
     again = server.post(f"/runs/{run_id}/cancel")

@@ -19,6 +19,7 @@ from conftest import (
     Server,
     cmdline,
     kill_all_leaders,
+    lasting_processes,
     leader_group,
     leftover_processes,
     pid_gone,
@@ -98,7 +99,7 @@ def test_the_worker_is_forked_only_when_warm_and_cancel_ends_it_all(gateways: di
     assert server.post(f"/runs/{run_id}/cancel").status_code == 200
     assert server.wait(run_id, timeout=60) == "CANCELED"
     assert until(lambda: all(pid_gone(pid) for pid in chain), 10), [(p, cmdline(p)[:80]) for p in chain]
-    assert leftover_processes(run_id, leader_group(server.data_dir, run_id)) == []
+    assert lasting_processes(run_id, leader_group(server.data_dir, run_id)) == []
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])

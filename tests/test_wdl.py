@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import requests
-from conftest import Server, cmdline, leftover_processes, pid_gone, wait_for_tool
+from conftest import Server, cmdline, lasting_processes, pid_gone, wait_for_tool
 
 W = Path(__file__).parent / "data" / "wdl"
 
@@ -36,7 +36,7 @@ def test_wdl_runs_fail_and_cancel(server: Server) -> None:
     tool, groups = wait_for_tool(napping_id, b"sleep\x00600", server.data_dir, timeout=240)
     server.post(f"/runs/{napping_id}/cancel")
     assert server.wait(napping_id, timeout=90) == "CANCELED"
-    left = leftover_processes(napping_id, groups)
+    left = lasting_processes(napping_id, groups)
     assert left == [], [(pid, cmdline(pid)[:200]) for pid in left]
     assert pid_gone(tool), "the WDL task outlived the cancel"
 
