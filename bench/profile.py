@@ -8,7 +8,8 @@ Two views, in one run:
    the client's clock, all on this host's wall clock.
 2. Inside a leader: the same echo tool run by toil.cwl.cwltoil in a process forked from a
    warm one (as the forkserver does), with Toil's phases timed by wrappers around its
-   methods, with the gateway's prompt shutdown on and off.
+   methods, with the gateway's defaults (Toil's waits woken, its workers forked warm) and
+   with stock Toil.
 
 Prints the median of each phase over --repeat runs (one warm-up run first, not counted).
 """
@@ -71,7 +72,7 @@ def gateway_run(server: Any, i: int) -> dict[str, float]:
     }
 
 
-def _leader_phases(argv: list[str], prompt: bool) -> dict[str, float]:
+def _leader_phases(argv: list[str], prompt: bool, zygote: Path) -> dict[str, float]:
     """In this (forked) process: run the CWL leader and time Toil's phases."""
     import toil.common
     import toil.cwl.cwltoil
@@ -80,9 +81,10 @@ def _leader_phases(argv: list[str], prompt: bool) -> dict[str, float]:
     import toil.serviceManager
     import toil.statsAndLogging
 
-    from wes_gateway.engines import toil_waits
+    from wes_gateway.engines import toil_waits, toil_workers
 
     if prompt:
+        assert toil_workers.start(zygote), "the worker zygote did not start"
         toil_waits.install()
     spans: list[tuple[str, float, float]] = []
 
@@ -127,7 +129,7 @@ def leader_run(tmp: Path, i: int, prompt: bool) -> dict[str, float]:
     if pid == 0:  # as the forkserver forks a leader: Toil and cwltool are warm already
         os.close(read)
         try:
-            result = _leader_phases(argv, prompt)
+            result = _leader_phases(argv, prompt, tmp / f"workers-{i}.sock")
         except BaseException as exc:  # reported to the parent, which fails
             result = {"error": repr(exc)}  # type: ignore[dict-item]
         os.write(write, json.dumps(result).encode())
@@ -174,8 +176,12 @@ def main() -> None:
         stock = [leader_run(tmp, 100 + i, False) for i in range(args.repeat)]
     print(f"repeat={args.repeat} (one warm-up run not counted); medians")
     report("Through the gateway, seconds after the POST began (cumulative):", through, cumulative=True)
-    report("Inside a warm leader, Toil's own shutdown waits cut short (the gateway's default):", prompt, False)
-    report("Inside a warm leader, stock Toil (WES_GATEWAY_TOIL_PROMPT_SHUTDOWN=false):", stock, False)
+    report("Inside a warm leader, the gateway's defaults (waits woken, workers forked warm):", prompt, False)
+    report(
+        "Inside a warm leader, stock Toil (WES_GATEWAY_TOIL_PROMPT_SHUTDOWN=false, WES_GATEWAY_TOIL_WARM_WORKERS=false):",
+        stock,
+        False,
+    )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ changes: the same Toil code runs the same job from the same job store.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import os
@@ -122,20 +123,13 @@ def start(socket_path: Path) -> bool:
     listener.listen(64)
     # The zygote ends when this end closes, i.e. when the leader has gone, however it went.
     leader_alive, leader_end = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
+
+    def zygote() -> None:
         os.close(leader_end)
-        code = 0
-        try:
-            _serve(listener, leader_alive)
-            socket_path.unlink(missing_ok=True)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        finally:
-            os._exit(code)
+        _serve(listener, leader_alive)
+        socket_path.unlink(missing_ok=True)
+
+    _fork(zygote)
     os.close(leader_alive)
     listener.close()
     _route_workers(toil.batchSystems.singleMachine.SingleMachineBatchSystem, str(socket_path))
@@ -154,40 +148,46 @@ def _route_workers(batch_system: Any, socket_path: str) -> None:
     batch_system._startChild = _startChild
 
 
+def _fork(child: Callable[[], None]) -> int:
+    """Fork; the child runs ``child`` and exits (1, with the traceback, if it raised)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            child()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _readable(*files: int | socket.socket) -> set[int]:
+    """Wait until one of ``files`` can be read (or has closed); the descriptors that can."""
+    poller = select.poll()
+    for file in files:
+        poller.register(file, select.POLLIN)
+    return {fd for fd, _ in poller.poll()}
+
+
 def _serve(listener: socket.socket, leader_alive: int) -> None:
     """The zygote's loop: one keeper forked per connection, until the leader has gone."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # keepers are reaped by the kernel
-    poller = select.poll()
-    poller.register(listener, select.POLLIN)
-    poller.register(leader_alive, select.POLLIN)
     while True:
-        ready = {fd for fd, _ in poller.poll()}
+        ready = _readable(listener, leader_alive)
         if leader_alive in ready:
             return
-        if listener.fileno() not in ready:
-            continue
         try:
             connection, _ = listener.accept()
         except OSError:
             continue
-        sys.stdout.flush()
-        sys.stderr.flush()
         try:
-            keeper = os.fork()
+            _fork(functools.partial(_keep, connection, listener, leader_alive))
         except OSError:
-            connection.close()  # no ack: the shim starts the stock worker
-            continue
-        if keeper == 0:
-            listener.close()
-            os.close(leader_alive)
-            code = 0
-            try:
-                _keep(connection)
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-            finally:
-                os._exit(code)
+            pass  # no ack: the shim starts the stock worker
         connection.close()
 
 
@@ -206,8 +206,10 @@ def _receive(connection: socket.socket) -> tuple[list[str], dict[str, str], str,
     return list(command), dict(environment), str(cwd), fds
 
 
-def _keep(connection: socket.socket) -> None:
+def _keep(connection: socket.socket, listener: socket.socket, leader_alive: int) -> None:
     """The keeper: start the worker, pass the shim's signals on, report how it ended."""
+    listener.close()
+    os.close(leader_alive)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()  # a group of its own, as Toil starts its workers
     command, environment, cwd, fds = _receive(connection)
@@ -221,19 +223,18 @@ def _keep(connection: socket.socket) -> None:
         signal.signal(forwarded, signal.SIG_IGN)  # what the keeper passes on to its group
     connection.sendall(ACK)
     ended = os.pidfd_open(worker)
-    poller = select.poll()
-    poller.register(connection, select.POLLIN)
-    poller.register(ended, select.POLLIN)
     while True:
-        ready = {fd for fd, _ in poller.poll()}
-        if ended in ready:
+        if ended in _readable(connection, ended):
             _, status = os.waitpid(worker, 0)
             try:
                 connection.sendall(struct.pack("!i", status))
             except OSError:
                 pass
             return
-        received = connection.recv(64)
+        try:
+            received = connection.recv(64)
+        except OSError:
+            received = b""
         if not received:
             # The shim is gone (Toil killed its group): so is the job, with all it started.
             os.killpg(0, signal.SIGKILL)
