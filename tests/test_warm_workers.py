@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +29,8 @@ from conftest import (
     stop_server,
     wait_for_tool,
 )
+
+from wes_gateway.engines.toil_workers import SHIM
 
 D = Path(__file__).parent / "data"
 
@@ -116,3 +120,13 @@ def test_what_ends_the_shim_ends_its_job(gateways: dict[str, Server], signum: in
     assert time.monotonic() - sent < 5
     server.post(f"/runs/{run_id}/cancel")
     assert server.wait(run_id, timeout=60) in {"CANCELED", "EXECUTOR_ERROR"}
+
+
+def test_a_shim_that_cannot_reach_its_zygote_runs_the_command_itself(tmp_path: Path) -> None:
+    """A zygote that is gone (or never started) costs the job its warm start, not the job."""
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", SHIM, str(tmp_path / "no-zygote.sock"), "sh", "-c", "echo ran; exit 3"],
+        capture_output=True,
+        timeout=30,
+    )
+    assert (done.returncode, done.stdout) == (3, b"ran\n"), done.stderr

@@ -112,26 +112,36 @@ def start(socket_path: Path) -> bool:
         return False
     try:
         import toil.batchSystems.singleMachine
-        import toil.lib.threading
         import toil.worker  # noqa: F401  (imported once here, for every worker forked later)
     except ImportError as exc:
         log.warning("warm Toil workers off: %s", exc)
         return False
-    socket_path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    _in_directory_of(socket_path, listener.bind)
-    listener.listen(64)
-    # The zygote ends when this end closes, i.e. when the leader has gone, however it went.
-    leader_alive, leader_end = os.pipe()
+    try:
+        socket_path.unlink(missing_ok=True)  # a previous leader's, on --restart
+        _in_directory_of(socket_path, listener.bind)
+        listener.listen(64)
+        # The zygote ends when this end closes, i.e. when the leader has gone, however it went.
+        leader_alive, leader_end = os.pipe()
+    except OSError as exc:
+        listener.close()
+        log.warning("warm Toil workers off: %s", exc)
+        return False
 
     def zygote() -> None:
         os.close(leader_end)
         _serve(listener, leader_alive)
         socket_path.unlink(missing_ok=True)
 
-    _fork(zygote)
-    os.close(leader_alive)
-    listener.close()
+    try:
+        _fork(zygote)
+    except OSError as exc:
+        os.close(leader_end)
+        log.warning("warm Toil workers off: %s", exc)
+        return False
+    finally:
+        os.close(leader_alive)
+        listener.close()
     _route_workers(toil.batchSystems.singleMachine.SingleMachineBatchSystem, str(socket_path))
     return True
 
