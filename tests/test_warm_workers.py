@@ -3,8 +3,9 @@ zygote instead of started as a new interpreter. test_speed compares whole runs w
 without; here, the processes themselves: the worker really is forked (and really is not
 with the setting off), and every way a job is ended still reaches the job's own tool.
 
-The gateways here run without the sandbox: the sandbox's end kills everything in it, which
-would hide a gap in the chain that ends a job."""
+The kill tests use a gateway without the sandbox: the sandbox's end kills everything in it,
+which would hide a gap in the chain that ends a job. A third gateway, with the sandbox (the
+default), shows that the zygote forks the workers inside it too."""
 
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Ser
     servers = {
         "warm": start_server(tmp_path_factory.mktemp("warm"), bare, workers=1),
         "cold": start_server(tmp_path_factory.mktemp("cold"), {**bare, "WES_GATEWAY_TOIL_WARM_WORKERS": "false"}, 1),
+        # The default deployment: the zygote, its socket and its forks inside the run's sandbox.
+        "sandboxed": start_server(tmp_path_factory.mktemp("sandboxed"), {"WES_GATEWAY_ACCESS_LOG": "/dev/null"}, 1),
     }
     yield servers
     for server in servers.values():
@@ -82,13 +85,13 @@ def until(predicate: Callable[[], bool], timeout: float) -> bool:
     return predicate()
 
 
-@pytest.mark.parametrize("kind", ["warm", "cold"])
+@pytest.mark.parametrize("kind", ["warm", "cold", "sandboxed"])
 def test_the_worker_is_forked_only_when_warm_and_cancel_ends_it_all(gateways: dict[str, Server], kind: str) -> None:
     server = gateways[kind]
-    run_id, tool = sleeping(server, 611 if kind == "warm" else 612)
+    run_id, tool = sleeping(server, {"warm": 611, "cold": 612, "sandboxed": 613}[kind])
     worker = parent(tool)
     chain = [tool, worker]
-    if kind == "warm":
+    if kind != "cold":
         # Toil's child is the shim; the worker under the tool is a fork (no _toil_worker
         # command line of its own) of a keeper, itself forked by the leader's zygote.
         shim = shim_of(server, run_id)
