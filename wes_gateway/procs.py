@@ -16,18 +16,13 @@ MARKER = "WES_GATEWAY_RUN_ID"
 
 
 def _stat(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (state is [0], pgrp [2],
+    """The fields of /proc/PID/stat after the command name (state is [0], parent [1], pgrp [2],
     starttime [19]); rsplit, because the name itself may contain ") "."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
             return handle.read().rsplit(") ", 1)[1].split()
     except (OSError, IndexError):
         return None
-
-
-def process_group(pid: int) -> int | None:
-    fields = _stat(pid)
-    return int(fields[2]) if fields else None
 
 
 def marked_pids(run_id: str) -> list[int]:
