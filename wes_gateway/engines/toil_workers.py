@@ -2,7 +2,7 @@
 
 Toil's single-machine batch system (the main one, or the local one beside Slurm for a CWL
 workflow's plumbing jobs) starts every job as ``_toil_worker ...``: a new Python process
-that imports Toil and, for a CWL job, cwltool and its schemas before it does any work, and
+that imports Toil and, for a CWL job, cwltool before it does any work, and
 with one Toil job per step (``--disableChaining``) a workflow pays that for every step.
 
 In our leaders that command is started through a small shim instead. The shim (a bare
