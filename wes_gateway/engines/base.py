@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,23 @@ class Engine(Protocol):
 
     def language_args(self, paths: RunPaths, settings: Settings) -> list[str]:
         """The language's own flags for its Toil front end (outputs, containers, tmp dirs)."""
+
+
+def exit_code_of(main: Callable[[], int | None]) -> int:
+    """What a process whose program is ``main`` exits with: its return value (None is 0) or
+    its SystemExit code (a message is 1), 130 for an interrupt, 1 for any other exception
+    (its traceback printed). For a leader or a worker in a forked process, which must end
+    with ``os._exit`` and never unwind into its parent's code."""
+    try:
+        code = main()
+        return 0 if code is None else code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException:
+        traceback.print_exc()
+        return 1
 
 
 def load_scratch_document(name: str, text: str, load: Callable[[str], object]) -> None:

@@ -8,6 +8,7 @@ sys.argv, environ).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from .. import procs, store
 from ..paths import RunPaths
 from ..sandbox import Sandbox, become
 from . import ENGINES, engine_for, toil_waits, toil_workers
-from .base import LeaderSpec
+from .base import LeaderSpec, exit_code_of
 
 
 def _warm_engines() -> None:
@@ -190,33 +191,27 @@ def run_leader(spec: LeaderSpec, channel: Connection | None = None) -> None:
 
 def _lead(spec: LeaderSpec, paths: RunPaths, box: Sandbox | None) -> int:
     """In the leader: enter the sandbox, drop root, run the language's Toil front end."""
-    exit_code = 1
-    try:
-        if box is not None:
-            box.enter()
-        become(spec.run_as)
-        # Toil pickles the leader's environment into the job store: give it only what we chose.
-        os.environ.clear()
-        os.environ.update(spec.env)
-        engine = engine_for(spec.workflow_type)
-        if engine is None:
-            raise RuntimeError(f"no engine for workflow type {spec.workflow_type}")
-        sys.argv = [engine.program, *spec.argv]
-        if spec.warm_workers:
-            # Before anything below starts a thread: the zygote is a fork of this process.
-            toil_workers.start(paths.tmp / ".toil-workers.sock")
-        if spec.prompt_shutdown:
-            toil_waits.install()
-        exit_code = engine.run_leader(spec.argv, paths)
-    except SystemExit as exc:
-        code = exc.code
-        exit_code = code if isinstance(code, int) else (0 if code is None else 1)
-    except KeyboardInterrupt:
-        exit_code = 130
-    except BaseException:
-        traceback.print_exc()
-        exit_code = 1
+    exit_code = exit_code_of(functools.partial(_run_engine, spec, paths, box))
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown: Toil leaves threads and atexit hooks behind.
     return exit_code & 0xFF if exit_code >= 0 else 1
+
+
+def _run_engine(spec: LeaderSpec, paths: RunPaths, box: Sandbox | None) -> int:
+    if box is not None:
+        box.enter()
+    become(spec.run_as)
+    # Toil pickles the leader's environment into the job store: give it only what we chose.
+    os.environ.clear()
+    os.environ.update(spec.env)
+    engine = engine_for(spec.workflow_type)
+    if engine is None:
+        raise RuntimeError(f"no engine for workflow type {spec.workflow_type}")
+    sys.argv = [engine.program, *spec.argv]
+    if spec.warm_workers:
+        # Before anything below starts a thread: the zygote is a fork of this process.
+        toil_workers.start(paths.tmp / ".toil-workers.sock")
+    if spec.prompt_shutdown:
+        toil_waits.install()
+    return engine.run_leader(spec.argv, paths)

@@ -43,6 +43,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .base import exit_code_of
+
 log = logging.getLogger(__name__)
 
 WORKER_COMMAND = "_toil_worker "
@@ -277,16 +279,7 @@ def _work(command: list[str], environment: dict[str, str], cwd: str, fds: list[i
     # Only what Toil registers: the hooks inherited from the forkserver are not this process's.
     atexit._clear()
     atexit.register(toil.lib.threading.destroy_all_process_names)
-    code = 0
-    try:
-        toil.worker.main(command)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except KeyboardInterrupt:
-        code = 130
-    except BaseException:
-        traceback.print_exc()
-        code = 1
+    code = exit_code_of(functools.partial(toil.worker.main, command))
     atexit._run_exitfuncs()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
