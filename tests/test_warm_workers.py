@@ -32,6 +32,7 @@ from conftest import (
 )
 
 from wes_gateway.engines.toil_workers import SHIM
+from wes_gateway.procs import parent_pid
 
 D = Path(__file__).parent / "data"
 
@@ -52,7 +53,9 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Ser
 
 
 def parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[1])
+    found = parent_pid(pid)
+    assert found is not None, f"process {pid} is gone"
+    return found
 
 
 def sleeping(server: Server, seconds: int) -> tuple[str, int]:

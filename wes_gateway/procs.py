@@ -98,6 +98,11 @@ def kill_run_processes(run_id: str, groups: set[int] | None = None) -> int:
     return len(pids)
 
 
+def parent_pid(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[1]) if fields else None
+
+
 def start_time(pid: int) -> int | None:
     fields = _stat(pid)
     return int(fields[19]) if fields else None
