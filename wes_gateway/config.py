@@ -155,8 +155,20 @@ class Settings(BaseModel):
         "nobody",
         description="Account leaders drop to when the supervisor runs as root; empty keeps root (inside a user namespace).",
     )
-    wdl_container: Literal["singularity", "docker", "auto"] = Field(
-        "singularity", description="Toil's --container for WDL: singularity, docker or auto."
+    container_engine: Literal["auto", "podman", "docker", "singularity", "none"] = Field(
+        "auto",
+        description="What runs the images workflows declare: podman (rootless, in the run sandbox), docker, "
+        "singularity, or none (CWL tools from the hosts' PATH; WDL through a singularity on the leaders' PATH). "
+        "auto is podman where it is installed, else none.",
+    )
+    image_store: Path | None = Field(
+        None,
+        description="A read-only Podman image store shared by every run (additionalimagestores), filled by "
+        "the admin (scripts/build-images, or podman --root STORE pull as the run user).",
+    )
+    allowed_registries: list[str] = Field(
+        default_factory=list,
+        description="Registries runs may pull images from (docker.io, quay.io, ...); none by default.",
     )
     allowed_file_roots: list[Path] = Field(
         default_factory=list,
@@ -177,6 +189,7 @@ class Settings(BaseModel):
         "allowed_url_prefixes",
         "allowed_batch_systems",
         "allowed_partitions",
+        "allowed_registries",
         mode="before",
     )
     @classmethod

@@ -106,6 +106,18 @@ class RunPaths:
         return self.control / "inputs.json"
 
     @property
+    def containers(self) -> Path:
+        """The run's container engine configuration and shims (containers.prepare)."""
+        return self.root / "containers"
+
+    @property
+    def container_state(self) -> tuple[Path, Path]:
+        """The container engine's storage and runtime directories: the run user's own, with
+        its own group (a rootless engine maps only that user and group, and refuses a layer
+        directory whose group it cannot map), so never handed over like the rest."""
+        return self.containers / "storage", self.tmp / ".podman"
+
+    @property
     def outline(self) -> Path:
         return self.root / "outline.json"
 

@@ -47,6 +47,7 @@ _CLONE_NEWPID = 0x20000000
 _PR_SET_NO_NEW_PRIVS = 38
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _NS_GET_USERNS = 0xB701  # ioctl: the user namespace that owns a namespace
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
 
 # The operating system as a tool sees it. /bin, /lib... are symlinks into /usr on current
 # Debian; where they are real directories they are bound like /usr.
@@ -78,6 +79,11 @@ class SandboxSpec:
     symlinks: tuple[tuple[str, str], ...]
     hidden_files: tuple[str, ...]
     user_namespace: bool
+    # A /proc of the sandbox's PID namespace with nothing mounted over parts of it (bwrap covers
+    # /proc/sys, /proc/irq... read-only), so that a rootless container engine may mount the
+    # /proc of a container's own PID namespace: the kernel allows that only where some /proc
+    # is fully visible. Only a leader that starts as root (and then drops it) can mount it.
+    fresh_proc: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,10 +117,16 @@ def hand_over(paths: RunPaths, identity: RunIdentity | None) -> None:
     for directory in (paths.root, paths.work, paths.outdir, paths.tmp, paths.home, paths.job_logs):
         directory.mkdir(parents=True, exist_ok=True)
     paths.control.mkdir(mode=0o700, exist_ok=True)
+    for private in paths.container_state:
+        if private.parent.is_dir() and not private.is_symlink():
+            private.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(private, 0o700)
+            if identity is not None:
+                os.chown(private, identity.uid, identity.gid, follow_symlinks=False)
     if identity is None:
         return
     os.chmod(paths.control, 0o700)
-    for path in _tree(paths.root, skip=paths.control):
+    for path in _tree(paths.root, skip={paths.control, *paths.container_state}):
         if path.is_symlink():
             continue
         stat = path.lstat()
@@ -124,11 +136,11 @@ def hand_over(paths: RunPaths, identity: RunIdentity | None) -> None:
             os.chmod(path, 0o2770)
 
 
-def _tree(root: Path, skip: Path) -> Iterable[Path]:
+def _tree(root: Path, skip: set[Path]) -> Iterable[Path]:
     yield root
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
-        dirnames[:] = [name for name in dirnames if here / name != skip]
+        dirnames[:] = [name for name in dirnames if here / name not in skip]
         for name in (*dirnames, *filenames):
             yield here / name
 
@@ -155,6 +167,7 @@ def plan(
     hidden: Iterable[str],
     identity: RunIdentity | None,
     services: Iterable[str] = (),
+    fresh_proc: bool = False,
 ) -> SandboxSpec:
     """The sandbox of one run: what it sees, and who its leader becomes. ``services`` are
     files and sockets of the host that the leader must use read-only (the batch system's
@@ -192,6 +205,7 @@ def plan(
         hidden_files=tuple(path for path in hidden if _covered(path, read_only)),
         # Without a uid to drop to, a user namespace keeps the leader's powers inside it.
         user_namespace=identity is None,
+        fresh_proc=fresh_proc and identity is not None,
     )
 
 
@@ -282,6 +296,9 @@ class _Libc:
         data = (Data * 2)()
         self.call("capset", ctypes.byref(header), ctypes.byref(data))
 
+    def mount_proc(self) -> None:
+        self.call("mount", b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None)
+
     def no_new_privs(self) -> None:
         self.call("prctl", _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
@@ -343,6 +360,8 @@ class Sandbox:
         os.chdir(self.spec.run_root)
         for fd in (self._root, self._mount, self._hold):
             os.close(fd)
+        if self.spec.fresh_proc:
+            self.libc.mount_proc()
         if self.spec.user_namespace:
             if not self._same_user_namespace():
                 self.libc.call("setns", self._user, _CLONE_NEWUSER)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib.metadata import version as package_version
 
-from . import __version__, store
+from . import __version__, containers, store
 from .config import Settings
 from .engines import ENGINES
 from .models import (
@@ -77,7 +77,8 @@ def build(settings: Settings, counts: dict[str, int]) -> ServiceInfo:
             "run_max_memory": settings.run_max_memory,
             "default_page_size": str(settings.default_page_size),
             "max_page_size": str(settings.max_page_size),
-            "wdl_container_engine": settings.wdl_container,
+            "container_engine": containers.engine(settings),
+            "wdl_container_engine": containers.wdl_container(settings),
             "run_sandbox": settings.run_sandbox,
             "batch_system": settings.batch_system,
             # The extensions this service adds, each declared in its OpenAPI document.

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from . import batch, metrics, procs, retention, sandbox, store, tasks, wakeup
+from . import batch, containers, metrics, procs, retention, sandbox, store, tasks, wakeup
 from .config import Settings
 from .engines import Engine, LeaderSpec, engine_for, toil_argv
 from .logsetup import setup_logging
@@ -48,7 +48,7 @@ def scrub_environment(settings: Settings) -> None:
 
 def leader_env(settings: Settings, run_id: str, paths: RunPaths, dropped: bool = False) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
-    path = [*settings.extra_path, bin_dir, "/usr/local/bin", "/usr/bin", "/bin"]
+    path = [*containers.path_dirs(paths, settings), *settings.extra_path, bin_dir, "/usr/local/bin", "/usr/bin", "/bin"]
     env = {key: os.environ[key] for key in ENV_ALLOWLIST if key in os.environ}
     env.update(
         {
@@ -232,6 +232,9 @@ class Supervisor:
         if engine is None:
             return
         paths = RunPaths.of(self.settings, run_id)
+        # A sandbox whose leader never is root cannot give containers a /proc of their own.
+        sandboxed = self.settings.run_sandbox != "none"
+        containers.prepare(paths, self.settings, sandboxed, own_pid_namespace=not sandboxed or bool(self.identity))
         sandbox.hand_over(paths, self.identity)
         argv = toil_argv(
             run.workflow_path,
@@ -282,8 +285,16 @@ class Supervisor:
     def _sandbox_of(self, paths: RunPaths) -> sandbox.SandboxSpec | None:
         if self.settings.run_sandbox == "none":
             return None
-        services = batch.sandbox_paths(self.settings, os.environ)
-        return sandbox.plan(self.settings, paths, paths.read_inputs(), self.hidden_files, self.identity, services)
+        services = [*batch.sandbox_paths(self.settings, os.environ), *containers.sandbox_paths(self.settings)]
+        return sandbox.plan(
+            self.settings,
+            paths,
+            paths.read_inputs(),
+            self.hidden_files,
+            self.identity,
+            services,
+            fresh_proc=containers.engine(self.settings) == "podman",
+        )
 
     def _recover(self, run_id: str) -> None:
         """Take over a run whose supervisor died: adopt, finish, resume or fail it."""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import containers
 from ..config import Settings
 from ..errors import BadRequest
 from ..paths import RunPaths
@@ -123,7 +124,7 @@ class CwlEngine:
             f"{paths.tmp}/",
             "--tmp-outdir-prefix",
             f"{paths.tmp}/",
-            "--no-container",
+            *containers.cwl_args(settings),
             # Attachment names are kept verbatim; spaces and "#" are legitimate in them.
             "--relax-path-checks",
         ]

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .. import containers
 from ..config import Settings
 from ..errors import BadRequest
 from ..paths import RunPaths
@@ -119,7 +120,7 @@ class WdlEngine:
             "--outputFile",
             str(paths.outputs_json),
             "--container",
-            settings.wdl_container,
+            containers.wdl_container(settings),
         ]
 
     def present_outputs(self, outputs: dict[str, Any], paths: RunPaths) -> dict[str, Any]:

@@ -1,0 +1,258 @@
+"""The container engine that runs the images workflows declare (CWL DockerRequirement, WDL
+runtime.docker), as Toil is told to use it, and the per-run configuration that makes Podman
+run rootless inside the run sandbox.
+
+Podman (the default where it is installed) runs as the run's own user in the sandbox's
+namespaces, with a single-uid mapping (container root is the run user), no subordinate ids
+and no setuid helper (the sandbox sets no_new_privs). Its storage is in the run's tmp, its
+images come read-only from the deployment's image store (Podman's additionalimagestores)
+or, only from allowed registries, by pull. Its containers share the sandbox's PID namespace,
+so whatever ends the sandbox ends them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .paths import RunPaths
+
+MAX_PROBLEMS_BYTES = 16 * 1024
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def engine(settings: Settings) -> str:
+    """podman, docker, singularity or none: ``auto`` is podman where it is installed."""
+    if settings.container_engine != "auto":
+        return settings.container_engine
+    return "podman" if shutil.which("podman") else "none"
+
+
+def cwl_args(settings: Settings) -> list[str]:
+    """Toil's own CWL container options for the engine."""
+    chosen = engine(settings)
+    if chosen == "none":
+        return ["--no-container"]
+    if chosen == "singularity":
+        return ["--singularity"]
+    if chosen == "podman":
+        # Toil's docker mode through the run's `docker` (Podman) shim: --podman makes cwltool
+        # pass --userns=keep-id, which rootless Podman refuses without subordinate ids. No
+        # prepull: the leader would pull before the shim could say which registries are allowed;
+        # no user matching: container root already is the run user.
+        return ["--no-prepull", "--no-match-user"]
+    return []  # docker: Toil's default
+
+
+def wdl_container(settings: Settings) -> str:
+    """Toil's --container for WDL: Podman through the run's `singularity` shim (Toil 9.6 runs
+    WDL tasks only with Singularity or a Docker swarm, which Podman's API lacks)."""
+    return "docker" if engine(settings) == "docker" else "singularity"
+
+
+def sandbox_paths(settings: Settings) -> list[str]:
+    """What the run sandbox must show read-only for the engine to work in it."""
+    if engine(settings) != "podman":
+        return []
+    # Podman reads the cgroup layout from /sys, and runc mounts it into the container.
+    shown = ["/sys"]
+    if settings.image_store is not None:
+        shown.append(str(settings.image_store))
+    return shown
+
+
+def path_dirs(paths: RunPaths, settings: Settings) -> list[str]:
+    """Directories to put first on the leader's PATH: the run's shims."""
+    return [str(paths.containers / "bin")] if engine(settings) == "podman" else []
+
+
+def prepare(paths: RunPaths, settings: Settings, sandboxed: bool = True, own_pid_namespace: bool = True) -> None:
+    """Write the run's Podman configuration and its `docker` and `singularity` shims (again
+    on every start: a resumed run gets the service's current settings). Each container gets a
+    PID namespace of its own (so that what a step leaves running ends with it) where the run's
+    /proc allows one (sandbox.SandboxSpec.fresh_proc), else shares the sandbox's."""
+    if engine(settings) != "podman":
+        return
+    podman = shutil.which("podman") or "/usr/bin/podman"
+    # Made afresh: the run owns its directory and may have left links where these go.
+    if paths.containers.is_symlink() or paths.containers.is_file():
+        paths.containers.unlink()
+    elif paths.containers.exists():
+        shutil.rmtree(paths.containers)
+    config = paths.containers / "config"
+    (config / "containers").mkdir(parents=True, exist_ok=True)
+    (paths.containers / "bin").mkdir(parents=True, exist_ok=True)
+    storage, runtime = paths.container_state
+    # Podman refuses a runtime directory (its sockets') of more than 50 characters: in the
+    # sandbox the run's tmp is /tmp; outside it, a directory of the run's own in the host's.
+    if sandboxed:
+        runtime = Path("/tmp") / runtime.relative_to(paths.tmp)
+    else:
+        runtime = Path(f"/tmp/wes-podman-{paths.root.name}"[:50])
+        runtime.mkdir(mode=0o700, exist_ok=True)
+    stores = [str(settings.image_store)] if settings.image_store is not None else []
+    files = {
+        "storage.conf": _toml(
+            {
+                "storage": {
+                    "driver": "overlay",
+                    "graphroot": str(storage),
+                    "rootless_storage_path": str(storage),
+                    "runroot": str(runtime / "storage"),
+                    "options": {
+                        "additionalimagestores": stores,
+                        # One uid in the namespace: every file of a pulled layer becomes the run user's.
+                        "overlay": {"ignore_chown_errors": "true"},
+                    },
+                }
+            }
+        ),
+        "containers.conf": _toml(
+            {
+                "containers": {
+                    "pidns": "private" if own_pid_namespace else "host",
+                    # cwltool asks for --net=none unless the step declares NetworkAccess.
+                    "netns": "host",
+                    "default_ulimits": [],
+                    "seccomp_profile": "/usr/share/containers/seccomp.json",
+                },
+                "engine": {
+                    # crun refuses hybrid cgroup hosts; rootless cgroupfs sets no limits itself.
+                    "runtime": "runc",
+                    "cgroup_manager": "cgroupfs",
+                    "events_logger": "file",
+                    "events_logfile_path": str(runtime / "events.log"),
+                    "tmp_dir": str(runtime / "libpod"),
+                    "volume_path": str(storage / "volumes"),
+                },
+            }
+        ),
+        "registries.conf": _toml({"unqualified-search-registries": ["docker.io"]}),
+        # Pulls: only from the allowed registries; images already in a store need no policy.
+        "policy.json": json.dumps(
+            {
+                "default": [{"type": "reject"}],
+                "transports": {
+                    "docker": {name: [{"type": "insecureAcceptAnything"}] for name in settings.allowed_registries},
+                    "docker-daemon": {"": [{"type": "reject"}]},
+                },
+            },
+            indent=2,
+        ),
+    }
+    for name, text in files.items():
+        _write(config / "containers" / name, text)
+    env = {
+        "CONTAINERS_CONF": str(config / "containers" / "containers.conf"),
+        "CONTAINERS_STORAGE_CONF": str(config / "containers" / "storage.conf"),
+        "CONTAINERS_REGISTRIES_CONF": str(config / "containers" / "registries.conf"),
+        "XDG_CONFIG_HOME": str(config),
+        "XDG_RUNTIME_DIR": str(runtime),
+        "HOME": str(paths.home),
+    }
+    shim_config = {
+        "podman": podman,
+        "env": env,
+        "allowed_registries": list(settings.allowed_registries),
+        "problems": str(paths.containers / "problems.log"),
+    }
+    placeholder = 'CONFIG: dict[str, object] = json.loads("{}")'
+    source = Path(__file__).with_name("container_shim.py").read_text()
+    assert placeholder in source
+    source = source.replace(placeholder, f"CONFIG: dict[str, object] = json.loads({json.dumps(shim_config)!r})", 1)
+    script = f"#!{sys.executable} -IS\n{source}"
+    for name in ("docker", "singularity"):
+        _write(paths.containers / "bin" / name, script, mode=0o755)
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    # Replaced, never written through: the run owns this directory and may have left a link.
+    temporary = path.with_name(f".{path.name}.new")
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(temporary, mode)
+    os.replace(temporary, path)
+
+
+def _toml(table: dict[str, Any], prefix: str = "") -> str:
+    """The few TOML shapes Podman's files need: tables of strings, lists and sub-tables."""
+    lines: list[str] = []
+    nested: list[tuple[str, dict[str, Any]]] = []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            nested.append((f"{prefix}{key}", value))
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    text = "\n".join(lines) + ("\n" if lines else "")
+    for name, sub in nested:
+        text += f"\n[{name}]\n" + _toml(sub, f"{name}.")
+    return text
+
+
+def problems(paths: RunPaths) -> list[str]:
+    """What the run's shims said went wrong with its images (bounded; the run writes it)."""
+    handle = paths.open_file(paths.containers / "problems.log")
+    if handle is None:
+        return []
+    with handle:
+        text = handle.read(MAX_PROBLEMS_BYTES).decode("utf-8", "replace")
+    return list(dict.fromkeys(line.strip()[:500] for line in text.splitlines() if line.strip()))[:20]
+
+
+def image_of_command(cmd: list[str]) -> str | None:
+    """The image of a ``docker run`` command line as cwltool writes it (options as --name=value)."""
+    for index, word in enumerate(cmd):
+        if os.path.basename(word) in ("docker", "podman") and cmd[index + 1 : index + 2] == ["run"]:
+            for argument in cmd[index + 2 :]:
+                if not argument.startswith("-"):
+                    return argument
+    return None
+
+
+def image_record(image: str, paths: RunPaths, settings: Settings) -> dict[str, str]:
+    """An image's name, id and digest, as the store it came from records them: the run's own
+    storage (pulled) or the image store. Read from the stores' own records as root would see
+    them; the run's records are the run's to write, so only well-formed values are kept."""
+    record = {"image": image}
+    wanted = {image, _normalized(image)}
+    # The run's own records (pulled images) through open_file; the image store is the service's.
+    listings = [paths.read_json(paths.container_state[0] / "overlay-images" / "images.json")]
+    if settings.image_store is not None:
+        listings.append(_read_store(settings.image_store / "overlay-images" / "images.json"))
+    for listing in listings:
+        for entry in listing if isinstance(listing, list) else []:
+            if isinstance(entry, dict) and wanted & set(entry.get("names") or []):
+                image_id, digest = str(entry.get("id", "")), str(entry.get("digest", ""))
+                if re.fullmatch(r"[0-9a-f]{64}", image_id):
+                    record["id"] = f"sha256:{image_id}"
+                if _DIGEST.match(digest):
+                    record["digest"] = digest
+                return record
+    return record
+
+
+def _read_store(path: Path) -> Any:
+    try:
+        with open(path, "rb") as handle:
+            return json.loads(handle.read(64 * 1024 * 1024) or b"null")
+    except (OSError, ValueError):
+        return None
+
+
+def _normalized(image: str) -> str:
+    """docker.io/debian:x -> docker.io/library/debian:x; a bare name gets docker.io and :latest."""
+    name = image if "/" in image and "." in image.split("/", 1)[0] else f"docker.io/{image}"
+    registry, _, rest = name.partition("/")
+    if registry == "docker.io" and "/" not in rest:
+        rest = f"library/{rest}"
+    if ":" not in rest.rsplit("/", 1)[-1] and "@" not in rest:
+        rest += ":latest"
+    return f"{registry}/{rest}"
