@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -258,10 +259,52 @@ def kill_all_leaders(*roots: Path) -> None:
                 pass
 
 
+# The tests' images, built by scripts/build-images once and kept between test sessions.
+IMAGE_STORE = Path(os.environ.get("WES_GATEWAY_TEST_IMAGE_STORE", "/var/cache/wes-gateway/test-images"))
+
+
+def images_unavailable() -> str:
+    """Why the tests' image store cannot be built here, or '' once it is there."""
+    if os.geteuid() != 0:
+        return "building the test images (debootstrap, podman as the run user) needs root"
+    missing = [tool for tool in ("podman", "runc", "debootstrap") if shutil.which(tool) is None]
+    if missing:
+        return f"not installed: {', '.join(missing)} (scripts/system-deps)"
+    built = subprocess.run(
+        [str(ROOT / "scripts" / "build-images"), str(IMAGE_STORE)], capture_output=True, text=True, timeout=900
+    )
+    if built.returncode != 0:
+        return f"scripts/build-images failed: {built.stderr[-2000:]}"
+    return ""
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # The test-only singularity stand-in, so WDL tasks can run without a container engine.
-    running = start_server(tmp_path_factory.mktemp("wes"), {"WES_GATEWAY_EXTRA_PATH": str(ROOT / "tests" / "bin")})
+def image_store() -> Path:
+    """The read-only image store of the tests' stand-in images (debian:stable-slim, python:3-slim,
+    bash:4.4, alpine:latest, ubuntu:20.04), or the session's tests that need it skip."""
+    why = images_unavailable()
+    if why:
+        pytest.skip(why)
+    return IMAGE_STORE
+
+
+def container_env(store: Path | None) -> dict[str, str]:
+    """Real Podman with the tests' images where they can be had; else no engine, and WDL
+    through the test-only singularity stand-in (tests/bin), which runs task commands on the host."""
+    if store is not None:
+        return {"WES_GATEWAY_CONTAINER_ENGINE": "podman", "WES_GATEWAY_IMAGE_STORE": str(store)}
+    return {"WES_GATEWAY_CONTAINER_ENGINE": "none", "WES_GATEWAY_EXTRA_PATH": str(ROOT / "tests" / "bin")}
+
+
+@pytest.fixture(scope="session")
+def engine_env() -> dict[str, str]:
+    """The container settings of the tests' gateways (container_env)."""
+    return container_env(None if images_unavailable() else IMAGE_STORE)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, engine_env: dict[str, str]) -> Iterator[Server]:
+    running = start_server(tmp_path_factory.mktemp("wes"), engine_env)
     yield running
     stop_server(running)
     kill_all_leaders(running.data_dir)

@@ -20,11 +20,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import container_shim
 from .config import Settings
 from .paths import RunPaths
 
 MAX_PROBLEMS_BYTES = 16 * 1024
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_REFERENCE = re.compile(r"[\w][\w.:/@+-]{0,254}")
+_SINGULARITY_INVOCATION = re.compile(r'singularity invocation :: args: "[^"]*? (/[^" ]+\.sif)"')
 
 
 def engine(settings: Settings) -> str:
@@ -213,11 +216,28 @@ def image_of_command(cmd: list[str]) -> str | None:
         if os.path.basename(word) in ("docker", "podman") and cmd[index + 1 : index + 2] == ["run"]:
             for argument in cmd[index + 2 :]:
                 if not argument.startswith("-"):
-                    return argument
+                    return argument if _REFERENCE.fullmatch(argument) else None
     return None
 
 
-def image_record(image: str, paths: RunPaths, settings: Settings) -> dict[str, str]:
+def image_of_log(log_head: str, paths: RunPaths) -> str | None:
+    """The image of a WDL task, from the image reference its job log names (miniwdl logs the
+    `singularity exec` it runs; the run's singularity shim wrote the reference)."""
+    match = _SINGULARITY_INVOCATION.search(log_head)
+    if not match:
+        return None
+    handle = paths.open_file(Path(match.group(1)))
+    if handle is None:
+        return None
+    with handle:
+        text = handle.read(4096).decode("utf-8", "replace")
+    if not text.startswith(container_shim.SIF_MAGIC):
+        return None
+    image = text[len(container_shim.SIF_MAGIC) :].strip()
+    return image if _REFERENCE.fullmatch(image) else None
+
+
+def image_record(image: str, paths: RunPaths, image_store: Path | None) -> dict[str, str]:
     """An image's name, id and digest, as the store it came from records them: the run's own
     storage (pulled) or the image store. Read from the stores' own records as root would see
     them; the run's records are the run's to write, so only well-formed values are kept."""
@@ -225,8 +245,8 @@ def image_record(image: str, paths: RunPaths, settings: Settings) -> dict[str, s
     wanted = {image, _normalized(image)}
     # The run's own records (pulled images) through open_file; the image store is the service's.
     listings = [paths.read_json(paths.container_state[0] / "overlay-images" / "images.json")]
-    if settings.image_store is not None:
-        listings.append(_read_store(settings.image_store / "overlay-images" / "images.json"))
+    if image_store is not None:
+        listings.append(_read_store(image_store / "overlay-images" / "images.json"))
     for listing in listings:
         for entry in listing if isinstance(listing, list) else []:
             if isinstance(entry, dict) and wanted & set(entry.get("names") or []):

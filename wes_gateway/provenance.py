@@ -159,12 +159,15 @@ def build(run: store.Run, run_tasks: list[store.Task], paths: RunPaths, engine_v
         },
     )
     steps = []
+    images: dict[str, Any] = {}
     for task in run_tasks:
+        image = _container_image(crate, images, task.container)
         steps.append(
             crate.add_action(
                 workflow,
                 identifier=f"#task-{task.task_id}",
                 properties={
+                    **({"containerImage": {"@id": image.id}} if image is not None else {}),
                     "@type": "CreateAction",
                     "name": task.name,
                     "startTime": task.start_time,
@@ -192,6 +195,36 @@ def build(run: store.Run, run_tasks: list[store.Task], paths: RunPaths, engine_v
     )
     metadata: dict[str, Any] = crate.metadata.generate()
     return metadata
+
+
+def _container_image(crate: Any, images: dict[str, Any], record: Any) -> Any:
+    """The Workflow Run Crate's ContainerImage for a task's image record, once per image."""
+    from rocrate.model import ContextEntity
+
+    if not isinstance(record, dict) or not record.get("image"):
+        return None
+    reference = str(record["image"])
+    digest = str(record.get("digest") or "")
+    key = digest or reference
+    if key not in images:
+        name, tag = reference, ""
+        if "@" not in reference and ":" in reference.rsplit("/", 1)[-1]:
+            name, tag = reference.rsplit(":", 1)
+        registry, _, repository = name.partition("/")
+        if not repository or ("." not in registry and ":" not in registry and registry != "localhost"):
+            registry, repository = "docker.io", name
+        properties: dict[str, Any] = {
+            "@type": "ContainerImage",
+            "additionalType": {"@id": "https://w3id.org/ro/terms/workflow-run#DockerImage"},
+            "name": repository,
+            "registry": registry,
+        }
+        if tag:
+            properties["tag"] = tag
+        if digest.startswith("sha256:"):
+            properties["sha256"] = digest.removeprefix("sha256:")
+        images[key] = crate.add(ContextEntity(crate, f"#container-image-{len(images) + 1}", properties=properties))
+    return images[key]
 
 
 def zip_items(paths: RunPaths, metadata: dict[str, Any]) -> Iterator[tuple[str, Callable[[], Opened | None] | bytes]]:

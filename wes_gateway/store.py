@@ -128,6 +128,7 @@ class Task(BaseModel):
     attempts = peewee.IntegerField(default=0)
     failed = peewee.BooleanField(default=False)
     node = peewee.CharField(max_length=255, null=True)  # the host it ran on, as the batch system says
+    container = JSONField(null=True)  # the image it ran in: {"image", "id", "digest"} (containers.image_record)
 
     class Meta:
         table_name = "task"
@@ -407,6 +408,14 @@ def _migration_9(db: peewee.Database) -> None:
     db.create_tables([RunEvent])
 
 
+def _migration_10(db: peewee.Database) -> None:
+    # The container image each task ran in.
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    if "container" not in {column.name for column in db.get_columns("task")}:
+        migrate(SchemaMigrator.from_database(db).add_column("task", "container", Task.container))
+
+
 # Append, never edit: deployed databases have run the earlier entries.
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _migration_1,
@@ -418,6 +427,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _migration_7,
     _migration_8,
     _migration_9,
+    _migration_10,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

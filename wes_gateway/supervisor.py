@@ -345,7 +345,7 @@ class Supervisor:
 
     def _ingest_tasks(self, run: store.Run, engine: Engine, paths: RunPaths, known_logs: set[str]) -> None:
         try:
-            tasks.ingest(run.run_id, engine, run.workflow_path, paths, known_logs)
+            tasks.ingest(run.run_id, engine, run.workflow_path, paths, known_logs, self.settings.image_store)
         except Exception:
             # Task records are best effort; they must never take the run down with them.
             log.exception("run %s: reading task records failed", run.run_id)

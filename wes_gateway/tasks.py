@@ -13,9 +13,10 @@ import os
 import re
 import shlex
 from datetime import datetime
+from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import batch, store
+from . import batch, containers, store
 from .engines import Engine
 from .paths import RunPaths
 
@@ -45,9 +46,17 @@ def load_outline(paths: RunPaths) -> dict[str, Any]:
     return outline if isinstance(outline, dict) else {}
 
 
-def ingest(run_id: str, engine: Engine, workflow_file: str, paths: RunPaths, known_logs: set[str]) -> int:
+def ingest(
+    run_id: str,
+    engine: Engine,
+    workflow_file: str,
+    paths: RunPaths,
+    known_logs: set[str],
+    image_store: Path | None = None,
+) -> int:
     """Read what the leader appended to its bus and job logs since last time. Returns the
-    number of bus lines consumed."""
+    number of bus lines consumed. ``image_store`` is where images that the run did not pull
+    are recorded (their ids and digests)."""
     offset = store.bus_offset(run_id)
     if offset is None:
         return 0
@@ -71,7 +80,7 @@ def ingest(run_id: str, engine: Engine, workflow_file: str, paths: RunPaths, kno
                 )
             store.set_bus_offset(run_id, offset + end + 1)
         consumed = len(lines)
-    _attach_logs(run_id, paths, known_logs)
+    _attach_logs(run_id, paths, known_logs, image_store)
     return consumed
 
 
@@ -108,7 +117,7 @@ def _apply(
         store.update_task_by_batch_id(run_id, int(fields[0]), external_id=fields[1], batch_system=fields[2])
 
 
-def _attach_logs(run_id: str, paths: RunPaths, known_logs: set[str]) -> None:
+def _attach_logs(run_id: str, paths: RunPaths, known_logs: set[str], image_store: Path | None) -> None:
     """Match new per-job log files to their tasks by the job id written in their first lines."""
     try:
         names = sorted(os.listdir(paths.job_logs))
@@ -142,6 +151,9 @@ def _attach_logs(run_id: str, paths: RunPaths, known_logs: set[str]) -> None:
                 updates["cmd"] = shlex.split(text)
             except ValueError:
                 updates["cmd"] = [text.strip()]
+        image = containers.image_of_command(updates.get("cmd") or []) or containers.image_of_log(head, paths)
+        if image:
+            updates["container"] = containers.image_record(image, paths, image_store)
         store.update_task(run_id, task_id_for(match.group(1)), **updates)
 
 
@@ -166,4 +178,12 @@ def system_logs(task: store.Task) -> list[str]:
         lines.append(f"node: {task.node}")
     if task.failed:
         lines.append("failed: Toil gave up on this job after its retries")
+    container: dict[str, Any] = task.container if isinstance(task.container, dict) else {}
+    for key, label in (
+        ("image", "container_image"),
+        ("id", "container_image_id"),
+        ("digest", "container_image_digest"),
+    ):
+        if container.get(key):
+            lines.append(f"{label}: {container[key]}")
     return lines
