@@ -255,6 +255,26 @@ def test_inputs_under_allowed_roots_are_bound_and_nothing_beside_them(sandboxed:
     assert report["sibling"].startswith("denied:"), report
 
 
+def probe_with_containers(tmp: Path, env: dict[str, str]) -> dict[str, str]:
+    """Alice's step asks the run's own container engine to show the service's files inside a
+    container (tests/test_containers.py, with and without the sandbox)."""
+    server = start(tmp, **env)
+    try:
+        data, tools = server.data_dir, server.data_dir.parent / "tools"
+        image = "docker.io/debian:stable-slim"
+        attempts = [
+            ["container_database", "container", str(data / "wes.sqlite3"), image],
+            ["container_htpasswd", "container", str(tools / "htpasswd"), image],
+            ["container_config", "container", str(tools / "wes.toml"), image],
+            ["container_shadow", "container", "/etc/shadow", image],
+        ]
+        _, state, run_log = run_probe(server, attempts)
+        assert state == "COMPLETE", (state, server.log_tail())
+    finally:
+        stop_server(server)
+    return dict(json.loads(Path(run_log["outputs"]["report"]["path"]).read_text()))
+
+
 def test_runs_from_before_the_control_directory_are_still_adopted(tmp_path: Path) -> None:
     from wes_gateway import procs
     from wes_gateway.paths import RunPaths

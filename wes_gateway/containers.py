@@ -26,6 +26,8 @@ from .paths import RunPaths
 
 MAX_PROBLEMS_BYTES = 16 * 1024
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+# `docker run` options that take their value as the next word (cwltool writes --entrypoint so).
+_VALUE_OPTIONS = {"--entrypoint", "-e", "--env", "-v", "--volume", "-w", "--workdir", "-u", "--user", "--name"}
 _REFERENCE = re.compile(r"[\w][\w.:/@+-]{0,254}")
 _SINGULARITY_INVOCATION = re.compile(r'singularity invocation :: args: "[^"]*? (/[^" ]+\.sif)"')
 
@@ -214,8 +216,11 @@ def image_of_command(cmd: list[str]) -> str | None:
     """The image of a ``docker run`` command line as cwltool writes it (options as --name=value)."""
     for index, word in enumerate(cmd):
         if os.path.basename(word) in ("docker", "podman") and cmd[index + 1 : index + 2] == ["run"]:
-            for argument in cmd[index + 2 :]:
-                if not argument.startswith("-"):
+            rest = iter(cmd[index + 2 :])
+            for argument in rest:
+                if argument in _VALUE_OPTIONS:
+                    next(rest, None)
+                elif not argument.startswith("-"):
                     return argument if _REFERENCE.fullmatch(argument) else None
     return None
 

@@ -442,6 +442,9 @@ class Supervisor:
         if code == 0:
             end(store.COMPLETE, exit_code=0, outputs=engine.present_outputs(paths.read_outputs(), paths))
         elif recorded is not None:
+            # What the run's container shims said (an image it could not have), named for the user.
+            for problem in containers.problems(paths):
+                store.append_system_log(run_id, problem)
             end(store.EXECUTOR_ERROR, exit_code=code)
         else:
             detail = f"exit status {exitcode}" if exitcode is not None else "unknown exit status"

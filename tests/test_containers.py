@@ -1,0 +1,200 @@
+"""Real containers: CWL DockerRequirement and WDL runtime.docker run in rootless Podman inside
+the run sandbox, from the tests' read-only image store (scripts/build-images).
+
+The stand-in images carry /etc/wes-gateway-image, which no host has: a step that reads it ran
+in the image, not on the host.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import (
+    Server,
+    cmdline,
+    container_env,
+    lasting_processes,
+    leader_group,
+    pid_gone,
+    start_server,
+    stop_server,
+    wait_for_tool,
+)
+
+MARKER = "/etc/wes-gateway-image"
+IN_IMAGE = """cwlVersion: v1.2
+class: CommandLineTool
+requirements:
+  DockerRequirement: {dockerPull: docker.io/debian:stable-slim}
+baseCommand: [cat, /etc/wes-gateway-image]
+inputs: []
+outputs:
+  out: {type: stdout}
+stdout: out.txt
+"""
+SLEEPER = """cwlVersion: v1.2
+class: CommandLineTool
+requirements:
+  DockerRequirement: {dockerPull: docker.io/debian:stable-slim}
+baseCommand: [sleep]
+inputs:
+  seconds: {type: int, inputBinding: {position: 1}}
+outputs: []
+"""
+MISSING = """cwlVersion: v1.2
+class: CommandLineTool
+requirements:
+  DockerRequirement: {dockerPull: quay.io/nobody/no-such-image:1.0}
+baseCommand: ["true"]
+inputs: []
+outputs: []
+"""
+WDL = """version 1.0
+task marker {
+  command <<< cat /etc/wes-gateway-image >>>
+  runtime { docker: "docker.io/library/python:3-slim" }
+  output { String text = read_string(stdout()) }
+}
+workflow inimage {
+  call marker
+  output { String text = marker.text }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def podman_server(tmp_path_factory: pytest.TempPathFactory, image_store: Path) -> Iterator[Server]:
+    # No test-only singularity stand-in on any PATH: WDL tasks must go through Podman.
+    env = container_env(image_store)
+    assert "WES_GATEWAY_EXTRA_PATH" not in env
+    server = start_server(tmp_path_factory.mktemp("podman"), env)
+    yield server
+    stop_server(server)
+
+
+def cwl(server: Server, name: str, text: str, params: dict[str, object] | None = None) -> str:
+    return server.submit_ok(
+        {name: text.encode()},
+        workflow_url=name,
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
+        workflow_params=params or {},
+    )
+
+
+def test_cwl_docker_requirement_runs_in_the_image(podman_server: Server, image_store: Path) -> None:
+    assert not Path(MARKER).exists()  # the host has no such file: only the image does
+    run_id = cwl(podman_server, "in_image.cwl", IN_IMAGE)
+    assert podman_server.wait(run_id) == "COMPLETE", podman_server.get(f"/runs/{run_id}").text
+    run_log = podman_server.get(f"/runs/{run_id}").json()
+    assert Path(run_log["outputs"]["out"]["path"]).read_text().startswith("wes-gateway stand-in image")
+    [task] = podman_server.get(f"/runs/{run_id}/tasks").json()["task_logs"]
+    lines = dict(line.split(": ", 1) for line in task["system_logs"])
+    assert lines["container_image"] == "docker.io/debian:stable-slim"
+    listing = json.loads((image_store / "overlay-images" / "images.json").read_text())
+    [entry] = [e for e in listing if "docker.io/library/debian:stable-slim" in e["names"]]
+    assert lines["container_image_digest"] == entry["digest"]
+    assert lines["container_image_id"] == f"sha256:{entry['id']}"
+    # The RO-Crate names the image the step ran in, with its digest.
+    crate_zip = requests.get(f"{podman_server.api}/runs/{run_id}/ro-crate", timeout=60)
+    assert crate_zip.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(crate_zip.content)) as archive:
+        crate = json.loads(archive.read("ro-crate-metadata.json"))
+    graph = {item["@id"]: item for item in crate["@graph"]}
+    [image] = [item for item in graph.values() if item.get("@type") == "ContainerImage"]
+    assert (image["registry"], image["name"], image["tag"]) == ("docker.io", "debian", "stable-slim")
+    assert image["sha256"] == entry["digest"].removeprefix("sha256:")
+    [step] = [item for item in graph.values() if item.get("containerImage")]
+    assert step["containerImage"] == {"@id": image["@id"]}
+    info = podman_server.get("/service-info").json()["tags"]
+    assert info["container_engine"] == "podman"
+
+
+def test_wdl_runtime_docker_runs_in_the_image(podman_server: Server) -> None:
+    run_id = podman_server.submit_ok(
+        {"inimage.wdl": WDL.encode()},
+        workflow_url="inimage.wdl",
+        workflow_type="WDL",
+        workflow_type_version="1.0",
+        workflow_params={},
+    )
+    assert podman_server.wait(run_id, timeout=300) == "COMPLETE", podman_server.get(f"/runs/{run_id}").text
+    outputs = podman_server.get(f"/runs/{run_id}").json()["outputs"]
+    assert outputs["inimage.text"].startswith("wes-gateway stand-in image")
+    [task] = podman_server.get(f"/runs/{run_id}/tasks").json()["task_logs"]
+    assert "container_image: docker.io/library/python:3-slim" in task["system_logs"]
+
+
+def test_a_missing_image_is_an_executor_error_naming_it(podman_server: Server) -> None:
+    run_id = cwl(podman_server, "missing.cwl", MISSING)
+    assert podman_server.wait(run_id) == "EXECUTOR_ERROR"
+    system_logs = podman_server.get(f"/runs/{run_id}").json()["run_log"]["system_logs"]
+    named = [line for line in system_logs if "quay.io/nobody/no-such-image:1.0" in line]
+    assert named and "quay.io" in named[0] and "allowed: none" in named[0], system_logs
+
+
+def test_cancel_leaves_no_container_process(podman_server: Server) -> None:
+    run_id = cwl(podman_server, "sleeper.cwl", SLEEPER, {"seconds": 600})
+    tool, groups = wait_for_tool(run_id, b"sleep\x00600", podman_server.data_dir)
+    assert b"conmon" in _ancestry(tool), "the step is not in a container"
+    podman_server.post(f"/runs/{run_id}/cancel")
+    assert podman_server.wait(run_id, timeout=90) == "CANCELED"
+    left = lasting_processes(run_id, groups)
+    assert left == [], [(pid, cmdline(pid)[:200]) for pid in left]
+    assert _gone_within(tool, 10), "the container's process outlived the cancel"
+
+
+def test_killing_the_leader_leaves_no_container_process(podman_server: Server) -> None:
+    run_id = cwl(podman_server, "sleeper.cwl", SLEEPER, {"seconds": 600})
+    tool, _ = wait_for_tool(run_id, b"sleep\x00600", podman_server.data_dir)
+    [launcher] = leader_group(podman_server.data_dir, run_id)
+    os.killpg(launcher, signal.SIGKILL)
+    assert _gone_within(tool, 15), "the container's process outlived its killed leader"
+    assert podman_server.wait(run_id, timeout=120) == "SYSTEM_ERROR"
+
+
+def test_containers_do_not_widen_the_sandbox(tmp_path: Path, image_store: Path) -> None:
+    from test_sandbox import probe_with_containers, refused
+
+    report = probe_with_containers(tmp_path, container_env(image_store))
+    assert len(report) >= 4
+    assert {name: outcome for name, outcome in report.items() if not refused(outcome)} == {}
+
+
+def test_without_the_sandbox_a_container_reaches_the_service(tmp_path: Path, image_store: Path) -> None:
+    # The same attempts with the protection off: the engine then runs as the service itself.
+    from test_sandbox import probe_with_containers
+
+    env = {**container_env(image_store), "WES_GATEWAY_RUN_SANDBOX": "none", "WES_GATEWAY_RUN_USER": ""}
+    report = probe_with_containers(tmp_path, env)
+    assert report["container_database"].startswith("ok:"), report
+
+
+def _ancestry(pid: int) -> bytes:
+    from wes_gateway.procs import parent_pid
+
+    names = b""
+    for _ in range(12):
+        pid = parent_pid(pid) or 0
+        if pid <= 1:
+            break
+        names += cmdline(pid)[:80] + b"|"
+    return names
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if pid_gone(pid):
+            return True
+        time.sleep(0.2)
+    return pid_gone(pid)
