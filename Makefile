@@ -46,7 +46,7 @@ test: $(TEST_STAMP) system-deps lint
 # The CWL v1.2 conformance suite through the gateway with toil-wes-cwl-runner.
 # TAGS=required (default) or TAGS=all; CWL_SUITE=../shared/cwl-v1.2 by default.
 conformance: $(CONFORMANCE_STAMP)
-	@scripts/system-deps run
+	@scripts/system-deps conformance
 	$(BIN)/python scripts/conformance.py
 
 clean:

@@ -179,3 +179,21 @@ def fmt(result: dict[str, float]) -> str:
         f"{result['rps']:8.0f} req/s  p50 {result['p50']:6.1f} ms  p99 {result['p99']:6.1f} ms"
         f"  errors {int(result['errors'])}"
     )
+
+
+def direct_engine(workdir: Path, image_store: Path) -> tuple[dict[str, str], list[str]]:
+    """What a direct `toil-cwl-runner` needs to run containers as the gateway's runs do: the
+    same Podman configuration and `docker` shim (containers.prepare, outside any sandbox), as
+    a PATH entry in an environment, and Toil's container options."""
+    from wes_gateway import containers
+    from wes_gateway.config import load_settings
+    from wes_gateway.paths import RunPaths
+
+    settings = load_settings({}, data_dir=workdir, container_engine="podman", image_store=image_store)
+    paths = RunPaths(root=workdir / "direct-engine")
+    containers.prepare(paths, settings, sandboxed=False)
+    for private in paths.container_state:
+        private.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return {"PATH": f"{paths.containers / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}"}, containers.cwl_args(
+        settings
+    )

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """bench/conformance: the CWL v1.2 conformance suite at -j2 through the gateway (stock
-toil-wes-cwl-runner) and directly with `toil-cwl-runner --no-container`, in the same run.
+toil-wes-cwl-runner) and directly with `toil-cwl-runner`, in the same run, both with the same
+container engine (Podman with the tests' stand-in images, when they can be built here).
 Prints pass counts, failing ids and wall times for both, and the gateway/direct time ratio.
 
     .venv/bin/python bench/conformance.py [--tags all|required] [-j 2]
@@ -16,7 +17,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from common import direct_engine  # noqa: E402
 from conformance import BIN, DEFAULT_SUITE, Outcome, run_cwltest, through_gateway, tool_env  # noqa: E402
 
 
@@ -41,15 +44,22 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         gateway = through_gateway(suite, args.tags, args.jobs, workdir, label="gateway")
         report(gateway)
+        from conftest import IMAGE_STORE, images_unavailable
+
+        if images_unavailable():
+            engine_env, container_args = {}, ["--no-container"]
+        else:
+            engine_env, container_args = direct_engine(workdir / "direct-engine", IMAGE_STORE)
         direct = run_cwltest(
             "direct",
             suite,
             args.tags,
             args.jobs,
             str(BIN / "toil-cwl-runner"),
-            ["--no-container", "--disableProgress"],
+            [*container_args, "--disableProgress"],
             workdir,
-            tool_env(),
+            # The engine's shim first, then what cwltest needs.
+            tool_env({"PATH": f"{engine_env['PATH'].split(':', 1)[0]}:{tool_env()['PATH']}"} if engine_env else {}),
         )
         report(direct)
     only_direct = sorted(set(direct.passed) - set(gateway.passed))

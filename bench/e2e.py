@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """bench/e2e: seconds from POST /runs to COMPLETE for a trivial CWL tool through the gateway,
 against `toil-cwl-runner` run directly on the same tool in the same run. Prints the ratio
-(gateway/direct), and the same through a gateway with run_sandbox=none, to price the sandbox."""
+(gateway/direct), and the same through a gateway with run_sandbox=none, to price the sandbox.
+
+The container case: the same tool in a container (DockerRequirement, the tests' stand-in
+image) through a gateway with Podman, against direct `toil-cwl-runner` with the same Podman
+configuration, and what one `podman run` of the image costs alone."""
 
 from __future__ import annotations
 
@@ -14,19 +18,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, cores, start_server, stop_server, submit_cwl
+from common import ROOT, cores, direct_engine, start_server, stop_server, submit_cwl
 
 TOOL = ROOT / "tests" / "data" / "echo.cwl"
+TOOL_IN_IMAGE = ROOT / "tests" / "data" / "echo_in_image.cwl"
+IMAGE = "docker.io/debian:stable-slim"
 
 
-def echo_argv(tmp: Path, i: int) -> list[str]:
+def echo_argv(tmp: Path, i: int, tool: Path = TOOL, container_args: tuple[str, ...] = ("--no-container",)) -> list[str]:
     """toil-cwl-runner's arguments for the echo tool, run ``i`` under ``tmp``."""
     job = tmp / f"job{i}.json"
     job.write_text(json.dumps({"message": "bench"}))
     return [
-        str(TOOL),
+        str(tool),
         str(job),
-        "--no-container",
+        *container_args,
         "--jobStore",
         f"file:{tmp}/js{i}",
         "--outdir",
@@ -37,20 +43,22 @@ def echo_argv(tmp: Path, i: int) -> list[str]:
     ]
 
 
-def direct(tmp: Path, i: int) -> float:
+def direct(
+    tmp: Path, i: int, tool: Path = TOOL, container_args: tuple[str, ...] = ("--no-container",), path: str = ""
+) -> float:
     bin_dir = Path(sys.executable).parent
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp), "TOIL_HISTORY": "False", "LANG": "C.UTF-8"}
-    argv = [str(bin_dir / "toil-cwl-runner"), *echo_argv(tmp, i)]
+    env = {"PATH": f"{path}{bin_dir}:/usr/bin:/bin", "HOME": str(tmp), "TOIL_HISTORY": "False", "LANG": "C.UTF-8"}
+    argv = [str(bin_dir / "toil-cwl-runner"), *echo_argv(tmp, i, tool, container_args)]
     start = time.perf_counter()
     subprocess.run(argv, check=True, env=env, capture_output=True)
     return time.perf_counter() - start
 
 
-def through_gateway(server, i: int) -> float:
+def through_gateway(server, i: int, tool: Path = TOOL) -> float:
     import requests
 
     start = time.perf_counter()
-    run_id = submit_cwl(server, {"echo.cwl": TOOL.read_bytes()}, {"message": f"bench {i}"})
+    run_id = submit_cwl(server, {tool.name: tool.read_bytes()}, {"message": f"bench {i}"})
     while True:
         state = requests.get(f"{server.api}/runs/{run_id}/status", timeout=10).json()["state"]
         if state in ("COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"):
@@ -90,9 +98,44 @@ def sandbox_cost(tmp: Path, count: int = 20) -> float:
     return statistics.median(times)
 
 
+def container_case(tmp: Path, repeat: int) -> None:
+    """The one-step tool in a container, through the gateway and directly, same engine."""
+    from conftest import IMAGE_STORE, container_env, images_unavailable
+
+    why = images_unavailable()
+    if why:
+        print(f"container case skipped: {why}")
+        return
+    server = start_server(tmp / "gw-podman", {"WES_GATEWAY_ACCESS_LOG": "/dev/null", **container_env(IMAGE_STORE)})
+    try:
+        through_gateway(server, -1, TOOL_IN_IMAGE)  # warm-up
+        gateway = [through_gateway(server, i, TOOL_IN_IMAGE) for i in range(repeat)]
+    finally:
+        stop_server(server)
+    engine_env, container_args = direct_engine(tmp / "direct-podman", IMAGE_STORE)
+    path = engine_env["PATH"].split(":", 1)[0] + ":"
+    direct(tmp, -2, TOOL_IN_IMAGE, tuple(container_args), path)  # warm-up
+    direct_times = [direct(tmp, 100 + i, TOOL_IN_IMAGE, tuple(container_args), path) for i in range(repeat)]
+    starts = []
+    for _ in range(max(5, repeat)):
+        began = time.perf_counter()
+        subprocess.run(["docker", "run", "--rm", "--net=none", IMAGE, "true"], env=engine_env, check=True)
+        starts.append(time.perf_counter() - began)
+    g, d = statistics.median(gateway), statistics.median(direct_times)
+    print(f"container: gateway (podman, sandboxed) POST->COMPLETE median {g:.2f}s  all: {_all(gateway)}")
+    print(f"container: direct toil-cwl-runner (podman) median {d:.2f}s  all: {_all(direct_times)}")
+    print(f"container: one `podman run --rm {IMAGE} true` median {statistics.median(starts):.2f}s  all: {_all(starts)}")
+    print(f"container: ratio gateway/direct = {g / d:.2f}  (target <= 0.6)")
+
+
+def _all(values: list[float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in values)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--no-containers", action="store_true", help="skip the container case")
     args = parser.parse_args()
     # The gateway's defaults (a new run is claimed through the wake-up, not a short poll).
     quick = {"WES_GATEWAY_ACCESS_LOG": "/dev/null"}
@@ -127,6 +170,9 @@ def main() -> None:
     print(f"sandbox start-up: {1000 * (g - n):+.0f} ms per run (median difference; target <= 50 ms)")
     print(f"sandbox build + join + teardown alone: median {1000 * cost:.1f} ms")
     print(f"ratio gateway/direct = {g / d:.2f}  (target <= 0.6)")
+    if not args.no_containers:
+        with tempfile.TemporaryDirectory() as tmp_text:
+            container_case(Path(tmp_text), args.repeat)
 
 
 if __name__ == "__main__":
