@@ -192,6 +192,18 @@ def test_jwt_claims_are_checked(secure: Server, keys: dict[str, Any]) -> None:
         assert response.json()["status_code"] == 401
 
 
+def test_only_the_documented_roles_claim_shapes_grant_admin(secure: Server, keys: dict[str, Any]) -> None:
+    # Another user's run: only an admin may read it.
+    alice_run = submit(secure, basic("alice", "alice-pw"))
+    assert alice_run.status_code == 200, alice_run.text
+    path = f"/runs/{alice_run.json()['run_id']}/status"
+    for roles in (["wes-admin"], "openid wes-admin"):
+        assert secure.get(path, headers=bearer(jwt_for(keys, roles=roles))).status_code == 200, roles
+    for roles in ({"wes-admin": False}, {"wes-admin": True}, [{"wes-admin": True}], 1, ["wes-administrator"]):
+        response = secure.get(path, headers=bearer(jwt_for(keys, roles=roles)))
+        assert response.status_code in (403, 404), (roles, response.status_code)
+
+
 def test_proxy_header_only_from_the_trusted_proxy(secure: Server) -> None:
     status, body = from_peer(secure, "127.0.0.2", "/runs", {"X-Remote-User": "carol"})
     assert status == 200 and "runs" in body

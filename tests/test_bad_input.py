@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Server
+from conftest import Server, start_server, stop_server
 
 ECHO = (Path(__file__).parent / "data" / "echo.cwl").read_bytes()
 GOOD = {
@@ -146,3 +146,29 @@ def test_options_lists_the_methods_of_a_route(server: Server) -> None:
     refused = requests.put(server.api + "/runs", timeout=10)
     assert refused.status_code == 405
     assert {m.strip() for m in refused.headers["Allow"].split(",")} == {"GET", "POST", "HEAD", "OPTIONS"}
+
+
+def test_a_locked_database_is_a_503_with_retry_after(tmp_path: Path, data: Path) -> None:
+    import sqlite3
+
+    server = start_server(tmp_path / "data", {"WES_GATEWAY_SUPERVISOR": "off"})
+    holder = sqlite3.connect(tmp_path / "data" / "wes.sqlite3", timeout=1, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")  # held past the service's 30 s busy timeout
+        response = server.submit(
+            {"echo.cwl": data / "echo.cwl"},
+            workflow_url="echo.cwl",
+            workflow_type="CWL",
+            workflow_type_version="v1.2",
+            workflow_params={"message": "x"},
+        )
+        holder.execute("ROLLBACK")
+        assert response.status_code == 503, response.text
+        assert response.json()["status_code"] == 503 and "try again" in response.json()["msg"]
+        assert int(response.headers["Retry-After"]) > 0
+        # Nothing half-written: no run directory was left behind.
+        assert [p.name for p in (tmp_path / "data" / "runs").iterdir() if not p.name.startswith(".")] == []
+        assert server.get("/runs").json()["runs"] == []
+    finally:
+        holder.close()
+        stop_server(server)

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from conftest import Server
+import requests
+from conftest import Server, leader_group, leftover_processes, wait_for_tool
 
 SECRET = "internal-only-4c1d9"
 
@@ -244,3 +248,47 @@ def test_control_characters_in_a_path_forge_no_log_line(server: Server) -> None:
     server.get("/runs/y%0d%0a" + forged.replace(" ", "%20"))
     log = server.log_tail(400)
     assert not any(line.startswith(forged) or line.lstrip().startswith(forged) for line in log.splitlines())
+
+
+def _udp_ports_of(pids: list[int]) -> list[int]:
+    """The UDP ports that these processes hold sockets on (IPv4 and IPv6)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    ports = []
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        for line in open(table).read().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_another_run_cannot_write_into_a_runs_log(server: Server, data: Path) -> None:
+    # Toil's leader listens for its jobs' real-time log lines on UDP 0.0.0.0; anyone on the
+    # host (another user's step) could send lines to it. Our leaders start no such server.
+    run_id = server.submit_ok(
+        {"sleep.cwl": data / "sleep.cwl"},
+        workflow_url="sleep.cwl",
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
+        workflow_params={"seconds": 20},
+    )
+    tool, groups = wait_for_tool(run_id, b"sleep\x0020", server.data_dir)
+    leader_pids = leftover_processes(run_id, groups | leader_group(server.data_dir, run_id))
+    ports = _udp_ports_of(leader_pids)
+    forged = json.dumps({"name": "toil.forged", "levelname": "CRITICAL", "msg": "FORGED-BY-ANOTHER-RUN"}).encode()
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(forged, ("127.0.0.1", port))
+    server.post(f"/runs/{run_id}/cancel")
+    assert server.wait(run_id, timeout=90) == "CANCELED"
+    log = requests.get(f"{server.api}/runs/{run_id}/logs/stderr", timeout=10).text
+    assert "FORGED-BY-ANOTHER-RUN" not in log
+    assert ports == [], f"the run's leader listens on UDP {ports}"

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 from urllib.parse import unquote
 
-from conftest import DATA, ROOT, start_server, stop_server
+from conftest import DATA, start_server, stop_server
 from rocrate.rocrate import ROCrate
 
 W = DATA / "wdl"
@@ -21,8 +21,8 @@ def load_crate(content: bytes, into: Path) -> ROCrate:
     return ROCrate(str(into))
 
 
-def test_crates_of_a_cwl_and_a_wdl_run_survive_a_restart(tmp_path: Path) -> None:
-    env = {"WES_GATEWAY_EXTRA_PATH": str(ROOT / "tests" / "bin")}
+def test_crates_of_a_cwl_and_a_wdl_run_survive_a_restart(tmp_path: Path, engine_env: dict[str, str]) -> None:
+    env = engine_env
     server = start_server(tmp_path / "data", env)
     try:
         cwl = server.submit_ok(

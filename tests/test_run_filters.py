@@ -126,6 +126,8 @@ def test_count_is_the_whole_match_not_the_page(seeded: tuple[Server, list[dict[s
     [
         ({"state": "FINISHED"}, "state"),
         ({"tag": "no-colon"}, "tag"),
+        # Each tag filter is a join: past SQLite's limit of 64 that was a 500.
+        ({"tag": [f"k{i}:v" for i in range(80)]}, "tag"),
         ({"since": "yesterday"}, "since"),
         ({"until": "2026-11-01T00:00:00"}, "until"),
         ({"sort_order": "sideways"}, "sort_order"),
@@ -133,7 +135,7 @@ def test_count_is_the_whole_match_not_the_page(seeded: tuple[Server, list[dict[s
     ],
 )
 def test_bad_filters_are_precise_400s(
-    seeded: tuple[Server, list[dict[str, object]]], params: dict[str, str], says: str
+    seeded: tuple[Server, list[dict[str, object]]], params: dict[str, object], says: str
 ) -> None:
     server, _ = seeded
     response = server.get("/runs", params=params)

@@ -7,7 +7,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from conftest import Server, record_run, start_server, stop_server
+from conftest import DATA, Server, record_run, start_server, stop_server
 
 from wes_gateway import store
 
@@ -138,3 +138,25 @@ def test_active_run_limit_holds_under_simultaneous_submissions(tmp_path: Path) -
         assert not any((runs / ".staging").iterdir())
     finally:
         stop_server(server)
+
+
+def test_every_response_says_nosniff(server: Server) -> None:
+    # A run writes its own logs and outputs: no browser may sniff them into HTML or script.
+    run_id = server.submit_ok(
+        {"echo.cwl": DATA / "echo.cwl"},
+        workflow_url="echo.cwl",
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
+        workflow_params={"message": "<script>alert(1)</script>"},
+    )
+    assert server.wait(run_id) == "COMPLETE"
+    responses = [
+        server.get(f"/runs/{run_id}/logs/stderr"),
+        server.get(f"/runs/{run_id}/outputs/out.txt"),
+        server.get("/service-info"),
+        server.get("/runs/nonesuch"),
+        server.get("/no/such/route"),
+    ]
+    assert [r.headers.get("X-Content-Type-Options") for r in responses] == ["nosniff"] * len(responses), [
+        (r.url, r.status_code) for r in responses
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 import time
@@ -120,3 +121,30 @@ def test_a_large_upload_streams_to_disk(one_worker: Server) -> None:
     assert growth <= 64 * MIB, f"worker peak RSS grew by {growth / MIB:.0f} MiB"
     assert one_worker.wait(run_id) == "COMPLETE"
     assert not list((one_worker.data_dir / "runs" / ".staging").glob("upload-*"))
+
+
+def test_what_a_dead_worker_left_in_staging_is_swept_at_start(tmp_path: Path) -> None:
+    # A web worker killed mid-upload leaves its spool; one killed mid-submission, a staged run
+    # and the run directory's link to it. A live upload, recently touched, stays.
+    data = tmp_path / "data"
+    staging = data / "runs" / ".staging"
+    staging.mkdir(parents=True)
+    dead_upload, dead_run, live_upload = staging / "upload-dead", staging / "deadrun", staging / "upload-live"
+    for folder in (dead_upload, dead_run, live_upload):
+        (folder / "part").mkdir(parents=True)
+        (folder / "part" / "chunk").write_bytes(b"x" * 1024)
+    (data / "runs" / "deadrun").symlink_to(dead_run, target_is_directory=True)
+    old = time.time() - 7 * 3600
+    for folder in (dead_upload, dead_run):
+        for path in (folder / "part" / "chunk", folder / "part", folder):
+            os.utime(path, (old, old))
+    server = start_server(data)
+    try:
+        deadline = time.monotonic() + 30
+        while (dead_upload.exists() or dead_run.exists()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stop_server(server)
+    assert not dead_upload.exists() and not dead_run.exists()
+    assert not (data / "runs" / "deadrun").is_symlink()
+    assert (live_upload / "part" / "chunk").exists()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import connexion
+import peewee
 import yaml
 from connexion.exceptions import ProblemException
 from connexion.jsonifier import Jsonifier
@@ -97,8 +98,34 @@ def _api(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
 
 
 def _unexpected(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    if isinstance(exc, peewee.OperationalError):
+        # The store is busy (SQLite locked past its busy timeout) or out of reach: the request
+        # was not carried out, and the same request later may well be.
+        log.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(503, "the service's database is busy or unavailable; try again", {"Retry-After": "30"})
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal error; the server log has the details")
+
+
+class NoSniff:
+    """Every response says what it is and nothing else: browsers must not guess a run's log
+    or output, which the run wrote, to be HTML or script."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_nosniff(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-content-type-options"]
+                message = {**message, "headers": [*headers, (b"x-content-type-options", b"nosniff")]}
+            await send(message)
+
+        await self.app(scope, receive, send_nosniff)
 
 
 class RequestGuard:
@@ -212,6 +239,7 @@ def create_app(settings: Settings | None = None, validate_responses: bool | None
     app.add_middleware(
         AccessLog, position=MiddlewarePosition.BEFORE_EXCEPTION, routes=route_templates(spec, API_BASE), base=API_BASE
     )
+    app.add_middleware(NoSniff, position=MiddlewarePosition.BEFORE_EXCEPTION)
     app.add_middleware(AuthMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE)
     app.add_middleware(MetricsEndpoint, position=MiddlewarePosition.BEFORE_SWAGGER)
     app.add_middleware(RequestGuard, position=MiddlewarePosition.BEFORE_SWAGGER, routes=spec_routes(spec, API_BASE))

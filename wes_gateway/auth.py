@@ -344,10 +344,10 @@ class JwtVerifier:
         name = str(claims.get(settings.jwt_user_claim) or "")
         if not name:
             raise Unauthorized(f"JWT has no {settings.jwt_user_claim} claim")
-        roles = claims.get(settings.jwt_admin_claim) or []
-        if isinstance(roles, str):
-            roles = roles.split()
-        return User(name, admin=settings.admin_role in roles or name in settings.admin_users)
+        return User(
+            name,
+            admin=settings.admin_role in _roles(claims.get(settings.jwt_admin_claim)) or name in settings.admin_users,
+        )
 
 
 class Authenticator:
@@ -540,3 +540,14 @@ def current_user(headers: Any) -> User:
     """The caller, as the middleware recorded it (handlers call this with flask.request.headers)."""
     name = headers.get(USER_HEADER.decode(), "")
     return User(name, admin=headers.get(ADMIN_HEADER.decode(), "0") == "1")
+
+
+def _roles(claim: object) -> list[str]:
+    """The roles a JWT claim names, in the two documented shapes: a list of strings, or one
+    string of space-separated roles (OAuth's scope style). Any other shape (an object such as
+    {"wes-admin": false}, a number, a list of objects) names no role."""
+    if isinstance(claim, str):
+        return claim.split()
+    if isinstance(claim, list):
+        return [role for role in claim if isinstance(role, str)]
+    return []

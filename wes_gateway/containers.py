@@ -63,7 +63,11 @@ def wdl_container(settings: Settings) -> str:
 
 def sandbox_paths(settings: Settings) -> list[str]:
     """What the run sandbox must show read-only for the engine to work in it."""
-    if engine(settings) != "podman":
+    chosen = engine(settings)
+    if chosen == "docker":
+        # The daemon's socket, which the deployment chose to hand to its runs (README).
+        return [path for path in ("/run/docker.sock", "/var/run/docker.sock") if os.path.exists(path)][:1]
+    if chosen != "podman":
         return []
     # Podman reads the cgroup layout from /sys, and runc mounts it into the container.
     shown = ["/sys"]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
+import time
 from datetime import UTC, datetime, timedelta
 
 from . import store
 from .config import Settings
-from .paths import RunPaths
+from .paths import RunPaths, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,43 @@ def sweep_job_stores(settings: Settings) -> int:
             log.info("run %s: job store removed by retention policy (%s)", run_id, state)
             removed += 1
     return removed
+
+
+# A submission being written or an upload being spooled touches its files at least this often;
+# one untouched for longer was left by a web worker that died mid-request.
+STALE_STAGING = timedelta(hours=6)
+
+
+def sweep_staging(settings: Settings, older_than: timedelta = STALE_STAGING) -> int:
+    """Delete what dead web workers left in the staging directory (half-spooled uploads,
+    half-staged submissions), and the run-directory links that pointed at them."""
+    staging = staging_dir(settings)
+    cutoff = time.time() - older_than.total_seconds()
+    removed = 0
+    for entry in os.scandir(staging):
+        if _newest_mtime(entry.path) < cutoff:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+            log.info("staging: removed %s, untouched since a web worker left it", entry.name)
+            removed += 1
+    for entry in os.scandir(settings.runs_dir):
+        # A submission's run directory is a link into staging until it is complete.
+        if entry.is_symlink() and not os.path.exists(entry.path) and os.readlink(entry.path).startswith(str(staging)):
+            os.unlink(entry.path)
+    return removed
+
+
+def _newest_mtime(path: str) -> float:
+    newest = os.lstat(path).st_mtime
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in (*dirnames, *filenames):
+            try:
+                newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+            except OSError:
+                pass
+    return newest
 
 
 def delete_run(settings: Settings, run_id: str, keep_tombstone: bool = True) -> bool:

@@ -172,8 +172,9 @@ class Supervisor:
         while not self.stop_event.is_set():
             try:
                 self.tick()
-                if time.monotonic() >= next_sweep:
+                if time.monotonic() >= next_sweep:  # at start, then every retention_interval
                     retention.sweep_job_stores(self.settings)
+                    retention.sweep_staging(self.settings)
                     next_sweep = time.monotonic() + self.settings.retention_interval
             except Exception:
                 log.exception("supervisor tick failed; retrying")
@@ -233,7 +234,8 @@ class Supervisor:
             return
         paths = RunPaths.of(self.settings, run_id)
         # A sandbox whose leader never is root cannot give containers a /proc of their own.
-        sandboxed = self.settings.run_sandbox != "none"
+        # Jobs a cluster runs elsewhere are in no sandbox, even when the leader is.
+        sandboxed = self.settings.run_sandbox != "none" and self.settings.batch_system == "single_machine"
         containers.prepare(paths, self.settings, sandboxed, own_pid_namespace=not sandboxed or bool(self.identity))
         sandbox.hand_over(paths, self.identity)
         argv = toil_argv(

@@ -23,7 +23,7 @@ from pathlib import Path
 from .. import procs, store
 from ..paths import RunPaths
 from ..sandbox import Sandbox, become
-from . import ENGINES, engine_for, toil_waits, toil_workers
+from . import ENGINES, engine_for, toil_realtime, toil_waits, toil_workers
 from .base import LeaderSpec, exit_code_of
 
 
@@ -214,4 +214,5 @@ def _run_engine(spec: LeaderSpec, paths: RunPaths, box: Sandbox | None) -> int:
         toil_workers.start(paths.tmp / ".toil-workers.sock")
     if spec.prompt_shutdown:
         toil_waits.install()
+    toil_realtime.disable()
     return engine.run_leader(spec.argv, paths)
