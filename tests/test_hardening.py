@@ -283,7 +283,9 @@ def test_another_run_cannot_write_into_a_runs_log(server: Server, data: Path) ->
     tool, groups = wait_for_tool(run_id, b"sleep\x0020", server.data_dir)
     leader_pids = leftover_processes(run_id, groups | leader_group(server.data_dir, run_id))
     ports = _udp_ports_of(leader_pids)
-    forged = json.dumps({"name": "toil.forged", "levelname": "CRITICAL", "msg": "FORGED-BY-ANOTHER-RUN"}).encode()
+    forged = json.dumps(
+        {"name": "toil.forged", "levelname": "CRITICAL", "levelno": 50, "msg": "FORGED-BY-ANOTHER-RUN"}
+    ).encode()
     for port in ports:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
             sender.sendto(forged, ("127.0.0.1", port))
