@@ -58,6 +58,7 @@ baseCommand: ["true"]
 inputs: []
 outputs: []
 """
+UNREACHABLE = "127.0.0.1:1/nobody/unreachable:1"
 WDL = """version 1.0
 task marker {
   command <<< cat /etc/wes-gateway-image >>>
@@ -76,6 +77,8 @@ def podman_server(tmp_path_factory: pytest.TempPathFactory, image_store: Path) -
     # No test-only singularity stand-in on any PATH: WDL tasks must go through Podman.
     env = container_env(image_store)
     assert "WES_GATEWAY_EXTRA_PATH" not in env
+    # A registry runs may pull from: on loopback, where nothing listens.
+    env["WES_GATEWAY_ALLOWED_REGISTRIES"] = "127.0.0.1:1"
     server = start_server(tmp_path_factory.mktemp("podman"), env)
     yield server
     stop_server(server)
@@ -139,7 +142,14 @@ def test_a_missing_image_is_an_executor_error_naming_it(podman_server: Server) -
     assert podman_server.wait(run_id) == "EXECUTOR_ERROR"
     system_logs = podman_server.get(f"/runs/{run_id}").json()["run_log"]["system_logs"]
     named = [line for line in system_logs if "quay.io/nobody/no-such-image:1.0" in line]
-    assert named and "quay.io" in named[0] and "allowed: none" in named[0], system_logs
+    assert named and "quay.io" in named[0] and "allowed: 127.0.0.1:1" in named[0], system_logs
+
+
+def test_an_image_from_an_allowed_registry_is_pulled_and_its_failure_named(podman_server: Server) -> None:
+    run_id = cwl(podman_server, "unreachable.cwl", MISSING.replace("quay.io/nobody/no-such-image:1.0", UNREACHABLE))
+    assert podman_server.wait(run_id) == "EXECUTOR_ERROR"
+    system_logs = podman_server.get(f"/runs/{run_id}").json()["run_log"]["system_logs"]
+    assert any(f"{UNREACHABLE} could not be pulled from 127.0.0.1:1" in line for line in system_logs), system_logs
 
 
 def test_cancel_leaves_no_container_process(podman_server: Server) -> None:

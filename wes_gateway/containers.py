@@ -4,10 +4,11 @@ run rootless inside the run sandbox.
 
 Podman (the default where it is installed) runs as the run's own user in the sandbox's
 namespaces, with a single-uid mapping (container root is the run user), no subordinate ids
-and no setuid helper (the sandbox sets no_new_privs). Its storage is in the run's tmp, its
-images come read-only from the deployment's image store (Podman's additionalimagestores)
-or, only from allowed registries, by pull. Its containers share the sandbox's PID namespace,
-so whatever ends the sandbox ends them.
+and no setuid helper (the sandbox sets no_new_privs). Its storage is in the run's directory
+(``containers/storage``, its runtime state in the run's tmp), its images come read-only from
+the deployment's image store (Podman's additionalimagestores) or, only from allowed
+registries, by pull. Each container's PID namespace is nested in the sandbox's, so whatever
+ends the sandbox ends them.
 """
 
 from __future__ import annotations
