@@ -9,6 +9,8 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
+import time
 
 # One source for the bind address, shared with the app (which refuses no-auth off loopback).
 from wes_gateway import metrics
@@ -60,6 +62,10 @@ def on_starting(server):
     except (SandboxUnavailable, BatchSystemUnusable) as exc:
         server.log.error("wes-gateway cannot start: %s", exc)
         sys.exit(1)
+    # A previous instance's proof of life would stand for this one's supervisor until it beats.
+    from wes_gateway.paths import supervisor_beat
+
+    supervisor_beat(load_settings()).unlink(missing_ok=True)
     # Counters start again with the service: a directory of a previous run is emptied.
     metrics.configure(load_settings(), fresh=True)
     # Migrate once, here, rather than racing in every worker.
@@ -93,10 +99,36 @@ def when_ready(server):
             os.chown(path, -1, group)
             os.chmod(path, 0o660)
     if run_supervisor:
-        server.wes_supervisor = subprocess.Popen(
-            [sys.executable, "-m", "wes_gateway.cli", "supervise", "--exit-with-parent"]
-        )
-        server.log.info("run supervisor started (pid %s)", server.wes_supervisor.pid)
+        server.wes_stopping = False
+        _start_supervisor(server)
+        # The master keeps it alive: a supervisor that dies (killed, out of memory) is started
+        # again, sooner the first time, with a growing pause if it keeps dying.
+        threading.Thread(target=_keep_supervisor, args=(server,), name="wes-supervisor", daemon=True).start()
+
+
+def _start_supervisor(server):
+    server.wes_supervisor = subprocess.Popen(
+        [sys.executable, "-m", "wes_gateway.cli", "supervise", "--exit-with-parent"]
+    )
+    server.log.info("run supervisor started (pid %s)", server.wes_supervisor.pid)
+
+
+def _keep_supervisor(server):
+    pause = 1.0
+    while True:
+        started = time.monotonic()
+        # Gunicorn's own reaping may take the status first; Popen then reports 0.
+        status = server.wes_supervisor.wait()
+        if server.wes_stopping:
+            return
+        if time.monotonic() - started > 300:
+            pause = 1.0  # it had run well: this is a new trouble, not the same one again
+        server.log.error("run supervisor exited (status %s); starting it again in %.0f s", status, pause)
+        time.sleep(pause)
+        if server.wes_stopping:
+            return
+        _start_supervisor(server)
+        pause = min(pause * 2, 60.0)
 
 
 def child_exit(server, worker):
@@ -104,6 +136,7 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
+    server.wes_stopping = True
     supervisor = getattr(server, "wes_supervisor", None)
     if supervisor is not None and supervisor.poll() is None:
         supervisor.terminate()

@@ -16,8 +16,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "scripts"))  # before bench/ (this script's own folder): its conformance.py
 
 from common import direct_engine  # noqa: E402
 from conformance import BIN, DEFAULT_SUITE, Outcome, run_cwltest, through_gateway, tool_env  # noqa: E402

@@ -225,3 +225,59 @@ def test_200_concurrent_submissions_all_complete(tmp_path: Path) -> None:
         assert_storm_completes(server, submit_storm(server))
     finally:
         stop_server(server)
+
+
+def _supervisor_pid(server: Server) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+                command = (entry / "cmdline").read_bytes()
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == server.process.pid and b"supervise" in command:
+                return int(entry.name)
+    return None
+
+
+def _health_within(server: Server, status: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.get("/health").status_code == status:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_stalled_supervisor_fails_health_and_a_killed_one_is_restarted(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", {"WES_GATEWAY_LEASE_SECONDS": "3"})
+    try:
+        first = _supervisor_pid(server)
+        assert first is not None
+        # Stuck: /health says so once it has been silent longer than a lease, and recovers.
+        os.kill(first, signal.SIGSTOP)
+        try:
+            assert _health_within(server, 503, 15), "health stayed ok with the supervisor stopped"
+            body = server.get("/health").json()
+            assert body["status_code"] == 503 and "supervisor" in body["msg"]
+        finally:
+            os.kill(first, signal.SIGCONT)
+        assert _health_within(server, 200, 15)
+        # Killed: the master starts another, which runs what is submitted.
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while (_supervisor_pid(server) in (None, first)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        second = _supervisor_pid(server)
+        assert second not in (None, first), "no new supervisor after the first was killed"
+        run_id = server.submit_ok(
+            {"echo.cwl": D / "echo.cwl"},
+            workflow_url="echo.cwl",
+            workflow_type="CWL",
+            workflow_type_version="v1.2",
+            workflow_params={"message": "after a restart"},
+        )
+        assert server.wait(run_id, timeout=120) == "COMPLETE"
+        assert server.get("/health").status_code == 200
+    finally:
+        stop_server(server)

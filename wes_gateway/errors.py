@@ -40,6 +40,10 @@ class BadRequest(ApiError):
     status_code = 400
 
 
+class Unavailable(ApiError):
+    status_code = 503
+
+
 class NotFound(ApiError):
     status_code = 404
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,9 +16,9 @@ from werkzeug.wsgi import wrap_file
 from . import outputs, provenance, retention, service_info, staging, store, tasks, uploads, wakeup
 from .auth import User, current_user
 from .config import current_settings
-from .errors import ApiError, BadRequest, Conflict, NotFound, TooManyRequests
+from .errors import ApiError, BadRequest, Conflict, NotFound, TooManyRequests, Unavailable
 from .models import Log, RunId, RunListResponse, RunLog, RunRequest, RunStatus, RunSummary, TaskListResponse, TaskLog
-from .paths import RunPaths
+from .paths import RunPaths, supervisor_beat
 from .urls import external_base, external_url
 
 Json = dict[str, Any]
@@ -345,4 +346,13 @@ def get_health() -> Json:
         store.ping()
     except Exception as exc:
         raise ApiError(f"store unreachable: {type(exc).__name__}") from None
+    # A supervisor that has beaten on this host must go on beating: one that stopped (killed,
+    # stuck) claims no run, and the runs it holds stay QUEUED or RUNNING.
+    settings = current_settings()
+    try:
+        silent = time.time() - supervisor_beat(settings).stat().st_mtime
+    except FileNotFoundError:
+        silent = 0.0  # none on this host (yet): `wes-gateway supervise` may run elsewhere
+    if silent > settings.lease_seconds:
+        raise Unavailable(f"the run supervisor on this host has been silent for {silent:.0f} s", {"Retry-After": "10"})
     return {"status": "ok"}

@@ -25,6 +25,12 @@ def staging_dir(settings: Settings) -> Path:
     return staging
 
 
+def supervisor_beat(settings: Settings) -> Path:
+    """The file this host's supervisor touches at every pass of its loop: its proof of life
+    for /health (the Gunicorn master restarts a supervisor that died)."""
+    return settings.data_dir.resolve() / f"supervisor-{settings.effective_host_id}.alive"
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """Where everything of one run lives. The directory is the unit of retention."""

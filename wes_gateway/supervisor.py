@@ -29,7 +29,7 @@ from . import batch, containers, metrics, procs, retention, sandbox, store, task
 from .config import Settings
 from .engines import Engine, LeaderSpec, engine_for, toil_argv
 from .logsetup import setup_logging
-from .paths import RunPaths
+from .paths import RunPaths, supervisor_beat
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +166,14 @@ class Supervisor:
             self.slots,
             self.settings.batch_system,
         )
+        beat = supervisor_beat(self.settings)
+        beat.touch()
         # Start the forkserver now, so Toil's import cost is paid before the first run.
         self.context.Process(target=_noop).start()
         next_sweep = 0.0
         while not self.stop_event.is_set():
             try:
+                beat.touch()
                 self.tick()
                 if time.monotonic() >= next_sweep:  # at start, then every retention_interval
                     retention.sweep_job_stores(self.settings)
