@@ -106,37 +106,31 @@ VERIFY_THREADS = 2
 
 
 class FailureLimiter:
-    """Recent failures by key (user, peer), bounded in memory."""
+    """Failed logins by who tried from where, counted in the store so that every web worker
+    sees the same count. A user is throttled only from a peer that has failed as that user:
+    nobody can lock a user out from elsewhere, and users behind one proxy do not share a
+    count."""
 
     def __init__(self, allowed: int, window: float) -> None:
         self.allowed, self.window = allowed, window
-        self.seen: dict[str, list[float]] = {}
-        self.lock = threading.Lock()
 
-    def _recent(self, key: str, now: float) -> list[float]:
-        times = [t for t in self.seen.get(key, []) if now - t < self.window]
-        if times:
-            self.seen[key] = times
-        else:
-            self.seen.pop(key, None)
-        return times
+    def wait(self, name: str, peer: str) -> int:
+        """Seconds until ``name`` may try again from ``peer`` (0: now)."""
+        from . import store
 
-    def wait(self, key: str) -> int:
-        """Seconds until ``key`` may try again (0: now)."""
-        now = time.monotonic()
-        with self.lock:
-            times = self._recent(key, now)
+        times = store.login_failures(failure_key(name, peer), self.window)
         if len(times) < self.allowed:
             return 0
-        return max(1, int(times[-self.allowed] + self.window - now) + 1)
+        return max(1, int(times[-self.allowed] + self.window - time.time()) + 1)
 
-    def record(self, key: str) -> None:
-        now = time.monotonic()
-        with self.lock:
-            if len(self.seen) >= CACHE_ENTRIES:
-                self.seen.clear()
-            self.seen.setdefault(key, []).append(now)
-            del self.seen[key][: -self.allowed]
+    def record(self, name: str, peer: str) -> None:
+        from . import store
+
+        store.record_login_failure(failure_key(name, peer), self.window)
+
+
+def failure_key(name: str, peer: str) -> str:
+    return json.dumps([name, peer])
 
 
 def basic_credentials(credentials: str) -> tuple[str, str]:
@@ -402,13 +396,12 @@ class Authenticator:
     def verify_basic(self, peer: str, name: str, password: str) -> User:
         """The slow Basic check, in a worker thread, behind the failure limits."""
         assert self.htpasswd is not None
-        wait = max(self.failures.wait(f"user:{name}"), self.failures.wait(f"peer:{peer}"))
+        wait = self.failures.wait(name, peer)
         if wait:
-            raise Throttled(f"too many failed logins; try again in {wait} s", wait)
+            raise Throttled(f"too many failed logins as {name!r} from here; try again in {wait} s", wait)
         if self.htpasswd.verify(name, password):
             return self._user(name)
-        self.failures.record(f"user:{name}")
-        self.failures.record(f"peer:{peer}")
+        self.failures.record(name, peer)
         raise Unauthorized("wrong user name or password")
 
     def identity_trusted(self, peer: str, headers: dict[bytes, bytes]) -> bool:

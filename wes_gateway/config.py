@@ -110,7 +110,7 @@ class Settings(BaseModel):
         "X-WES-Gateway-Proxy-Secret", description="The header carrying auth_proxy_secret (the proxy adds it)."
     )
     auth_failures_allowed: int = Field(
-        20, ge=1, description="Failed Basic logins per user and per peer within auth_failure_window, then 429."
+        20, ge=1, description="Failed Basic logins per user from one peer within auth_failure_window, then 429 there."
     )
     auth_failure_window: float = Field(60.0, gt=0, description="Seconds over which failed logins are counted.")
     socket_group: str = Field("", description="Group given a unix socket that the service listens on (mode 0660).")

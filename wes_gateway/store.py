@@ -166,6 +166,18 @@ class RunEvent(BaseModel):
         indexes = ((("run_id", "id"), False),)
 
 
+class LoginFailure(BaseModel):
+    """A failed Basic login, by who tried from where: shared by every web worker."""
+
+    id = peewee.AutoField()
+    key = peewee.CharField(max_length=512)  # user and peer (auth.failure_key)
+    at = peewee.DoubleField()  # epoch seconds
+
+    class Meta:
+        table_name = "login_failure"
+        indexes = ((("key", "at"), False),)
+
+
 class ApiToken(BaseModel):
     id = peewee.AutoField()
     user = peewee.CharField(max_length=255)
@@ -416,6 +428,11 @@ def _migration_10(db: peewee.Database) -> None:
         migrate(SchemaMigrator.from_database(db).add_column("task", "container", Task.container))
 
 
+def _migration_11(db: peewee.Database) -> None:
+    # Failed logins in the store, so that every web worker counts the same ones.
+    db.create_tables([LoginFailure])
+
+
 # Append, never edit: deployed databases have run the earlier entries.
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _migration_1,
@@ -428,6 +445,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _migration_8,
     _migration_9,
     _migration_10,
+    _migration_11,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -844,6 +862,24 @@ def list_tasks(run_id: str, page_size: int, page_token: str | None) -> tuple[lis
 
 def iter_runs(states: Iterable[str]) -> list[Run]:
     return list(Run.select().where(Run.state.in_(list(states))).order_by(Run.id))
+
+
+def record_login_failure(key: str, window: float) -> None:
+    """One more failed login for ``key``; failures older than ``window`` seconds go."""
+    now = time.time()
+    with database.atomic():
+        LoginFailure.create(key=key[:512], at=now)
+        LoginFailure.delete().where(LoginFailure.at < now - window).execute()
+
+
+def login_failures(key: str, window: float) -> list[float]:
+    """When ``key``'s failed logins of the last ``window`` seconds happened, oldest first."""
+    rows = (
+        LoginFailure.select(LoginFailure.at)
+        .where((LoginFailure.key == key[:512]) & (LoginFailure.at >= time.time() - window))
+        .order_by(LoginFailure.at)
+    )
+    return [float(row.at) for row in rows]
 
 
 def ping() -> None:
