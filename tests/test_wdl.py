@@ -80,3 +80,22 @@ def test_missing_and_unknown_wdl_inputs(server: Server) -> None:
     assert unknown.status_code == 400 and "bogus" in unknown.json()["msg"], unknown.text
     draft = submit(server, "sleep.wdl", {"sleep.wdl": W / "sleep.wdl"}, {"napping.seconds": 1}, version="draft-2")
     assert draft.status_code == 400 and "workflow_type_version" in draft.json()["msg"]
+
+
+def test_outputs_name_no_file_outside_the_run(tmp_path: Path) -> None:
+    # A WDL String output is shown as a File when it names one of the run's files. One that
+    # climbs out with '..', or through a link the run planted, names nothing of the host.
+    from wes_gateway.engines.wdl import WdlEngine
+    from wes_gateway.paths import RunPaths
+
+    paths = RunPaths(root=tmp_path / "run")
+    (paths.root / "attachments").mkdir(parents=True)
+    (paths.outdir).mkdir()
+    (paths.outdir / "own.txt").write_text("the run's own\n")
+    (paths.outdir / "planted").symlink_to("/etc/passwd")
+    climbing = f"{paths.root}/attachments" + "/.." * 12 + "/etc/passwd"
+    shown = WdlEngine().present_outputs(
+        {"own": str(paths.outdir / "own.txt"), "climb": climbing, "link": str(paths.outdir / "planted")}, paths
+    )
+    assert shown["own"]["class"] == "File" and shown["own"]["size"] == len("the run's own\n")
+    assert shown["climb"] == climbing and shown["link"] == str(paths.outdir / "planted")

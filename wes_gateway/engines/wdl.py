@@ -132,8 +132,10 @@ class WdlEngine:
             if isinstance(value, dict):
                 return {key: convert(item) for key, item in value.items()}
             if isinstance(value, str) and value.startswith("/"):
-                path = Path(value)
-                if path.is_relative_to(paths.root) and path.exists():
+                # Resolved, links and '..' included, before the check: a String output such as
+                # '<run>/attachments/../../etc/shadow' names no file of the run.
+                path = Path(os.path.realpath(value))
+                if path.is_relative_to(Path(os.path.realpath(paths.root))) and path.exists():
                     kind = "Directory" if path.is_dir() else "File"
                     shown: dict[str, Any] = {
                         "class": kind,
