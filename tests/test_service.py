@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 from conftest import DATA, Server, record_run, start_server, stop_server
 
 from wes_gateway import store
@@ -160,3 +162,33 @@ def test_every_response_says_nosniff(server: Server) -> None:
     assert [r.headers.get("X-Content-Type-Options") for r in responses] == ["nosniff"] * len(responses), [
         (r.url, r.status_code) for r in responses
     ]
+
+
+def test_urls_never_lead_to_a_host_a_header_named(seeded: tuple[Server, list[str]], tmp_path: Path) -> None:
+    server, ids = seeded
+    run_id = ids[0]
+    for headers in (
+        {"X-Forwarded-Prefix": "//evil.example"},
+        {"X-Forwarded-Host": "evil.example/x?", "X-Forwarded-Proto": "javascript"},
+        {"Host": "evil.example@x"},
+    ):
+        log = server.get(f"/runs/{run_id}", headers=headers).json()
+        url = urlsplit(log["task_logs_url"])
+        assert url.scheme == "http" and url.hostname in ("127.0.0.1", "localhost") and "evil" not in url.geturl(), (
+            headers,
+            url.geturl(),
+        )
+    # A well-formed prefix from the trusted proxy (loopback here) is honoured.
+    log = server.get(f"/runs/{run_id}", headers={"X-Forwarded-Prefix": "/wes"}).json()
+    assert log["task_logs_url"].startswith(server.base + "/wes/ga4gh/wes/v1/")
+    # With public_url set, the headers count for nothing.
+    public = start_server(tmp_path / "data", {"WES_GATEWAY_PUBLIC_URL": "https://wes.example.org/site"})
+    try:
+        page = public.get("/runs", headers={"X-Forwarded-Host": "evil.example"})
+        assert page.status_code == 200
+        login = requests.post(f"{public.base}/ui/logout", allow_redirects=False, timeout=10)
+        assert login.headers["Location"].startswith("/site/ui/") or login.headers["Location"].startswith(
+            "https://wes.example.org/site/"
+        ), login.headers.get("Location")
+    finally:
+        stop_server(public)

@@ -140,6 +140,12 @@ class Settings(BaseModel):
     auth_instructions_url: str = "https://example.org/wes-gateway/auth"
     contact_url: str = ""
     documentation_url: str = ""
+    public_url: str = Field(
+        "",
+        pattern=r"^(https?://[^/?#\s]+(/[^?#\s]*)?)?$",
+        description="The service's URL as clients reach it (https://wes.example.org/prefix): absolute URLs are "
+        "built from it, never from Host or X-Forwarded-* headers. Empty: from the request, headers checked.",
+    )
     trusted_proxies: list[str] = Field(
         default_factory=lambda: ["127.0.0.1", "::1", "unix"],
         description="Peers whose X-Forwarded-Proto/-Host/-Prefix headers are honoured ('unix': a unix-socket peer).",
