@@ -36,13 +36,18 @@ def main() -> None:
     parser.add_argument("--tags", default="all")
     parser.add_argument("-j", "--jobs", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="keep logs and junit reports here")
+    parser.add_argument("--sides", default="gateway,direct", help="gateway, direct or both (the default)")
     args = parser.parse_args()
+    sides = set(args.sides.split(","))
     suite = args.suite.resolve()
     with tempfile.TemporaryDirectory(prefix="wes-bench-conformance-") as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        gateway = through_gateway(suite, args.tags, args.jobs, workdir, label="gateway")
-        report(gateway)
+        gateway = through_gateway(suite, args.tags, args.jobs, workdir, label="gateway") if "gateway" in sides else None
+        if gateway is not None:
+            report(gateway)
+        if "direct" not in sides:
+            return
         from conftest import IMAGE_STORE, images_unavailable
 
         if images_unavailable():
@@ -61,6 +66,8 @@ def main() -> None:
             tool_env({"PATH": f"{engine_env['PATH'].split(':', 1)[0]}:{tool_env()['PATH']}"} if engine_env else {}),
         )
         report(direct)
+    if gateway is None:
+        return
     only_direct = sorted(set(direct.passed) - set(gateway.passed))
     print(f"passed directly but not through the gateway: {' '.join(only_direct) or '-'}")
     print(
