@@ -83,6 +83,13 @@ class Server:
         assert response.status_code == 200, response.text
         return str(response.json()["run_id"])
 
+    def submit_cwl(self, tool: Path | tuple[str, str], params: dict[str, Any]) -> str:
+        """A CWL v1.2 tool, a file or (name, text), as its only attachment; the run id."""
+        name, body = (tool.name, tool.read_bytes()) if isinstance(tool, Path) else (tool[0], tool[1].encode())
+        return self.submit_ok(
+            {name: body}, workflow_url=name, workflow_type="CWL", workflow_type_version="v1.2", workflow_params=params
+        )
+
     def wait(self, run_id: str, states: set[str] = TERMINAL, timeout: float = 180) -> str:
         deadline = time.monotonic() + timeout
         state = ""

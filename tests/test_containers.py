@@ -85,13 +85,7 @@ def podman_server(tmp_path_factory: pytest.TempPathFactory, image_store: Path) -
 
 
 def cwl(server: Server, name: str, text: str, params: dict[str, object] | None = None) -> str:
-    return server.submit_ok(
-        {name: text.encode()},
-        workflow_url=name,
-        workflow_type="CWL",
-        workflow_type_version="v1.2",
-        workflow_params=params or {},
-    )
+    return server.submit_cwl((name, text), params or {})
 
 
 def test_cwl_docker_requirement_runs_in_the_image(podman_server: Server, image_store: Path) -> None:

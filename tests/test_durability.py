@@ -270,13 +270,7 @@ def test_a_stalled_supervisor_fails_health_and_a_killed_one_is_restarted(tmp_pat
             time.sleep(0.2)
         second = _supervisor_pid(server)
         assert second not in (None, first), "no new supervisor after the first was killed"
-        run_id = server.submit_ok(
-            {"echo.cwl": D / "echo.cwl"},
-            workflow_url="echo.cwl",
-            workflow_type="CWL",
-            workflow_type_version="v1.2",
-            workflow_params={"message": "after a restart"},
-        )
+        run_id = server.submit_cwl(D / "echo.cwl", {"message": "after a restart"})
         assert server.wait(run_id, timeout=120) == "COMPLETE"
         assert server.get("/health").status_code == 200
     finally:

@@ -273,13 +273,7 @@ def _udp_ports_of(pids: list[int]) -> list[int]:
 def test_another_run_cannot_write_into_a_runs_log(server: Server, data: Path) -> None:
     # Toil's leader listens for its jobs' real-time log lines on UDP 0.0.0.0; anyone on the
     # host (another user's step) could send lines to it. Our leaders start no such server.
-    run_id = server.submit_ok(
-        {"sleep.cwl": data / "sleep.cwl"},
-        workflow_url="sleep.cwl",
-        workflow_type="CWL",
-        workflow_type_version="v1.2",
-        workflow_params={"seconds": 20},
-    )
+    run_id = server.submit_cwl(data / "sleep.cwl", {"seconds": 20})
     tool, groups = wait_for_tool(run_id, b"sleep\x0020", server.data_dir)
     leader_pids = leftover_processes(run_id, groups | leader_group(server.data_dir, run_id))
     ports = _udp_ports_of(leader_pids)

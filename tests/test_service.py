@@ -144,13 +144,7 @@ def test_active_run_limit_holds_under_simultaneous_submissions(tmp_path: Path) -
 
 def test_every_response_says_nosniff(server: Server) -> None:
     # A run writes its own logs and outputs: no browser may sniff them into HTML or script.
-    run_id = server.submit_ok(
-        {"echo.cwl": DATA / "echo.cwl"},
-        workflow_url="echo.cwl",
-        workflow_type="CWL",
-        workflow_type_version="v1.2",
-        workflow_params={"message": "<script>alert(1)</script>"},
-    )
+    run_id = server.submit_cwl(DATA / "echo.cwl", {"message": "<script>alert(1)</script>"})
     assert server.wait(run_id) == "COMPLETE"
     responses = [
         server.get(f"/runs/{run_id}/logs/stderr"),
