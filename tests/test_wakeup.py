@@ -29,6 +29,10 @@ def test_a_submission_wakes_the_supervisor(tmp_path: Path) -> None:
             while server.get(f"/runs/{run_id}/status").json()["state"] == "QUEUED":
                 assert time.monotonic() - began < 5, "still QUEUED: the supervisor was not woken"
                 time.sleep(0.05)
+        # The supervisor logs a claim just after committing it: the state can be seen first.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not all(f"run {r} claimed" in server.log_tail(400) for r in run_ids):
+            time.sleep(0.1)
         log = server.log_tail(400)
         for run_id in run_ids:
             assert f"run {run_id} claimed" in log
