@@ -56,17 +56,15 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(10)
 
 
+# Host A's supervisor, by its server's base URL (the hosts fixture starts it).
+_SUPERVISORS: dict[str, subprocess.Popen[bytes]] = {}
+
+
 def supervisor_of(server: Server) -> int:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
-                command = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if parent == server.process.pid and b"supervise" in command:
-                return int(entry.name)
-    raise AssertionError("host A has no supervisor")
+    process = _SUPERVISORS.get(server.base)
+    if process is None or process.poll() is not None:
+        raise AssertionError("host A has no supervisor")
+    return process.pid
 
 
 def launcher_pid(shared: Path, run_id: str) -> int:
@@ -103,8 +101,14 @@ def completions(*logs: Path) -> int:
 @pytest.fixture
 def hosts(postgres: Postgres, shared: Path, tmp_path: Path) -> Iterator[tuple[Server, dict[str, str], Path]]:
     env = host_env(postgres, shared, tmp_path / "host-a", "host-a")
-    server = start_server(tmp_path / "host-a", env)
+    # Host A's supervisor runs beside its Gunicorn (`wes-gateway supervise`), not under it:
+    # these tests kill it and watch what follows, which the master's restart of a dead
+    # supervisor would hide.
+    server = start_server(tmp_path / "host-a", {**env, "WES_GATEWAY_SUPERVISOR": "off"})
+    own = {k: v for k, v in server.env.items() if k.startswith("WES_GATEWAY_") and k != "WES_GATEWAY_SUPERVISOR"}
+    _SUPERVISORS[server.base] = start_supervisor(own, tmp_path / "host-a-supervisor.log", own_pid_namespace=False)
     yield server, host_env(postgres, shared, tmp_path / "host-b", "host-b"), tmp_path
+    stop(_SUPERVISORS.pop(server.base))
     stop_server(server)
 
 
