@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -270,8 +271,10 @@ def kill_all_leaders(*roots: Path) -> None:
 IMAGE_STORE = Path(os.environ.get("WES_GATEWAY_TEST_IMAGE_STORE", "/var/cache/wes-gateway/test-images"))
 
 
+@functools.cache
 def images_unavailable() -> str:
-    """Why the tests' image store cannot be built here, or '' once it is there."""
+    """Why the tests' image store cannot be built here, or '' once it is there (asked once per
+    session: the engine_env and image_store fixtures, and the scripts, all ask)."""
     if os.geteuid() != 0:
         return "building the test images (debootstrap, podman as the run user) needs root"
     missing = [tool for tool in ("podman", "runc", "debootstrap") if shutil.which(tool) is None]

@@ -182,14 +182,9 @@ def prepare(paths: RunPaths, settings: Settings, sandboxed: bool = True, own_pid
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
-    # Replaced, never written through: the run owns this directory and may have left a link.
-    temporary = path.with_name(f".{path.name}.new")
-    temporary.unlink(missing_ok=True)
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(temporary, mode)
-    os.replace(temporary, path)
+    # The directory was just made afresh by prepare, before any leader of the run starts.
+    path.write_text(text)
+    os.chmod(path, mode)
 
 
 def _toml(table: dict[str, Any], prefix: str = "") -> str:
