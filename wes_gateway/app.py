@@ -28,6 +28,7 @@ from .errors import ApiError, error_body, send_error
 from .events import EventStream
 from .logsetup import setup_logging
 from .metrics import MetricsEndpoint
+from .streams import WatchDisconnect
 from .uploads import UploadMiddleware
 from .urls import API_BASE
 
@@ -247,6 +248,7 @@ def create_app(settings: Settings | None = None, validate_responses: bool | None
         UploadMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE
     )
     app.add_middleware(EventStream, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE)
+    app.add_middleware(WatchDisconnect, position=MiddlewarePosition.BEFORE_SWAGGER)
     from .ui import bp as ui_pages
 
     app.app.register_blueprint(ui_pages)

@@ -183,6 +183,16 @@ class Settings(BaseModel):
     max_attachment_bytes: int = Field(2 * 1024**3, ge=1, description="Total attachment size per run.")
     max_attachment_count: int = Field(1000, ge=1)
     max_attachment_file_bytes: int = Field(1024**3, ge=1, description="Size of one attachment.")
+    max_served_file_bytes: int = Field(
+        64 * 1024**3,
+        ge=1,
+        description="Bytes one response sends of one output or log file (a Range of a larger file is served).",
+    )
+    max_served_run_bytes: int = Field(
+        128 * 1024**3,
+        ge=1,
+        description="Bytes of files in one outputs.zip or RO-Crate, and the output bytes hashed for a crate.",
+    )
     response_validation: bool = Field(False, description="Validate responses against the YAML.")
 
     @field_validator(

@@ -44,6 +44,10 @@ class Unavailable(ApiError):
     status_code = 503
 
 
+class Forbidden(ApiError):
+    status_code = 403
+
+
 class NotFound(ApiError):
     status_code = 404
 

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import flask
-from werkzeug.wsgi import wrap_file
 
-from . import outputs, provenance, retention, service_info, staging, store, tasks, uploads, wakeup
+from . import outputs, provenance, retention, service_info, staging, store, streams, tasks, uploads, wakeup
 from .auth import User, current_user
 from .config import current_settings
-from .errors import ApiError, BadRequest, Conflict, NotFound, TooManyRequests, Unavailable
+from .errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, TooManyRequests, Unavailable
 from .models import Log, RunId, RunListResponse, RunLog, RunRequest, RunStatus, RunSummary, TaskListResponse, TaskLog
 from .paths import RunPaths, supervisor_beat
 from .urls import external_base, external_url
@@ -272,15 +271,27 @@ def get_run_output(run_id: str, path: str) -> flask.Response:
     response.last_modified = datetime.fromtimestamp(info.st_mtime, UTC)
     response.headers.set("Content-Disposition", "attachment", filename=Path(path).name)
     response.make_conditional(flask.request.environ, accept_ranges=True, complete_length=info.st_size)
+    return _within_file_cap(response, path)
+
+
+def _within_file_cap(response: flask.Response, name: str) -> flask.Response:
+    """The response, unless its body (the whole file, or the Range asked for) is more than one
+    response may send."""
+    cap = current_settings().max_served_file_bytes
+    if (response.content_length or 0) > cap:
+        response.close()
+        raise Forbidden(
+            f"{name!r} is {response.content_length} bytes, more than one response sends "
+            f"(max_served_file_bytes = {cap}): ask for it in byte ranges (Range: bytes=FROM-TO)"
+        )
     return response
 
 
 def _send_handle(handle: IO[bytes], mimetype: str, etag: str | None = None) -> flask.Response:
-    """An open file as the response body, streamed, with its length (Range and conditional
-    requests are answered by ``make_conditional``, which needs it)."""
+    """An open file as the response body, streamed until the client goes away, with its length
+    (Range and conditional requests are answered by ``make_conditional``, which needs it)."""
     size = os.fstat(handle.fileno()).st_size
-    body = wrap_file(flask.request.environ, handle)
-    response = flask.Response(body, mimetype=mimetype, direct_passthrough=True)
+    response = flask.Response(streams.FileStream(handle), mimetype=mimetype, direct_passthrough=True)
     response.content_length = size
     response.cache_control.no_cache = True
     if etag:
@@ -289,13 +300,25 @@ def _send_handle(handle: IO[bytes], mimetype: str, etag: str | None = None) -> f
 
 
 def get_run_outputs_zip(run_id: str) -> flask.Response:
-    return _zip_response(outputs.all_outputs(_finished_outputs(run_id)), f"{run_id}-outputs.zip")
+    paths = _finished_outputs(run_id)
+    listed = outputs.files_under(paths, paths.outdir)
+    _within_run_cap(run_id, sum(info.st_size for _name, info in listed), "outputs.zip")
+    return _zip_response(outputs.all_outputs(paths, listed), f"{run_id}-outputs.zip")
+
+
+def _within_run_cap(run_id: str, size: int, what: str) -> None:
+    cap = current_settings().max_served_run_bytes
+    if size > cap:
+        raise Forbidden(
+            f"run {run_id}'s {what} would hold {size} bytes of files, more than one response sends "
+            f"(max_served_run_bytes = {cap}): fetch the outputs one by one"
+        )
 
 
 def _zip_response(items: Iterable[tuple[str, Any]], filename: str) -> flask.Response:
-    """A zip streamed as it is built (outputs.zip_stream), as a download."""
+    """A zip streamed as it is built (outputs.zip_stream), as a download, until the client goes."""
     return flask.Response(
-        flask.stream_with_context(outputs.zip_stream(items)),
+        flask.stream_with_context(streams.while_connected(outputs.zip_stream(items))),
         mimetype="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
@@ -313,6 +336,7 @@ def get_run_ro_crate(run_id: str) -> flask.Response:
     if run.deleted_at:
         raise NotFound(f"run {run_id} has no RO-Crate (it was deleted at {run.deleted_at})")
     paths = RunPaths.of(current_settings(), run_id)
+    _within_run_cap(run_id, provenance.size(paths), "RO-Crate")
     metadata = provenance.build(run, store.all_tasks(run_id), paths, service_info.toil_version())
     return _zip_response(provenance.zip_items(paths, metadata), f"{run_id}-ro-crate.zip")
 
@@ -326,12 +350,12 @@ def get_run_log_file(run_id: str, stream: str) -> flask.Response:
 def _send_log(paths: RunPaths, path: Path | None) -> flask.Response:
     # Through open_file: the run owns these names and could point them anywhere.
     handle = paths.open_file(path) if path is not None else None
-    if handle is None:
+    if handle is None or path is None:
         return flask.Response("", mimetype="text/plain")
     # Range, so that a client can tail a growing log from an offset.
     response = _send_handle(handle, "text/plain; charset=utf-8")
     response.make_conditional(flask.request.environ, accept_ranges=True, complete_length=response.content_length)
-    return response
+    return _within_file_cap(response, path.name)
 
 
 def get_task_log_file(run_id: str, task_id: str, stream: str) -> flask.Response:

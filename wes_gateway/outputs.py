@@ -3,8 +3,8 @@ directory listing, every output as a zip built while it is sent, and a ``url`` b
 File and Directory of ``RunLog.outputs``.
 
 The output directory is the run's own: the workflow wrote it, and could have planted links
-or FIFOs there. Everything is opened as ``RunPaths.open_file`` opens run files, and must be
-inside the run's ``outputs/`` once opened, whatever names led there.
+or FIFOs there. Everything is opened and walked through ``beneath``: one name at a time,
+crossing no link, opening nothing but regular files and directories.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import quote
 
+from . import beneath
 from .errors import NotFound
 from .paths import RunPaths
-
-CHUNK = 256 * 1024
+from .streams import CHUNK
 
 
 @dataclass(frozen=True)
@@ -66,31 +66,17 @@ def _clean(path: str) -> PurePosixPath:
     return PurePosixPath(*parts)
 
 
-def _confined(paths: RunPaths, fd: int) -> bool:
-    real = os.readlink(f"/proc/self/fd/{fd}")
-    root = os.path.realpath(paths.outdir)
-    return real == root or real.startswith(root + os.sep)
-
-
 def open_output(paths: RunPaths, path: str) -> tuple[IO[bytes], os.stat_result] | list[Entry]:
     """A regular file to send (open, with its stat), or a directory's entries."""
-    target = paths.outdir / _clean(path) if path else paths.outdir
+    name = PurePosixPath(paths.outdir.name, _clean(path)) if path else PurePosixPath(paths.outdir.name)
     try:
-        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = beneath.open_fd(paths.root, name, directory=True)
     except OSError:
         raise NotFound(f"no output {path!r}") from None
-    try:
-        info = os.fstat(fd)
-        if _confined(paths, fd):
-            if stat.S_ISREG(info.st_mode):
-                os.set_blocking(fd, True)
-                return os.fdopen(fd, "rb"), info
-            if stat.S_ISDIR(info.st_mode):
-                return _entries(fd)
-    except OSError:
-        pass
-    os.close(fd)
-    raise NotFound(f"no output {path!r}")
+    info = os.fstat(fd)
+    if stat.S_ISDIR(info.st_mode):
+        return _entries(fd)
+    return os.fdopen(fd, "rb"), info
 
 
 def _entries(fd: int) -> list[Entry]:
@@ -153,14 +139,11 @@ class _Pipe:
         yield from chunks
 
 
-def files_under(root: Path) -> list[str]:
-    """Every file name below ``root``, relative to it, in order; links to directories are not
-    followed."""
-    names = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        names += [str((Path(dirpath) / name).relative_to(root)) for name in sorted(filenames)]
-    return names
+def files_under(paths: RunPaths, directory: Path) -> list[tuple[str, os.stat_result]]:
+    """Every regular file below ``directory`` of the run, relative to it, with its lstat, in
+    order; no link is followed or listed (beneath.files)."""
+    name = beneath.relative_to(paths.root, directory)
+    return [] if name is None else list(beneath.files(paths.root, name))
 
 
 Opened = tuple[IO[bytes], os.stat_result]
@@ -208,6 +191,9 @@ def zip_stream(items: Iterable[tuple[str, Callable[[], Opened | None] | bytes]])
     yield from pipe.take()
 
 
-def all_outputs(paths: RunPaths) -> Iterator[tuple[str, Callable[[], Opened | None]]]:
-    for name in files_under(paths.outdir):
+def all_outputs(
+    paths: RunPaths, listed: list[tuple[str, os.stat_result]]
+) -> Iterator[tuple[str, Callable[[], Opened | None]]]:
+    """The zip items of the output files ``listed`` (files_under)."""
+    for name, _info in listed:
         yield name, partial(output_file, paths, name)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from . import beneath
 from .config import Settings
 
 # outputs.json and outline.json are small; a run cannot make the service read gigabytes.
@@ -141,22 +141,16 @@ class RunPaths:
 
     def open_file(self, path: Path) -> BinaryIO | None:
         """Open a file of this run for the service to read, or None: only a regular file
-        inside the run directory, reached through no symbolic link. The run owns its
-        directory and could otherwise point a name (stdout.log, a job log, outputs.json)
-        at the service's own files, or plant a FIFO that blocks the reader."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
+        inside the run directory, reached through no symbolic link (beneath). The run owns its
+        directory and could otherwise point a name (stdout.log, job-logs, outputs.json) at
+        the service's own files, or at a FIFO or device that blocks or wakes something."""
+        name = beneath.relative_to(self.root, path)
+        if name is None:
             return None
         try:
-            real = os.readlink(f"/proc/self/fd/{fd}")  # where it is, whatever the path said
-            if stat.S_ISREG(os.fstat(fd).st_mode) and real.startswith(os.path.realpath(self.root) + os.sep):
-                os.set_blocking(fd, True)
-                return os.fdopen(fd, "rb")
+            return os.fdopen(beneath.open_fd(self.root, name), "rb")
         except OSError:
-            pass
-        os.close(fd)
-        return None
+            return None
 
     def read_json(self, path: Path) -> Any:
         """A JSON file the run may have written, read as ``open_file`` allows; None if not."""

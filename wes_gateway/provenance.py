@@ -4,8 +4,10 @@ and WDL alike: the workflow and its attachments, the inputs, the outputs with th
 sha256, the run's times, state, engine and version, and one action per task.
 
 The crate is made when it is asked for, from the store and the run directory, so it is the
-same after a restart. The output checksums are worked out once and kept in the run's
-control directory (the service's own), keyed by each file's size and modification time.
+same after a restart. The output checksums are worked out by the supervisor as the run
+completes (``record_checksums``, within a byte budget) and kept in the run's control
+directory (the service's own), keyed by each file's size and modification time: a request
+never hashes, so a run's terabyte of outputs cannot hold a web worker before its first byte.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from . import outputs, store
 from .outputs import Opened
 from .paths import RunPaths
+from .streams import CHUNK
 
 PROFILES = {
     "process": "https://w3id.org/ro/wfrun/process/0.5",
@@ -42,31 +45,54 @@ LANGUAGES = {
 _STATUS = {store.COMPLETE: "CompletedActionStatus", store.CANCELED: "FailedActionStatus"}
 
 
-def _checksums(paths: RunPaths, names: list[str]) -> dict[str, dict[str, Any]]:
-    """sha256 and size of each output file, from the cache where the file is unchanged."""
-    cache_path = paths.control / "checksums.json"
-    cached = paths.read_json(cache_path) or {}
+def record_checksums(paths: RunPaths, max_file_bytes: int, max_total_bytes: int) -> int:
+    """Hash the run's output files into the cache, skipping any larger than ``max_file_bytes``
+    and stopping once ``max_total_bytes`` were read (what could not be served needs no sum).
+    Returns the bytes hashed."""
+    cached = _cached(paths)
     found: dict[str, dict[str, Any]] = {}
-    for name in names:
-        try:
-            opened = outputs.open_output(paths, name)
-        except Exception:
+    budget = max_total_bytes
+    for name, listed in outputs.files_under(paths, paths.outdir):
+        if listed.st_size > max_file_bytes or listed.st_size > budget:
             continue
-        if isinstance(opened, list):
+        opened = outputs.output_file(paths, name)
+        if opened is None:
             continue
         handle, info = opened
         with handle:
             key = f"{info.st_size}:{info.st_mtime_ns}"
-            entry = cached.get(name) if isinstance(cached, dict) else None
+            entry = cached.get(name)
             if not (isinstance(entry, dict) and entry.get("key") == key):
                 digest = hashlib.sha256()
-                while block := handle.read(outputs.CHUNK):
+                while block := handle.read(CHUNK):
                     digest.update(block)
                 entry = {"key": key, "sha256": digest.hexdigest(), "size": info.st_size}
+                budget -= info.st_size
             found[name] = entry
-    temporary = cache_path.with_suffix(".tmp")
+    temporary = _cache(paths).with_suffix(".tmp")
     temporary.write_text(json.dumps(found))
-    os.replace(temporary, cache_path)
+    os.replace(temporary, _cache(paths))
+    return max_total_bytes - budget
+
+
+def _cache(paths: RunPaths) -> Any:
+    return paths.control / "checksums.json"
+
+
+def _cached(paths: RunPaths) -> dict[str, Any]:
+    data = paths.read_json(_cache(paths))
+    return data if isinstance(data, dict) else {}
+
+
+def _checksums(paths: RunPaths) -> dict[str, dict[str, Any]]:
+    """Size of each output file, and its sha256 where the cache has it for the file as it is."""
+    cached = _cached(paths)
+    found: dict[str, dict[str, Any]] = {}
+    for name, info in outputs.files_under(paths, paths.outdir):
+        entry = cached.get(name)
+        found[name] = {"size": info.st_size}
+        if isinstance(entry, dict) and entry.get("key") == f"{info.st_size}:{info.st_mtime_ns}":
+            found[name]["sha256"] = entry.get("sha256")
     return found
 
 
@@ -94,7 +120,7 @@ def build(run: store.Run, run_tasks: list[store.Task], paths: RunPaths, engine_v
             },
         )
     )
-    attachments = outputs.files_under(paths.attachments)
+    attachments = [name for name, _info in outputs.files_under(paths, paths.attachments)]
     workflow_url = str(run.request.get("workflow_url", "")).split("#", 1)[0]
     workflow = None
     for name in attachments:
@@ -133,13 +159,12 @@ def build(run: store.Run, run_tasks: list[store.Task], paths: RunPaths, engine_v
             properties={"@type": "SoftwareApplication", "name": "Toil", "version": engine_version},
         )
     )
-    names = outputs.files_under(paths.outdir) if run.state == store.COMPLETE else []
-    sums = _checksums(paths, names)
+    sums = _checksums(paths) if run.state == store.COMPLETE else {}
     results = [
         crate.add_file(
             None,
             dest_path=f"outputs/{name}",
-            properties={"contentSize": entry["size"], "sha256": entry["sha256"]},
+            properties={"contentSize": entry["size"], **({"sha256": entry["sha256"]} if "sha256" in entry else {})},
         )
         for name, entry in sums.items()
     ]
@@ -230,8 +255,17 @@ def _container_image(crate: Any, images: dict[str, Any], record: Any) -> Any:
 def zip_items(paths: RunPaths, metadata: dict[str, Any]) -> Iterator[tuple[str, Callable[[], Opened | None] | bytes]]:
     """What the zip holds: the metadata, then each file the crate names, read from the run."""
     yield "ro-crate-metadata.json", json.dumps(metadata, indent=2).encode()
-    for name in outputs.files_under(paths.attachments):
+    for name, _info in outputs.files_under(paths, paths.attachments):
         yield f"workflow/{name}", partial(outputs.run_file, paths, paths.attachments / name)
     yield "inputs/params.json", partial(outputs.run_file, paths, paths.params)
-    for name, opener in outputs.all_outputs(paths):
+    for name, opener in outputs.all_outputs(paths, outputs.files_under(paths, paths.outdir)):
         yield f"outputs/{name}", opener
+
+
+def size(paths: RunPaths) -> int:
+    """The bytes of files the crate's zip holds (its metadata aside)."""
+    return sum(
+        info.st_size
+        for directory in (paths.attachments, paths.outdir)
+        for _name, info in outputs.files_under(paths, directory)
+    )

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from . import batch, containers, metrics, procs, retention, sandbox, store, tasks, wakeup
+from . import batch, containers, metrics, procs, provenance, retention, sandbox, store, tasks, wakeup
 from .config import Settings
 from .engines import Engine, LeaderSpec, engine_for, toil_argv
 from .logsetup import setup_logging
@@ -445,6 +445,14 @@ class Supervisor:
             end(store.CANCELED, exit_code=code)
             return
         if code == 0:
+            # Hashed here, within what could be served, so that no request for the RO-Crate does.
+            try:
+                hashed = provenance.record_checksums(
+                    paths, self.settings.max_served_file_bytes, self.settings.max_served_run_bytes
+                )
+                log.info("run %s: %d output bytes hashed for its RO-Crate", run_id, hashed)
+            except OSError:
+                log.exception("run %s: output checksums not recorded; its RO-Crate will lack them", run_id)
             end(store.COMPLETE, exit_code=0, outputs=engine.present_outputs(paths.read_outputs(), paths))
         elif recorded is not None:
             # What the run's container shims said (an image it could not have), named for the user.
