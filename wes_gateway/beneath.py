@@ -69,6 +69,44 @@ def relative_to(root: Path, path: Path) -> PurePosixPath | None:
         return None
 
 
+# Deeper directories are not walked: a run could nest them past any recursion limit.
+MAX_DEPTH = 128
+
+
+def walk(top: int) -> Iterator[tuple[int, str, list[str], list[str]]]:
+    """(descriptor, path from top ending in "/" or "", subdirectory names, regular file names)
+    for the directory open as ``top`` and each directory below it, parents first, names in
+    order. Links, FIFOs and devices are neither listed nor opened (``os.fwalk`` opens a link
+    to a directory before it finds out). Remove names from the subdirectory list to prune."""
+    yield from _walk(top, "", 0)
+
+
+def _walk(fd: int, prefix: str, depth: int) -> Iterator[tuple[int, str, list[str], list[str]]]:
+    directories: list[str] = []
+    regular: list[str] = []
+    try:
+        with os.scandir(fd) as listing:
+            for entry in sorted(listing, key=lambda item: item.name):
+                if entry.is_dir(follow_symlinks=False):
+                    directories.append(entry.name)
+                elif entry.is_file(follow_symlinks=False):
+                    regular.append(entry.name)
+    except OSError:
+        return
+    yield fd, prefix, directories, regular
+    if depth >= MAX_DEPTH:
+        return
+    for name in directories:
+        try:
+            below = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError:
+            continue
+        try:
+            yield from _walk(below, f"{prefix}{name}/", depth + 1)
+        finally:
+            os.close(below)
+
+
 def files(root: Path, relative: str | PurePosixPath = "") -> Iterator[tuple[str, os.stat_result]]:
     """Every regular file below root/relative, as (name relative to that directory, its lstat), in
     order. Links are neither followed nor listed, whatever they point at."""
@@ -77,15 +115,14 @@ def files(root: Path, relative: str | PurePosixPath = "") -> Iterator[tuple[str,
     except OSError:
         return
     try:
-        for dirpath, dirnames, filenames, dirfd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
-            dirnames.sort()
-            for name in sorted(filenames):
+        for dirfd, prefix, _directories, regular in walk(top):
+            for name in regular:
                 try:
                     info = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
                 except OSError:
                     continue
                 if stat.S_ISREG(info.st_mode):
-                    yield os.path.normpath(os.path.join(dirpath, name)), info
+                    yield prefix + name, info
     finally:
         os.close(top)
 

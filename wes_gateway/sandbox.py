@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import beneath
 from .config import Settings
 from .paths import RunPaths
 
@@ -126,23 +127,31 @@ def hand_over(paths: RunPaths, identity: RunIdentity | None) -> None:
     if identity is None:
         return
     os.chmod(paths.control, 0o700)
-    for path in _tree(paths.root, skip={paths.control, *paths.container_state}):
-        if path.is_symlink():
-            continue
-        stat = path.lstat()
-        if stat.st_uid != identity.uid or stat.st_gid != identity.shared_gid:
-            os.chown(path, identity.uid, identity.shared_gid, follow_symlinks=False)
-        if path.is_dir():
-            os.chmod(path, 0o2770)
+    _give(paths.root, identity, skip={paths.control, *paths.container_state})
 
 
-def _tree(root: Path, skip: set[Path]) -> Iterable[Path]:
-    yield root
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = [name for name in dirnames if here / name not in skip]
-        for name in (*dirnames, *filenames):
-            yield here / name
+def _give(root: Path, identity: RunIdentity, skip: set[Path]) -> None:
+    """Own everything below ``root`` to the run user (directories 2770). Walked by descriptor,
+    never through a link: on a restart the run has had its directory to plant links in, and a
+    chown or chmod that followed one would hand a host file to the run."""
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for dirfd, prefix, directories, regular in beneath.walk(top):
+            _give_one(dirfd, identity)
+            directories[:] = [name for name in directories if root / prefix / name not in skip]
+            for name in regular:
+                info = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+                if (info.st_uid, info.st_gid) != (identity.uid, identity.shared_gid):
+                    os.chown(name, identity.uid, identity.shared_gid, dir_fd=dirfd, follow_symlinks=False)
+    finally:
+        os.close(top)
+
+
+def _give_one(fd: int, identity: RunIdentity) -> None:
+    info = os.fstat(fd)
+    if (info.st_uid, info.st_gid) != (identity.uid, identity.shared_gid):
+        os.fchown(fd, identity.uid, identity.shared_gid)
+    os.fchmod(fd, 0o2770)
 
 
 def secret_files(settings: Settings, environ: dict[str, str] | os._Environ[str]) -> list[str]:

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import batch, containers, store
+from . import batch, beneath, containers, store
 from .engines import Engine
 from .paths import RunPaths
 
@@ -26,6 +26,8 @@ _JOB_ID = re.compile(r"(kind-[\w.-]+/instance-[\w-]+)")
 _LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)[+-]\d{4}\]", re.MULTILINE)
 _CWL_CMD = re.compile(r"\[job [^\]]+\] \S*\$ (.*?)(?=\n\[\d{4}-|\Z)", re.DOTALL)
 LOG_HEAD_BYTES = 64 * 1024
+# The bus is read in bites: the run writes it and could make it any size.
+MAX_BUS_READ = 4 * 1024 * 1024
 
 
 def task_id_for(job_id: str) -> str:
@@ -66,7 +68,7 @@ def ingest(
     if bus is not None:
         with bus:
             bus.seek(offset)
-            chunk = bus.read()
+            chunk = bus.read(MAX_BUS_READ)
     end = chunk.rfind(b"\n")
     if end >= 0:
         lines = chunk[: end + 1].splitlines()
@@ -80,6 +82,9 @@ def ingest(
                 )
             store.set_bus_offset(run_id, offset + end + 1)
         consumed = len(lines)
+    elif len(chunk) == MAX_BUS_READ:
+        # No line end in a whole read: not Toil's, which writes short lines. Skipped.
+        store.set_bus_offset(run_id, offset + len(chunk))
     _attach_logs(run_id, paths, known_logs, image_store)
     return consumed
 
@@ -119,11 +124,8 @@ def _apply(
 
 def _attach_logs(run_id: str, paths: RunPaths, known_logs: set[str], image_store: Path | None) -> None:
     """Match new per-job log files to their tasks by the job id written in their first lines."""
-    try:
-        names = sorted(os.listdir(paths.job_logs))
-    except FileNotFoundError:
-        return
-    for name in names:
+    # Listed through beneath: a run that made job-logs a link must not have a host directory read.
+    for name in beneath.names(paths.root, paths.job_logs.name):
         if name in known_logs:
             continue
         path = paths.job_logs / name
