@@ -54,12 +54,13 @@ def on_starting(server):
     # Refuse to start without the run sandbox and batch system the settings ask for, before
     # anything listens.
     from wes_gateway.batch import BatchSystemUnusable
+    from wes_gateway.limits import LimitsUnavailable
     from wes_gateway.sandbox import SandboxUnavailable
     from wes_gateway.supervisor import preflight
 
     try:
         preflight(load_settings())
-    except (SandboxUnavailable, BatchSystemUnusable) as exc:
+    except (SandboxUnavailable, BatchSystemUnusable, LimitsUnavailable) as exc:
         server.log.error("wes-gateway cannot start: %s", exc)
         sys.exit(1)
     # A previous instance's proof of life would stand for this one's supervisor until it beats.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -22,6 +23,20 @@ ENV_PREFIX = "WES_GATEWAY_"
 # shared with the forkserver), the job's Toil worker 52 MB; the tools' own memory comes on
 # top, which a single_machine leader bounds by --maxMemory.
 LEADER_MEMORY = 1 << 30
+
+
+# At most 18 digits: a size of an exabyte or so, and never a float that overflows.
+_MEMORY = re.compile(r"^\s*(\d{1,18}(?:\.\d{1,9})?)\s*([KMGTP]i?)?B?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
+
+
+def parse_memory(text: str) -> int:
+    """Bytes of a size such as 512M, 4G or 1.5GiB (Toil's spelling)."""
+    match = _MEMORY.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size such as 512M or 4G")
+    number, unit = match.groups()
+    return int(float(number) * _UNITS[(unit or "")[:1].upper()])
 
 
 def _physical_memory() -> int:
@@ -71,6 +86,22 @@ class Settings(BaseModel):
     host_id: str = Field("", description="This gateway host's name among several on one database; default hostname.")
     run_max_cores: int = Field(0, ge=0, description="--maxCores for each run; 0 means the machine's core count.")
     run_max_memory: str = Field("4G", description="--maxMemory for each run.")
+    run_limits: Literal["auto", "cgroup", "none"] = Field(
+        "auto",
+        description="Hold each run on this host to run_memory_limit and run_max_processes in a cgroup of its "
+        "own: cgroup (refuse to start without one), auto (where the host allows it), none.",
+    )
+    run_memory_limit: str = Field(
+        "",
+        description="Memory of all of a run's processes on this host (Toil, tools, containers); empty: "
+        "run_max_memory and 1G for Toil itself; 0: no limit.",
+    )
+    run_max_processes: int = Field(
+        4096, ge=0, description="Processes and threads of one run at once; a run that reaches it ends. 0: no limit."
+    )
+    run_cgroup_parent: Path | None = Field(
+        None, description="A delegated cgroup v2 directory to make run groups in (cgroup v1 is found by itself)."
+    )
     default_page_size: int = Field(50, ge=1)
     max_page_size: int = Field(1000, ge=1)
     poll_interval: float = Field(0.5, gt=0, description="Seconds between supervisor store polls.")
@@ -217,6 +248,13 @@ class Settings(BaseModel):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @field_validator("run_max_memory", "run_memory_limit")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if value:
+            parse_memory(value)
+        return value
+
     @field_validator("batch_options", mode="before")
     @classmethod
     def _parse_table(cls, value: Any) -> Any:
@@ -253,6 +291,13 @@ class Settings(BaseModel):
         if memory:
             wanted = min(wanted, memory // LEADER_MEMORY)
         return max(2, wanted)
+
+    @property
+    def effective_run_memory_limit(self) -> int:
+        """Bytes, or 0 for none."""
+        if not self.run_memory_limit:
+            return parse_memory(self.run_max_memory) + LEADER_MEMORY
+        return parse_memory(self.run_memory_limit)
 
     @property
     def effective_max_cores(self) -> int:

@@ -8,24 +8,11 @@ are accepted and dropped, because the gateway owns output directories and loggin
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import Settings
+from .config import Settings, parse_memory
 from .errors import BadRequest
-
-# At most 18 digits: a size of an exabyte or so, and never a float that overflows.
-_MEMORY = re.compile(r"^\s*(\d{1,18}(?:\.\d{1,9})?)\s*([KMGTP]i?)?B?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
-
-
-def parse_memory(text: str) -> int:
-    match = _MEMORY.match(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a size such as 512M or 4G")
-    number, unit = match.groups()
-    return int(float(number) * _UNITS[(unit or "")[:1].upper()])
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from . import batch, containers, metrics, procs, provenance, retention, sandbox, store, tasks, wakeup
+from . import batch, containers, limits, metrics, procs, provenance, retention, sandbox, store, tasks, wakeup
 from .config import Settings
 from .engines import Engine, LeaderSpec, engine_for, toil_argv
 from .logsetup import setup_logging
@@ -241,6 +241,9 @@ class Supervisor:
         sandboxed = self.settings.run_sandbox != "none" and self.settings.batch_system == "single_machine"
         containers.prepare(paths, self.settings, sandboxed, own_pid_namespace=not sandboxed or bool(self.identity))
         sandbox.hand_over(paths, self.identity)
+        group = limits.group_of(self.settings, run_id)
+        if group is not None:
+            group.create(self.settings.effective_run_memory_limit, self.settings.run_max_processes)
         argv = toil_argv(
             run.workflow_path,
             paths,
@@ -262,6 +265,7 @@ class Supervisor:
             fence_seconds=self.settings.lease_seconds * 2 / 3,
             prompt_shutdown=self.settings.toil_prompt_shutdown,
             warm_workers=self.settings.toil_warm_workers,
+            cgroup_procs=group.procs_files if group is not None else (),
         )
         paths.result.unlink(missing_ok=True)
         paths.leader_file.unlink(missing_ok=True)
@@ -362,6 +366,8 @@ class Supervisor:
         next_renew = 0.0
         cancelled = False
         known_logs = tasks.known_log_names(run_id)
+        group = limits.group_of(settings, run_id)
+        over_limit = ""
         groups: set[int] = {leader.pid}  # the leader called setsid: its group is its pid
         while True:
             if leader.wait(settings.poll_interval):
@@ -387,12 +393,29 @@ class Supervisor:
                 groups |= procs.run_process_groups(run_id, groups)
                 self._cancel(run_id, leader, paths)
                 break
+            if group is not None and group.process_limit_hits():
+                # A run at its process limit is stuck or a fork bomb: it ends now, once.
+                over_limit = (
+                    f"the run reached its process limit (run_max_processes = {settings.run_max_processes}) "
+                    "and was stopped"
+                )
+                log.warning("run %s: %s", run_id, over_limit)
+                group.kill_all()
+                leader.signal_group(signal.SIGKILL)
+                leader.wait(settings.cancel_grace_seconds)
+                break
         self._ingest_tasks(run, engine, paths, known_logs)
         if token and not store.leader_owns(run_id, token):
             log.warning("run %s: its leader was fenced out by a successor; letting go", run_id)
             return
         self._finish(
-            run, engine, paths, leader.exitcode, cancelled=cancelled or store.cancel_requested(run_id), groups=groups
+            run,
+            engine,
+            paths,
+            leader.exitcode,
+            cancelled=cancelled or store.cancel_requested(run_id),
+            groups=groups,
+            over_limit=over_limit,
         )
 
     def _cancel(self, run_id: str, leader: Leader, paths: RunPaths) -> None:
@@ -429,9 +452,23 @@ class Supervisor:
         exitcode: int | None,
         cancelled: bool,
         groups: set[int] | None = None,
+        over_limit: str = "",
     ) -> None:
         run_id = run.run_id
         procs.kill_run_processes(run_id, groups)
+        group = limits.group_of(self.settings, run_id)
+        if group is not None:
+            group.kill_all()
+            memory, processes = group.peaks()
+            log.info("run %s: at most %d MB of memory and %d processes at once", run_id, memory >> 20, processes)
+            if group.oom_kills():
+                limit = self.settings.effective_run_memory_limit
+                store.append_system_log(
+                    run_id,
+                    f"the run reached its memory limit (run_memory_limit = {limit} bytes): the kernel "
+                    f"killed {group.oom_kills()} of its processes",
+                )
+            group.remove()
         batch.cancel_leftovers(self.settings, run_id, os.environ)
         recorded = paths.read_result()
         code = recorded if recorded is not None else exitcode
@@ -443,6 +480,10 @@ class Supervisor:
 
         if cancelled:
             end(store.CANCELED, exit_code=code)
+            return
+        if over_limit:
+            store.append_system_log(run_id, over_limit)
+            end(store.EXECUTOR_ERROR, exit_code=code)
             return
         if code == 0:
             # Hashed here, within what could be served, so that no request for the RO-Crate does.
@@ -508,6 +549,7 @@ def preflight(settings: Settings) -> None:
     settings ask for can work here. Raises with advice if not."""
     sandbox.check(settings)
     batch.check(settings)
+    limits.check(settings)
     if settings.shared_dir is not None:
         # Batch jobs run as the run user outside any sandbox and reach their own run directory
         # by its (unguessable) name; nobody may list the others.

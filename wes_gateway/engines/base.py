@@ -31,6 +31,7 @@ class LeaderSpec:
     fence_seconds: float = 20.0  # with no renewal this long, the leader stops (another host may take over)
     prompt_shutdown: bool = True  # cut Toil's idle waits at the run's end short (toil_waits)
     warm_workers: bool = True  # fork this host's Toil workers from a warm zygote (toil_workers)
+    cgroup_procs: tuple[str, ...] = ()  # the run's group (limits): the leader joins it first
 
 
 class Admission(Protocol):

@@ -20,7 +20,7 @@ import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from .. import procs, store
+from .. import limits, procs, store
 from ..paths import RunPaths
 from ..sandbox import Sandbox, become
 from . import ENGINES, engine_for, toil_realtime, toil_waits, toil_workers
@@ -190,7 +190,13 @@ def run_leader(spec: LeaderSpec, channel: Connection | None = None) -> None:
 
 
 def _lead(spec: LeaderSpec, paths: RunPaths, box: Sandbox | None) -> int:
-    """In the leader: enter the sandbox, drop root, run the language's Toil front end."""
+    """In the leader: join the run's group, enter the sandbox, drop root, run the language's
+    Toil front end."""
+    try:
+        limits.join(spec.cgroup_procs)
+    except OSError:
+        traceback.print_exc()  # never run unlimited where limits were planned
+        return 1
     exit_code = exit_code_of(functools.partial(_run_engine, spec, paths, box))
     sys.stdout.flush()
     sys.stderr.flush()

@@ -1,0 +1,208 @@
+"""Per-run memory and process limits, in a control group of each run's own.
+
+Every process a run's leader starts on this host (Toil, its workers, the tools, a rootless
+Podman's containers) is in the run's group, so the kernel holds the run, and only the run, to
+``run_memory_limit`` (its OOM killer picks within the group) and ``run_max_processes``
+(tasks: a fork bomb meets EAGAIN inside its own run). The supervisor reads the group's event
+counters to name what was hit, and ends a run that reached its process limit.
+
+cgroup v1 (the memory and pids hierarchies, below the service's own group) is found by
+itself; cgroup v2 needs a delegated parent (``run_cgroup_parent``), since a v2 group with
+processes of its own cannot hand controllers to children. Jobs a cluster batch system runs
+are held by the cluster's own limits, not these.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Below the service's own group, so that what the host gave the service bounds its runs too.
+PARENT_NAME = "wes-gateway-runs"
+
+
+class LimitsUnavailable(RuntimeError):
+    """``run_limits = "cgroup"`` was asked for and this host gives no usable group."""
+
+
+@dataclass(frozen=True)
+class RunGroup:
+    """One run's group: a directory in each hierarchy that holds a controller we use."""
+
+    version: int
+    memory: Path  # v1: in the memory hierarchy; v2: the group itself
+    pids: Path  # v1: in the pids hierarchy; v2: the same directory as memory
+
+    @property
+    def directories(self) -> tuple[Path, ...]:
+        return (self.memory,) if self.memory == self.pids else (self.memory, self.pids)
+
+    @property
+    def procs_files(self) -> tuple[str, ...]:
+        return tuple(str(directory / "cgroup.procs") for directory in self.directories)
+
+    def create(self, memory_bytes: int, processes: int) -> None:
+        for directory in self.directories:
+            directory.mkdir(parents=True, exist_ok=True)
+        if self.version == 1:
+            _write(self.memory / "memory.limit_in_bytes", str(memory_bytes) if memory_bytes else "-1")
+            _write(self.pids / "pids.max", str(processes) if processes else "max")
+        else:
+            _write(self.memory / "memory.max", str(memory_bytes) if memory_bytes else "max")
+            _write(self.memory / "memory.swap.max", "0" if memory_bytes else "max", missing_ok=True)
+            _write(self.pids / "pids.max", str(processes) if processes else "max")
+
+    def members(self) -> set[int]:
+        found: set[int] = set()
+        for directory in self.directories:
+            try:
+                found |= {int(line) for line in (directory / "cgroup.procs").read_text().split()}
+            except OSError:
+                pass
+        return found
+
+    def oom_kills(self) -> int:
+        name = "memory.oom_control" if self.version == 1 else "memory.events"
+        return _counter(self.memory / name, "oom_kill")
+
+    def process_limit_hits(self) -> int:
+        return _counter(self.pids / "pids.events", "max")
+
+    def peaks(self) -> tuple[int, int]:
+        """The most memory (bytes) and processes the run has held at once (0 where unknown)."""
+        memory_file = "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak"
+        return _number(self.memory / memory_file), _number(self.pids / "pids.peak")
+
+    def kill_all(self, timeout: float = 10.0) -> None:
+        """SIGKILL every process in the group until none is left (a forking one may add more)."""
+        deadline = time.monotonic() + timeout
+        while (members := self.members()) and time.monotonic() < deadline:
+            for pid in members:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.05)
+
+    def remove(self) -> None:
+        for directory in self.directories:
+            try:
+                directory.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # still populated: the next run end or start retries
+                log.warning("cgroup %s not removed: %s", directory, exc)
+
+
+def join(procs_files: tuple[str, ...]) -> None:
+    """Move the calling process into the run's group (before it starts anything)."""
+    for path in procs_files:
+        _write(Path(path), str(os.getpid()))
+
+
+def group_of(settings: Settings, run_id: str) -> RunGroup | None:
+    """The run's group on this host, or None where runs are not held in one."""
+    if settings.run_limits == "none" or settings.batch_system != "single_machine":
+        return None
+    parents = _parents(settings)
+    if parents is None:
+        return None
+    version, memory, pids = parents
+    name = f"run-{run_id}"
+    return RunGroup(version, memory / name, pids / name)
+
+
+def check(settings: Settings) -> str:
+    """What holds runs here ("cgroup v1", "cgroup v2" or "none"), trying a group once; raises
+    LimitsUnavailable if ``run_limits = "cgroup"`` and none can be made."""
+    if settings.run_limits == "none" or settings.batch_system != "single_machine":
+        return "none"
+    probe = group_of(settings, f"probe-{os.getpid()}")
+    problem = "no writable memory and pids cgroup controllers (cgroup v1), nor run_cgroup_parent (v2)"
+    if probe is not None:
+        try:
+            probe.create(settings.effective_run_memory_limit, settings.run_max_processes)
+            probe.remove()
+            return f"cgroup v{probe.version}"
+        except OSError as exc:
+            problem = f"cannot make a run cgroup: {exc}"
+            probe.remove()
+    if settings.run_limits == "cgroup":
+        raise LimitsUnavailable(problem)
+    log.warning("runs have no memory or process limits: %s", problem)
+    return "none"
+
+
+def _parents(settings: Settings) -> tuple[int, Path, Path] | None:
+    if settings.run_cgroup_parent is not None:
+        parent = settings.run_cgroup_parent
+        return 2, parent, parent
+    if os.geteuid() != 0:
+        return None
+    mounts = _v1_mounts()
+    if "memory" not in mounts or "pids" not in mounts:
+        return None
+    own = _own_groups()
+    memory = mounts["memory"] / own.get("memory", "/").lstrip("/") / PARENT_NAME
+    pids = mounts["pids"] / own.get("pids", "/").lstrip("/") / PARENT_NAME
+    return 1, memory, pids
+
+
+def _v1_mounts() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 4 and fields[2] == "cgroup":
+            for option in fields[3].split(","):
+                if option in ("memory", "pids"):
+                    found[option] = Path(fields[1])
+    return found
+
+
+def _own_groups() -> dict[str, str]:
+    groups: dict[str, str] = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _number, controllers, path = line.split(":", 2)
+        for controller in controllers.split(","):
+            groups[controller] = path
+    return groups
+
+
+def _counter(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _number(path: Path) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _write(path: Path, value: str, missing_ok: bool = False) -> None:
+    try:
+        with open(path, "w") as handle:
+            handle.write(value)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
