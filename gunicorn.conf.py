@@ -57,10 +57,11 @@ def on_starting(server):
     from wes_gateway.limits import LimitsUnavailable
     from wes_gateway.sandbox import SandboxUnavailable
     from wes_gateway.supervisor import preflight
+    from wes_gateway.volumes import VolumesUnavailable
 
     try:
         preflight(load_settings())
-    except (SandboxUnavailable, BatchSystemUnusable, LimitsUnavailable) as exc:
+    except (SandboxUnavailable, BatchSystemUnusable, LimitsUnavailable, VolumesUnavailable) as exc:
         server.log.error("wes-gateway cannot start: %s", exc)
         sys.exit(1)
     # A previous instance's proof of life would stand for this one's supervisor until it beats.

@@ -20,7 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from conftest import Server, start_server, stop_server  # noqa: E402,F401  (re-exported)
+from conftest import Server, start_server, unmount_runs  # noqa: E402,F401  (re-exported)
+from conftest import stop_server as _stop_server  # noqa: E402
+
+
+def stop_server(server: Server) -> None:
+    """Stop a bench's gateway and unmount its runs' filesystems (its data directory goes next)."""
+    _stop_server(server)
+    unmount_runs(server.data_dir)
+
 
 # A server that only answers: no supervisor (seeded runs stay as they are) and no response
 # validation, as a production read path runs.

@@ -158,7 +158,7 @@ def through_gateway(
     extra_env: dict[str, str] | None = None,
 ) -> Outcome:
     sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import IMAGE_STORE, container_env, images_unavailable, start_server, stop_server
+    from conftest import IMAGE_STORE, container_env, images_unavailable, start_server, stop_server, unmount_runs
 
     # With the container engine on: the suite's DockerRequirement tests run in real Podman,
     # from the tests' stand-in images (scripts/build-images).
@@ -192,6 +192,7 @@ def through_gateway(
         )
     finally:
         stop_server(server)
+        unmount_runs(server.data_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -147,6 +147,8 @@ def start_server(
             "WES_GATEWAY_CANCEL_GRACE_SECONDS": "3",
             "WES_GATEWAY_MAX_CONCURRENT_RUNS": "4",
             "WES_GATEWAY_RUN_MAX_CORES": "2",
+            # Toil gives a CWL job 3 GiB of disk by default; four such runs fit in the books of a small disk.
+            "WES_GATEWAY_RUN_DISK_LIMIT": "8G",
         }
     )
     if app:
@@ -318,6 +320,22 @@ def server(tmp_path_factory: pytest.TempPathFactory, engine_env: dict[str, str])
     yield running
     stop_server(running)
     kill_all_leaders(running.data_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _run_volumes_unmounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The run filesystems (wes_gateway.volumes) that the session's gateways mounted stay
+    mounted after their servers stop, as they would in service: unmounted at the end."""
+    yield
+    unmount_runs(tmp_path_factory.getbasetemp())
+
+
+def unmount_runs(under: Path) -> None:
+    """Unmount every filesystem mounted below ``under`` (a gateway's data directory, say)."""
+    mounted = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for point in mounted:
+        if point.startswith(f"{under}/"):
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from connexion.validators import ParameterValidator
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from . import store
+from . import store, volumes
 from .accesslog import AccessLog
 from .auth import AuthMiddleware, check_settings
 from .config import SETTINGS_KEY, Settings, load_settings
@@ -48,6 +48,8 @@ _REASONS = {
     415: "unsupported media type",
     429: "too many requests",
     500: "internal error",
+    503: "unavailable",
+    507: "insufficient storage",
 }
 
 
@@ -104,6 +106,9 @@ def _unexpected(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
         # was not carried out, and the same request later may well be.
         log.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)
         return error_response(503, "the service's database is busy or unavailable; try again", {"Retry-After": "30"})
+    if isinstance(exc, OSError) and exc.errno in volumes.NO_SPACE:
+        log.error("out of disk space on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(507, "the service is out of disk space; try again later", {"Retry-After": "300"})
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal error; the server log has the details")
 

@@ -93,6 +93,13 @@ def _token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs_unmount(_args: argparse.Namespace) -> int:
+    from . import volumes
+
+    print(f"unmounted {volumes.unmount_all(load_settings())} run filesystems")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wes-gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     purge.add_argument("--older-than", required=True, help="age since the run ended, e.g. 30d, 12h")
     purge.add_argument("--dry-run", action="store_true", help="list what would be purged")
     purge.set_defaults(func=_runs_purge)
+    runs.add_parser(
+        "unmount", help="unmount every run's filesystem (before the data directory is moved or deleted)"
+    ).set_defaults(func=_runs_unmount)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

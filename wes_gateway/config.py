@@ -99,6 +99,17 @@ class Settings(BaseModel):
     run_max_processes: int = Field(
         4096, ge=0, description="Processes and threads of one run at once; a run that reaches it ends. 0: no limit."
     )
+    run_disk: Literal["auto", "loop", "none"] = Field(
+        "auto",
+        description="Give each run a filesystem of run_disk_limit bytes (a loop-mounted sparse ext4 image): "
+        "loop (refuse to start without), auto (where the host allows it: root, no shared filesystem), none.",
+    )
+    run_disk_limit: str = Field("10G", description="Disk space of one run: its job store, work, outputs and logs.")
+    disk_reserve: str = Field(
+        "2G",
+        description="Free space kept for the database, logs and metrics: runs are not started, and uploads "
+        "are refused (507), when less would remain.",
+    )
     run_cgroup_parent: Path | None = Field(
         None, description="A delegated cgroup v2 directory to make run groups in (cgroup v1 is found by itself)."
     )
@@ -248,7 +259,7 @@ class Settings(BaseModel):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
-    @field_validator("run_max_memory", "run_memory_limit")
+    @field_validator("run_max_memory", "run_memory_limit", "run_disk_limit", "disk_reserve")
     @classmethod
     def _size(cls, value: str) -> str:
         if value:

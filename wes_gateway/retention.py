@@ -9,7 +9,7 @@ import shutil
 import time
 from datetime import UTC, datetime, timedelta
 
-from . import store
+from . import store, volumes
 from .config import Settings
 from .paths import RunPaths, staging_dir
 
@@ -97,7 +97,9 @@ def delete_run(settings: Settings, run_id: str, keep_tombstone: bool = True) -> 
     else:
         store.delete_run(run_id)
         log.info("run %s purged", run_id)
-    shutil.rmtree(RunPaths.of(settings, run_id).root, ignore_errors=True)
+    paths = RunPaths.of(settings, run_id)
+    volumes.release(settings, paths, run_id)
+    shutil.rmtree(paths.root, ignore_errors=True)
     return True
 
 

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from . import batch, containers, limits, metrics, procs, provenance, retention, sandbox, store, tasks, wakeup
+from . import batch, containers, limits, metrics, procs, provenance, retention, sandbox, store, tasks, volumes, wakeup
 from .config import Settings
 from .engines import Engine, LeaderSpec, engine_for, toil_argv
 from .logsetup import setup_logging
@@ -152,6 +152,7 @@ class Supervisor:
         self.pool = ThreadPoolExecutor(self.slots, thread_name_prefix="run")
         self.active: set[str] = set()
         self.lock = threading.Lock()
+        self.next_disk_warning = 0.0
         self.waker = wakeup.Waker(wakeup.socket_path(settings), _work_listener())
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(["wes_gateway.engines.leader"])
@@ -168,6 +169,9 @@ class Supervisor:
         )
         beat = supervisor_beat(self.settings)
         beat.touch()
+        remounted = volumes.remount(self.settings)
+        if remounted:
+            log.info("mounted the filesystems of %d runs again", remounted)
         # Start the forkserver now, so Toil's import cost is paid before the first run.
         self.context.Process(target=_noop).start()
         next_sweep = 0.0
@@ -192,7 +196,7 @@ class Supervisor:
             if self._has_slot_for(run.run_id, force=True):
                 log.info("run %s: taking over from a lapsed lease", run.run_id)
                 self.pool.submit(self._guard, run.run_id, self._recover)
-        while self._has_slot_for(None):
+        while self._has_slot_for(None) and self._disk_has_room():
             claimed = store.claim_next(self.worker_id, self.host_id, self.settings.lease_seconds)
             if claimed is None:
                 break
@@ -210,6 +214,20 @@ class Supervisor:
                     self.active.add(run_id)
                     return True
             return len(self.active) < self.slots
+
+    def _disk_has_room(self) -> bool:
+        with self.lock:
+            running = set(self.active)
+        if volumes.room_for_another(self.settings, running):
+            return True
+        if time.monotonic() >= self.next_disk_warning:
+            log.warning(
+                "no run started: the disk could not hold another run's %s and keep %s free",
+                self.settings.run_disk_limit,
+                self.settings.disk_reserve,
+            )
+            self.next_disk_warning = time.monotonic() + 60
+        return False
 
     def _guard(self, run_id: str, step: Callable[[str], None]) -> None:
         try:
@@ -236,6 +254,7 @@ class Supervisor:
         if engine is None:
             return
         paths = RunPaths.of(self.settings, run_id)
+        volumes.provide(self.settings, paths, run_id)
         # A sandbox whose leader never is root cannot give containers a /proc of their own.
         # Jobs a cluster runs elsewhere are in no sandbox, even when the leader is.
         sandboxed = self.settings.run_sandbox != "none" and self.settings.batch_system == "single_machine"
@@ -368,6 +387,7 @@ class Supervisor:
         known_logs = tasks.known_log_names(run_id)
         group = limits.group_of(settings, run_id)
         over_limit = ""
+        ran_out = False  # whether its own filesystem was seen full (what fills it may be gone at the end)
         groups: set[int] = {leader.pid}  # the leader called setsid: its group is its pid
         while True:
             if leader.wait(settings.poll_interval):
@@ -393,6 +413,7 @@ class Supervisor:
                 groups |= procs.run_process_groups(run_id, groups)
                 self._cancel(run_id, leader, paths)
                 break
+            ran_out = ran_out or volumes.filled(paths)
             if group is not None and group.process_limit_hits():
                 # A run at its process limit is stuck or a fork bomb: it ends now, once.
                 over_limit = (
@@ -416,6 +437,7 @@ class Supervisor:
             cancelled=cancelled or store.cancel_requested(run_id),
             groups=groups,
             over_limit=over_limit,
+            ran_out=ran_out,
         )
 
     def _cancel(self, run_id: str, leader: Leader, paths: RunPaths) -> None:
@@ -453,6 +475,7 @@ class Supervisor:
         cancelled: bool,
         groups: set[int] | None = None,
         over_limit: str = "",
+        ran_out: bool = False,
     ) -> None:
         run_id = run.run_id
         procs.kill_run_processes(run_id, groups)
@@ -481,6 +504,9 @@ class Supervisor:
         if cancelled:
             end(store.CANCELED, exit_code=code)
             return
+        if not over_limit and code != 0 and (ran_out or volumes.ran_out(paths)):
+            # Its own filesystem, and no other, is full: the run's doing, not the service's.
+            over_limit = f"the run filled its disk space (run_disk_limit = {self.settings.run_disk_limit})"
         if over_limit:
             store.append_system_log(run_id, over_limit)
             end(store.EXECUTOR_ERROR, exit_code=code)
@@ -550,6 +576,7 @@ def preflight(settings: Settings) -> None:
     sandbox.check(settings)
     batch.check(settings)
     limits.check(settings)
+    volumes.check(settings)
     if settings.shared_dir is not None:
         # Batch jobs run as the run user outside any sandbox and reach their own run directory
         # by its (unguessable) name; nobody may list the others.

@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from . import volumes
 from .config import Settings
 from .errors import send_error
 from .paths import staging_dir
@@ -194,6 +195,10 @@ class UploadMiddleware:
                 f"({self.settings.max_attachment_bytes} bytes of attachments)",
             )
             return
+        short = volumes.short_of_space(self.settings, int(length) if length.isdigit() else 0)
+        if short:
+            await send_error(send, 507, short, [(b"retry-after", b"300")])
+            return
         staging = staging_dir(self.settings)
         spool = staging / f"upload-{secrets.token_hex(8)}"
         spool.mkdir(mode=0o700)
@@ -243,6 +248,10 @@ class UploadMiddleware:
                     break
             parser.finalize()
         except UploadRefused:
+            raise
+        except OSError as exc:
+            if exc.errno in volumes.NO_SPACE:
+                raise UploadRefused(507, "the service is out of disk space; try again later") from None
             raise
         except Exception as exc:  # python-multipart's errors for a malformed body
             raise UploadRefused(400, f"malformed multipart/form-data body: {type(exc).__name__}") from None
