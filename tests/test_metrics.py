@@ -73,3 +73,67 @@ def test_metrics_are_not_for_proxied_or_remote_callers(tmp_path: Path) -> None:
         assert proxied.status_code == 403 and proxied.json()["status_code"] == 403
     finally:
         stop_server(server)
+
+
+METRICS_PROBE = """\
+cwlVersion: v1.2
+class: CommandLineTool
+baseCommand: [python3, -c]
+arguments:
+  - |
+    import sys, urllib.error, urllib.request
+    try:
+        print(urllib.request.urlopen(sys.argv[1], timeout=10).status)
+    except urllib.error.HTTPError as error:
+        print(error.code)
+inputs:
+  url: {type: string, inputBinding: {position: 1}}
+stdout: status.txt
+outputs:
+  status: {type: stdout}
+"""
+
+
+def test_a_runs_step_on_loopback_gets_no_metrics(tmp_path: Path, engine_env: dict[str, str]) -> None:
+    """The runs share the host's network: a user's step asks for /metrics over loopback, as
+    a local Prometheus does. The kernel says who owns its socket (the run user): refused,
+    while this test's own request (another user) is served."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    server = start_server(tmp_path, {**engine_env, "WES_GATEWAY_AUTH_MODES": "token"}, workers=1)
+    try:
+        created = subprocess.run(
+            [sys.executable, "-m", "wes_gateway.cli", "token", "create", "erin"],
+            env={**os.environ, "WES_GATEWAY_DATA_DIR": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        erin = {"Authorization": f"Bearer {created.stdout.strip().splitlines()[-1]}"}
+        submitted = requests.post(
+            f"{server.api}/runs",
+            headers=erin,
+            files={"workflow_attachment": ("probe.cwl", METRICS_PROBE.encode())},
+            data={
+                "workflow_url": "probe.cwl",
+                "workflow_type": "CWL",
+                "workflow_type_version": "v1.2",
+                "workflow_params": json.dumps({"url": f"{server.base}/metrics"}),
+            },
+            timeout=30,
+        )
+        run_id = submitted.json()["run_id"]
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            state = server.get(f"/runs/{run_id}/status", headers=erin).json()["state"]
+            if state in ("COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR"):
+                break
+            time.sleep(0.5)
+        assert state == "COMPLETE"
+        assert server.get(f"/runs/{run_id}/outputs/status.txt", headers=erin).text.strip() == "403"
+        assert requests.get(f"{server.base}/metrics", timeout=10).status_code == 200
+    finally:
+        stop_server(server)

@@ -46,9 +46,7 @@ pytestmark = pytest.mark.skipif(bool(_volumes_available()), reason=_volumes_avai
 
 
 def _server(tmp_path_factory: pytest.TempPathFactory, engine_env: dict[str, str], **extra: str) -> Server:
-    return start_server(
-        tmp_path_factory.mktemp("disk"), {**engine_env, "WES_GATEWAY_RUN_DISK_LIMIT": "512M", **extra}
-    )
+    return start_server(tmp_path_factory.mktemp("disk"), {**engine_env, "WES_GATEWAY_RUN_DISK_LIMIT": "512M", **extra})
 
 
 @pytest.fixture(scope="module")
@@ -136,12 +134,12 @@ def test_a_full_disk_mid_upload_is_a_507_and_leaves_nothing(tmp_path_factory: py
 
             def body() -> Iterator[bytes]:
                 boundary = b"--edge"
-                yield boundary + b"\r\nContent-Disposition: form-data; name=\"workflow_url\"\r\n\r\necho.cwl\r\n"
-                yield boundary + b"\r\nContent-Disposition: form-data; name=\"workflow_type\"\r\n\r\nCWL\r\n"
-                yield boundary + b"\r\nContent-Disposition: form-data; name=\"workflow_type_version\"\r\n\r\nv1.2\r\n"
+                yield boundary + b'\r\nContent-Disposition: form-data; name="workflow_url"\r\n\r\necho.cwl\r\n'
+                yield boundary + b'\r\nContent-Disposition: form-data; name="workflow_type"\r\n\r\nCWL\r\n'
+                yield boundary + b'\r\nContent-Disposition: form-data; name="workflow_type_version"\r\n\r\nv1.2\r\n'
                 yield (
-                    boundary + b"\r\nContent-Disposition: form-data; name=\"workflow_attachment\"; "
-                    b"filename=\"big.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                    boundary + b'\r\nContent-Disposition: form-data; name="workflow_attachment"; '
+                    b'filename="big.bin"\r\nContent-Type: application/octet-stream\r\n\r\n'
                 )
                 for _ in range(64):
                     yield bytes(1 << 20)

@@ -247,7 +247,7 @@ def create_app(settings: Settings | None = None, validate_responses: bool | None
     )
     app.add_middleware(NoSniff, position=MiddlewarePosition.BEFORE_EXCEPTION)
     app.add_middleware(AuthMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE)
-    app.add_middleware(MetricsEndpoint, position=MiddlewarePosition.BEFORE_SWAGGER)
+    app.add_middleware(MetricsEndpoint, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings)
     app.add_middleware(RequestGuard, position=MiddlewarePosition.BEFORE_SWAGGER, routes=spec_routes(spec, API_BASE))
     app.add_middleware(
         UploadMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -116,16 +117,56 @@ def worker_exited(pid: int) -> None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-_LOOPBACK = ("127.", "::1")
+_LOOPBACK = ("127.", "::1", "::ffff:127.")
+
+
+def _tcp_address(host: str, port: int) -> tuple[str, str]:
+    """How /proc/net/tcp{,6} spells an address: (file, hex address:port)."""
+    packed = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    # The kernel prints the address as 32-bit words in host (little-endian) order.
+    words = "".join(f"{int.from_bytes(packed[i : i + 4], 'little'):08X}" for i in range(0, len(packed), 4))
+    return ("/proc/net/tcp6" if len(packed) == 16 else "/proc/net/tcp"), f"{words}:{port:04X}"
+
+
+def peer_uid(client: tuple[str, int], server: tuple[str, int]) -> int | None:
+    """The user owning the client's end of a loopback TCP connection (it is on this host), or None."""
+    try:
+        table, local = _tcp_address(*client)
+        _table, remote = _tcp_address(*server)
+        with open(table) as handle:
+            next(handle)
+            for line in handle:
+                fields = line.split()
+                if fields[1] == local and fields[2] == remote:
+                    return int(fields[7])
+    except (OSError, ValueError, StopIteration):
+        pass
+    return None
 
 
 class MetricsEndpoint:
-    """GET /metrics, beside the WES API: to a direct peer on loopback (a local Prometheus or
-    its agent) and to admins; any other caller is refused. A request that came through a
-    proxy (X-Forwarded-For) is not local, whatever address the proxy itself has."""
+    """GET /metrics, beside the WES API: to admins, and to a direct peer on loopback (a local
+    Prometheus or its agent) unless that peer is a run's process: the runs share the host's
+    network, so the kernel's record of who owns the peer's socket tells them apart (the run
+    user, or the service's own user where runs are not dropped to another). A request that
+    came through a proxy (X-Forwarded-For) is not local, whatever address the proxy has."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, settings: Settings) -> None:
         self.app = app
+        from .sandbox import SandboxUnavailable, run_identity
+
+        try:
+            identity = run_identity(settings)
+        except SandboxUnavailable:
+            identity = None
+        self.run_uids = {identity.uid} if identity is not None else {os.geteuid()}
+
+    def _local(self, scope: dict[str, Any], headers: dict[str, str]) -> bool:
+        client, server = scope.get("client"), scope.get("server")
+        if not client or not server or "x-forwarded-for" in headers or not str(client[0]).startswith(_LOOPBACK):
+            return False
+        owner = peer_uid((str(client[0]), int(client[1])), (str(server[0]), int(server[1])))
+        return owner is not None and owner not in self.run_uids
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"].rstrip("/") != "/metrics":
@@ -137,10 +178,8 @@ class MetricsEndpoint:
         from .errors import send_error
 
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope.get("headers", [])}
-        peer = str((scope.get("client") or ("unix", 0))[0])
-        local = peer.startswith(_LOOPBACK) and "x-forwarded-for" not in headers
-        if not (local or current_user(headers).admin):
-            await send_error(send, 403, "metrics are served to loopback clients and to admins only")
+        if not (self._local(scope, headers) or current_user(headers).admin):
+            await send_error(send, 403, "metrics are served to admins, and to loopback clients that are not runs, only")
             return
         if scope["method"] not in ("GET", "HEAD"):
             await send_error(send, 405, f"{scope['method']} is not allowed here; use GET", [(b"allow", b"GET, HEAD")])
