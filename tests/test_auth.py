@@ -565,3 +565,58 @@ def test_wrong_passwords_do_not_block_the_service(basic_only: Server) -> None:
     first = median_seconds(lambda: basic_only.get("/runs", headers=basic("alice", "alice-pw")), 1)
     again = median_seconds(lambda: basic_only.get("/runs", headers=basic("alice", "alice-pw")), 5)
     assert again < first / 2 or again < 0.02, (first, again)
+
+
+def test_a_slow_jwks_url_does_not_stall_other_requests(keys: dict[str, Any], tmp_path: Path) -> None:
+    """The JWKS behind a URL answers in 3 s (an identity provider having a bad day): a JWT
+    request waits for it in a worker thread, while /health on the same (single) web worker
+    answers at once. Before, the fetch ran on the event loop and held every request."""
+    import http.server
+    import threading
+    import time
+
+    jwks = (keys["root"] / "jwks.json").read_bytes()
+
+    class SlowJwks(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(3)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(jwks)))
+            self.end_headers()
+            self.wfile.write(jwks)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    idp = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowJwks)
+    threading.Thread(target=idp.serve_forever, daemon=True).start()
+    server = start_server(
+        tmp_path,
+        {
+            "WES_GATEWAY_AUTH_MODES": "jwt",
+            "WES_GATEWAY_JWT_JWKS": f"http://127.0.0.1:{idp.server_address[1]}/jwks.json",
+            "WES_GATEWAY_JWT_ISSUER": "https://idp.example.org",
+            "WES_GATEWAY_JWT_AUDIENCE": "wes-gateway",
+            "WES_GATEWAY_SUPERVISOR": "off",
+        },
+        workers=1,
+    )
+    try:
+        answers: dict[str, int] = {}
+
+        def with_jwt() -> None:
+            answers["jwt"] = server.get("/runs", headers={"Authorization": f"Bearer {jwt_for(keys)}"}).status_code
+
+        waiting = threading.Thread(target=with_jwt)
+        waiting.start()
+        time.sleep(0.5)  # the JWT request is waiting on the JWKS
+        started = time.monotonic()
+        assert server.get("/health").status_code == 200
+        health = time.monotonic() - started
+        waiting.join(30)
+        assert answers["jwt"] == 200
+        assert health < 1.0, f"/health took {health:.2f} s while the JWKS was fetched"
+    finally:
+        stop_server(server)
+        idp.shutdown()

@@ -97,6 +97,14 @@ class NeedsVerifying(Exception):
         self.name, self.password = name, password
 
 
+class NeedsFetching(Exception):
+    """A JWT whose key may have to be fetched from the JWKS URL (off the event loop)."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__("jwt")
+        self.token = token
+
+
 # Successful Basic checks are remembered this long (a keyed digest), so that a client
 # polling a run does not pay bcrypt on every request.
 CACHE_SECONDS = 60.0
@@ -294,7 +302,8 @@ class JwtVerifier:
         if settings.jwt_public_key:
             self.static_keys = [Path(settings.jwt_public_key).read_text()]
         elif settings.jwt_jwks.startswith(("http://", "https://")):
-            self.jwk_client = jwt.PyJWKClient(settings.jwt_jwks, cache_keys=True)
+            # Keys and the set are cached (the set for 5 min; an unknown kid fetches it anew).
+            self.jwk_client = jwt.PyJWKClient(settings.jwt_jwks, cache_keys=True, timeout=10)
         else:
             keys = jwt.PyJWKSet.from_dict(json.loads(Path(settings.jwt_jwks).read_text()))
             self.static_keys = [key for key in keys.keys]
@@ -388,10 +397,22 @@ class Authenticator:
                     return self._user(owner)
                 raise Unauthorized("unknown or revoked API token")
             if self.jwt is not None:
+                if self.jwt.jwk_client is not None:
+                    raise NeedsFetching(credentials)
                 return self.jwt.verify(credentials)
         if "proxy" in modes and trusted:
             raise Unauthorized(f"the proxy sent no {self.settings.auth_proxy_header}")
         raise Unauthorized("credentials required")
+
+    def authenticate_here(self, peer: str, headers: dict[bytes, bytes]) -> User:
+        """``authenticate`` with its slow parts done in this thread (not the event loop's)."""
+        try:
+            return self.authenticate(peer, headers)
+        except NeedsVerifying as pending:
+            return self.verify_basic(peer, pending.name, pending.password)
+        except NeedsFetching as pending:
+            assert self.jwt is not None
+            return self.jwt.verify(pending.token)
 
     def verify_basic(self, peer: str, name: str, password: str) -> User:
         """The slow Basic check, in a worker thread, behind the failure limits."""
@@ -503,6 +524,10 @@ class AuthMiddleware:
                 user = await loop.run_in_executor(
                     self.pool, self.auth.verify_basic, peer, pending.name, pending.password
                 )
+            except NeedsFetching as pending:
+                assert self.auth.jwt is not None
+                loop = asyncio.get_running_loop()
+                user = await loop.run_in_executor(self.pool, self.auth.jwt.verify, pending.token)
         except Throttled as exc:
             log.info("429 for %s %s from %s: %s", scope["method"], scope["path"], peer, exc.msg)
             await send_error(send, 429, exc.msg, [(b"retry-after", str(exc.retry_after).encode())])

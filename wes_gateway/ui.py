@@ -200,7 +200,9 @@ def login() -> Any:
         return _render("login.html", error="", modes=settings.auth_modes)
     token = flask.request.form.get("token", "").strip()
     try:
-        Authenticator(settings).authenticate("", {b"authorization": f"Bearer {token}".encode("latin-1", "replace")})
+        Authenticator(settings).authenticate_here(
+            "", {b"authorization": f"Bearer {token}".encode("latin-1", "replace")}
+        )
     except (Unauthorized, UnicodeError) as exc:
         return _render(
             "login.html", 401, error=getattr(exc, "msg", "not a valid credential"), modes=settings.auth_modes
