@@ -74,3 +74,16 @@ def test_one_stream_follows_a_run_to_complete(server: Server) -> None:
 def test_events_of_unknown_runs_are_not_found(server: Server) -> None:
     response = requests.get(f"{server.api}/runs/nope/events", timeout=10)
     assert response.status_code == 404 and response.json()["status_code"] == 404
+
+
+def test_event_ids_count_within_the_run(server: Server) -> None:
+    """Event ids number a run's own events (1, 2, ...): a client learns nothing from them of
+    how many events other users' runs had (they were the store's global counter)."""
+    for _ in range(2):  # others' runs first, with their own events
+        server.wait(server.submit_cwl(DATA / "echo.cwl", {"message": "other"}), timeout=180)
+    run_id = server.submit_cwl(DATA / "echo.cwl", {"message": "mine"})
+    server.wait(run_id, timeout=180)
+    with requests.get(f"{server.api}/runs/{run_id}/events", stream=True, timeout=(10, 60)) as response:
+        events = read_events(response, time.monotonic() + 60)
+    numbers = [int(e["id"].split(".")[0]) for e in events if e["event"] in ("state", "task")]
+    assert numbers == list(range(1, len(numbers) + 1)), numbers

@@ -3,8 +3,8 @@ leader's log, as Server-Sent Events, resumable with Last-Event-ID.
 
 Served in the worker's event loop, as ASGI, before Connexion: a listener costs a coroutine
 and a short store query now and then (on a small pool of its own), never a thread for the
-stream's lifetime. Each event's id is ``<last store event>.<log offset>``, the position to
-resume from.
+stream's lifetime. Each event's id is ``<events of the run so far>.<log offset>``, the
+position to resume from: numbered within the run, so that it says nothing of other runs.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class EventStream:
             events, lines, ended = await self._call(self._poll, run_id, paths, cursor)
             chunks = []
             for event in events:
-                cursor.event = event.id
+                cursor.event += 1  # its number within the run (store.events_after)
                 chunks.append(frame(event.kind, event.data, cursor))
             if lines is not None:
                 offset, text = lines

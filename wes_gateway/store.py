@@ -154,7 +154,8 @@ def tag_digest(key: str, value: str) -> str:
 
 class RunEvent(BaseModel):
     """What happened to a run, in order: state changes, task starts and ends. The id orders
-    and resumes the event stream (Last-Event-ID)."""
+    them; the event stream numbers them within their run (events_after), so that no client
+    learns from its ids how busy the service is."""
 
     id = peewee.AutoField()
     run_id = peewee.CharField(max_length=64)
@@ -596,13 +597,16 @@ def record_event(run_id: str, kind: str, data: dict[str, Any]) -> None:
     RunEvent.create(run_id=run_id, kind=kind, data=data)
 
 
-def last_event_id(run_id: str) -> int:
-    return int(RunEvent.select(peewee.fn.MAX(RunEvent.id)).where(RunEvent.run_id == run_id).scalar() or 0)
+def event_count(run_id: str) -> int:
+    """How many events the run has: the number of the last (they are numbered from 1)."""
+    return int(RunEvent.select().where(RunEvent.run_id == run_id).count())
 
 
 def events_after(run_id: str, after: int, limit: int = 500) -> list[RunEvent]:
-    query = RunEvent.select().where((RunEvent.run_id == run_id) & (RunEvent.id > after))
-    return list(query.order_by(RunEvent.id).limit(limit))
+    """The run's events after its ``after``-th (events are never removed one by one, so a
+    run's numbering never changes)."""
+    query = RunEvent.select().where(RunEvent.run_id == run_id)
+    return list(query.order_by(RunEvent.id).offset(max(0, after)).limit(limit))
 
 
 def append_system_log(run_id: str, line: str) -> None:

@@ -151,7 +151,7 @@ def run_page(run_id: str) -> flask.Response:
         return _render("missing.html", 404, run_id=run_id)
     paths = RunPaths.of(current_settings(), run_id)
     transitions = [e.data for e in store.events_after(run_id, 0, limit=100) if e.kind == "state"]
-    last_event = store.last_event_id(run_id)
+    last_event = store.event_count(run_id)
     log_text, log_offset = "", 0
     handle = paths.open_file(paths.stderr)
     if handle is not None:
