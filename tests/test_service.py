@@ -186,3 +186,43 @@ def test_urls_never_lead_to_a_host_a_header_named(seeded: tuple[Server, list[str
         ), login.headers.get("Location")
     finally:
         stop_server(public)
+
+
+def test_a_client_slow_with_its_headers_is_cut_off(tmp_path: Path) -> None:
+    """Slowloris: connections that send nothing, or a header byte at a time, are closed once
+    header_timeout (2 s here) has passed, with a 408; before, they were held for ever."""
+    import socket
+    import time
+
+    server = start_server(tmp_path, {"WES_GATEWAY_HEADER_TIMEOUT": "2", "WES_GATEWAY_SUPERVISOR": "off"}, workers=1)
+    port = int(server.base.rsplit(":", 1)[1])
+    try:
+        silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+        trickling = socket.create_connection(("127.0.0.1", port), timeout=10)
+        started = time.monotonic()
+        trickling.sendall(b"GET /ga4gh/wes/v1/service-info HTTP/1.1\r\n")
+        closed_after = None
+        for header in (
+            b"Host: 127.0.0.1\r\n",
+            b"X-A: 1\r\n",
+            b"X-B: 2\r\n",
+            b"X-C: 3\r\n",
+            b"X-D: 4\r\n",
+            b"X-E: 5\r\n",
+        ):
+            time.sleep(0.8)
+            try:
+                trickling.sendall(header)
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+        answer = trickling.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        assert b'"status_code": 408' in answer
+        assert silent.recv(4096).startswith(b"HTTP/1.1 408")  # the silent one too
+        assert closed_after is None or closed_after < 5
+        assert server.get("/service-info").status_code == 200  # a prompt client is served
+        silent.close()
+        trickling.close()
+    finally:
+        stop_server(server)

@@ -235,6 +235,9 @@ class Settings(BaseModel):
         ge=1,
         description="Bytes of files in one outputs.zip or RO-Crate, and the output bytes hashed for a crate.",
     )
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a connection has to send a request's headers (then 408 and closed)."
+    )
     response_validation: bool = Field(False, description="Validate responses against the YAML.")
 
     @field_validator(
