@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -101,6 +102,10 @@ class Server:
             time.sleep(0.3)
         raise AssertionError(f"run {run_id} still {state} after {timeout}s\n{self.log_tail()}")
 
+    def system_logs(self, run_id: str) -> str:
+        """The run's ``system_logs``, one line each."""
+        return "\n".join(self.get(f"/runs/{run_id}").json()["run_log"]["system_logs"] or [])
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text().splitlines()[-lines:])
@@ -188,6 +193,17 @@ def stop_server(server: Server) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(server.process.pid, signal.SIGKILL)
             server.process.wait(10)
+
+
+@contextlib.contextmanager
+def running_server(data_dir: Path, extra_env: dict[str, str]) -> Iterator[Server]:
+    """A gateway for a test module: stopped, and its leaders killed, at the end."""
+    server = start_server(data_dir, extra_env)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+        kill_all_leaders(server.data_dir)
 
 
 def leftover_processes(run_id: str, groups: set[int] | None = None) -> list[int]:

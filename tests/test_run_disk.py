@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from conftest import Server, kill_all_leaders, start_server, stop_server
+from conftest import Server, kill_all_leaders, running_server, start_server, stop_server
 
 # Toil asks the run's filesystem for a job's tmpdirMin + outdirMin (MiB): kept small, so that
 # a small disk can hold the job at all.
@@ -51,21 +51,16 @@ def _server(tmp_path_factory: pytest.TempPathFactory, engine_env: dict[str, str]
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory, engine_env: dict[str, str]) -> Iterator[Server]:
-    server = _server(tmp_path_factory, engine_env, WES_GATEWAY_RUN_DISK="loop")
-    yield server
-    stop_server(server)
-    kill_all_leaders(server.data_dir)
-
-
-def _system_logs(server: Server, run_id: str) -> str:
-    return "\n".join(server.get(f"/runs/{run_id}").json()["run_log"]["system_logs"] or [])
+    env = {**engine_env, "WES_GATEWAY_RUN_DISK_LIMIT": "512M", "WES_GATEWAY_RUN_DISK": "loop"}
+    with running_server(tmp_path_factory.mktemp("disk"), env) as server:
+        yield server
 
 
 def test_a_run_that_fills_its_disk_ends_once_and_alone(limited: Server) -> None:
     filler = limited.submit_cwl(("filler.cwl", FILLER), {})
     other = limited.submit_cwl(("echo.cwl", ECHO), {})
     assert limited.wait(filler, timeout=180) == "EXECUTOR_ERROR"
-    assert "filled its disk space (run_disk_limit = 512M)" in _system_logs(limited, filler)
+    assert "filled its disk space (run_disk_limit = 512M)" in limited.system_logs(filler)
     assert limited.wait(other, timeout=180) == "COMPLETE"
     # Started once: never restarted to fill its disk again.
     starts = [line for line in limited.log_path.read_text().splitlines() if f"run {filler}: leader pid" in line]

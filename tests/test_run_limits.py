@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from conftest import Server, kill_all_leaders, leftover_processes, start_server, stop_server
+from conftest import Server, leftover_processes, running_server
 
 MEMORY_LIMIT = "700M"
 PROCESS_LIMIT = 300
@@ -55,30 +55,25 @@ def _limits_available() -> str:
 pytestmark = pytest.mark.skipif(bool(_limits_available()), reason=_limits_available() or "-")
 
 
-def _server(tmp_path_factory: pytest.TempPathFactory, engine_env: dict[str, str], **extra: str) -> Server:
-    env = {
+def _env(engine_env: dict[str, str], limits: str) -> dict[str, str]:
+    return {
         **engine_env,
         "WES_GATEWAY_RUN_MEMORY_LIMIT": MEMORY_LIMIT,
         "WES_GATEWAY_RUN_MAX_PROCESSES": str(PROCESS_LIMIT),
-        **extra,
+        "WES_GATEWAY_RUN_LIMITS": limits,
     }
-    return start_server(tmp_path_factory.mktemp("limits"), env)
 
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory, engine_env: dict[str, str]) -> Iterator[Server]:
-    server = _server(tmp_path_factory, engine_env, WES_GATEWAY_RUN_LIMITS="cgroup")
-    yield server
-    stop_server(server)
-    kill_all_leaders(server.data_dir)
+    with running_server(tmp_path_factory.mktemp("limits"), _env(engine_env, "cgroup")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def unlimited(tmp_path_factory: pytest.TempPathFactory, engine_env: dict[str, str]) -> Iterator[Server]:
-    server = _server(tmp_path_factory, engine_env, WES_GATEWAY_RUN_LIMITS="none")
-    yield server
-    stop_server(server)
-    kill_all_leaders(server.data_dir)
+    with running_server(tmp_path_factory.mktemp("limits"), _env(engine_env, "none")) as server:
+        yield server
 
 
 def _sleepers() -> int:
@@ -94,15 +89,11 @@ def _sleepers() -> int:
     return count
 
 
-def _system_logs(server: Server, run_id: str) -> str:
-    return "\n".join(server.get(f"/runs/{run_id}").json()["run_log"]["system_logs"] or [])
-
-
 def test_a_memory_hog_ends_its_own_run_only(limited: Server) -> None:
     hog = limited.submit_cwl(("hog.cwl", HOG), {})
     other = limited.submit_cwl(("echo.cwl", ECHO), {})
     assert limited.wait(hog, timeout=180) == "EXECUTOR_ERROR"
-    assert "memory limit" in _system_logs(limited, hog), _system_logs(limited, hog)
+    assert "memory limit" in limited.system_logs(hog), limited.system_logs(hog)
     assert limited.wait(other, timeout=180) == "COMPLETE"
     assert limited.get("/health").status_code == 200
 
@@ -112,7 +103,7 @@ def test_a_fork_bomb_ends_its_own_run_only(limited: Server) -> None:
     other = limited.submit_cwl(("echo.cwl", ECHO), {})
     # Ended at its limit, well before its sleepers would have (90 s).
     assert limited.wait(bomb, timeout=60) == "EXECUTOR_ERROR"
-    assert "process limit" in _system_logs(limited, bomb), _system_logs(limited, bomb)
+    assert "process limit" in limited.system_logs(bomb), limited.system_logs(bomb)
     assert limited.wait(other, timeout=180) == "COMPLETE"
     assert leftover_processes(bomb) == [] and _sleepers() == 0
     assert limited.get("/health").status_code == 200
