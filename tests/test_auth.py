@@ -313,7 +313,7 @@ def run_dirs(server: Server) -> set[str]:
     runs = server.data_dir / "runs"
     staging = runs / ".staging"
     assert not staging.exists() or not any(staging.iterdir())
-    return {p.name for p in runs.iterdir() if p.name != ".staging"} if runs.exists() else set()
+    return {p.name for p in runs.iterdir() if not p.name.startswith(".")} if runs.exists() else set()
 
 
 @pytest.mark.parametrize(

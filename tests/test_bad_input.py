@@ -32,7 +32,7 @@ def run_dirs(server: Server) -> set[str]:
     staging = runs / ".staging"
     leftovers = {p.name for p in staging.iterdir()} if staging.exists() else set()
     assert leftovers == set(), f"half-written staging directories: {leftovers}"
-    return {p.name for p in runs.iterdir() if p.name != ".staging"}
+    return {p.name for p in runs.iterdir() if not p.name.startswith(".")}
 
 
 @pytest.mark.parametrize(

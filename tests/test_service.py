@@ -136,7 +136,7 @@ def test_active_run_limit_holds_under_simultaneous_submissions(tmp_path: Path) -
         assert codes == [200] * limit + [429] * limit
         assert len(server.get("/runs?page_size=100").json()["runs"]) == limit
         runs = server.data_dir / "runs"
-        assert len([p for p in runs.iterdir() if p.name != ".staging"]) == limit
+        assert len([p for p in runs.iterdir() if not p.name.startswith(".")]) == limit
         assert not any((runs / ".staging").iterdir())
     finally:
         stop_server(server)
