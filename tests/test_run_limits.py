@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from conftest import Server, leftover_processes, running_server
+from conftest import Server, container_env, leftover_processes, running_server
 
 MEMORY_LIMIT = "700M"
 PROCESS_LIMIT = 300
@@ -123,3 +123,40 @@ def test_without_limits_the_same_steps_take_what_they_like(unlimited: Server) ->
     unlimited.post(f"/runs/{bomb}/cancel")
     assert unlimited.wait(bomb, timeout=120) == "CANCELED"
     assert most > PROCESS_LIMIT, f"only {most} processes without a limit"
+
+
+UIDS = range(231000, 231100)
+
+
+@pytest.fixture(scope="module")
+def rlimited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """No cgroups asked for: each run a uid of its own from run_uids, held by rlimits. Tools
+    on the host (Podman's shared image store belongs to run_user)."""
+    env = {
+        **container_env(None),
+        "WES_GATEWAY_RUN_MEMORY_LIMIT": "2G",
+        "WES_GATEWAY_RUN_MAX_PROCESSES": str(PROCESS_LIMIT),
+        "WES_GATEWAY_RUN_LIMITS": "rlimit",
+        "WES_GATEWAY_RUN_UIDS": f"{UIDS.start}-{UIDS.stop - 1}",
+    }
+    with running_server(tmp_path_factory.mktemp("rlimits"), env) as server:
+        yield server
+
+
+def _uid_of(server: Server, run_id: str) -> int:
+    return (server.data_dir / "runs" / run_id / "outputs").stat().st_uid
+
+
+def test_where_there_are_no_cgroups_a_uid_of_its_own_and_rlimits_hold_each_run(rlimited: Server) -> None:
+    hog = rlimited.submit_cwl(("hog.cwl", HOG), {})  # 2 GiB and more, in one process, under 2G
+    bomb = rlimited.submit_cwl(("bomb.cwl", BOMB), {})
+    other = rlimited.submit_cwl(("echo.cwl", ECHO), {})
+    assert rlimited.wait(bomb, timeout=60) == "EXECUTOR_ERROR"  # before its sleepers (90 s) are done
+    # RLIMIT_NPROC: the shell could fork no more (the supervisor ends a run that stays at it).
+    assert "Cannot fork" in rlimited.get(f"/runs/{bomb}/logs/stderr").text
+    assert rlimited.wait(hog, timeout=180) == "EXECUTOR_ERROR"
+    assert rlimited.wait(other, timeout=180) == "COMPLETE"
+    assert _sleepers() == 0
+    uids = {_uid_of(rlimited, run_id) for run_id in (hog, bomb, other)}
+    assert _uid_of(rlimited, hog) != _uid_of(rlimited, bomb) and uids <= set(UIDS), uids
+    assert rlimited.get("/health").status_code == 200

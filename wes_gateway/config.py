@@ -86,10 +86,11 @@ class Settings(BaseModel):
     host_id: str = Field("", description="This gateway host's name among several on one database; default hostname.")
     run_max_cores: int = Field(0, ge=0, description="--maxCores for each run; 0 means the machine's core count.")
     run_max_memory: str = Field("4G", description="--maxMemory for each run.")
-    run_limits: Literal["auto", "cgroup", "none"] = Field(
+    run_limits: Literal["auto", "cgroup", "rlimit", "none"] = Field(
         "auto",
         description="Hold each run on this host to run_memory_limit and run_max_processes in a cgroup of its "
-        "own: cgroup (refuse to start without one), auto (where the host allows it), none.",
+        "own: cgroup (refuse to start without one), auto (where the host allows it, else rlimits), rlimit "
+        "(RLIMIT_AS per process and RLIMIT_NPROC per run uid, which needs run_uids), none.",
     )
     run_memory_limit: str = Field(
         "",
@@ -203,6 +204,13 @@ class Settings(BaseModel):
         "nobody",
         description="Account leaders drop to when the supervisor runs as root; empty keeps root (inside a user namespace).",
     )
+    run_uids: str = Field(
+        "",
+        pattern=r"^(\d{1,10}-\d{1,10})?$",
+        description="A range of user ids (200000-265535) from which each run on this host gets one of its "
+        "own instead of run_user's: runs cannot reach each other's processes or files, and a process limit "
+        "(RLIMIT_NPROC, where there are no cgroups) counts one run. Empty: every run is run_user.",
+    )
     container_engine: Literal["auto", "podman", "docker", "singularity", "none"] = Field(
         "auto",
         description="What runs the images workflows declare: podman (rootless, in the run sandbox), docker, "
@@ -305,6 +313,13 @@ class Settings(BaseModel):
         if memory:
             wanted = min(wanted, memory // LEADER_MEMORY)
         return max(2, wanted)
+
+    @property
+    def run_uid_range(self) -> range | None:
+        if not self.run_uids:
+            return None
+        low, high = (int(part) for part in self.run_uids.split("-"))
+        return range(low, high + 1) if 0 < low <= high else None
 
     @property
     def effective_run_memory_limit(self) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import time
 from dataclasses import dataclass
@@ -103,6 +104,76 @@ class RunGroup:
                 log.warning("cgroup %s not removed: %s", directory, exc)
 
 
+def set_rlimits(memory_bytes: int, processes: int) -> None:
+    """In the leader, after it dropped to the run's own uid, where the host gives no cgroup:
+    each process may map ``memory_bytes`` (a process, not the run: RLIMIT_AS), and the uid may
+    have ``processes`` processes and threads (the run's, since the uid is the run's alone)."""
+    if memory_bytes:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    if processes:
+        resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
+
+
+def rlimits_for(settings: Settings) -> tuple[int, int]:
+    """The fallback limits a leader sets on itself: only with a uid of the run's own
+    (run_uids), without which RLIMIT_NPROC would count every run of the shared user."""
+    if settings.run_limits == "none" or settings.run_uid_range is None:
+        return (0, 0)
+    return settings.effective_run_memory_limit, settings.run_max_processes
+
+
+def live_uids(among: range) -> set[int]:
+    """The real uids in ``among`` that have a process on this host."""
+    found = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            uid = _real_uid(entry.name)
+            if uid in among:
+                found.add(uid)
+    return found
+
+
+def _real_uid(pid: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return -1
+
+
+def tasks_of_uid(uid: int) -> tuple[int, list[int]]:
+    """The processes whose real user is ``uid``, and their threads: what RLIMIT_NPROC counts."""
+    threads, pids = 0, []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status") as handle:
+                status = handle.read()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if int(fields.get("Uid", "-1 ").split()[0]) == uid:
+            pids.append(int(entry.name))
+            threads += int(fields.get("Threads", "1").strip() or 1)
+    return threads, pids
+
+
+def kill_uid(uid: int, timeout: float = 10.0) -> None:
+    """SIGKILL every process of ``uid`` (a uid of one run's own) until none is left."""
+    deadline = time.monotonic() + timeout
+    while (pids := tasks_of_uid(uid)[1]) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.05)
+
+
 def join(procs_files: tuple[str, ...]) -> None:
     """Move the calling process into the run's group (before it starts anything)."""
     for path in procs_files:
@@ -111,7 +182,7 @@ def join(procs_files: tuple[str, ...]) -> None:
 
 def group_of(settings: Settings, run_id: str) -> RunGroup | None:
     """The run's group on this host, or None where runs are not held in one."""
-    if settings.run_limits == "none" or settings.batch_system != "single_machine":
+    if settings.run_limits in ("none", "rlimit") or settings.batch_system != "single_machine":
         return None
     parents = _parents(settings)
     if parents is None:
@@ -122,23 +193,30 @@ def group_of(settings: Settings, run_id: str) -> RunGroup | None:
 
 
 def check(settings: Settings) -> str:
-    """What holds runs here ("cgroup v1", "cgroup v2" or "none"), trying a group once; raises
-    LimitsUnavailable if ``run_limits = "cgroup"`` and none can be made."""
+    """What holds runs here ("cgroup v1", "cgroup v2", "rlimit" or "none"), trying a group
+    once; raises LimitsUnavailable where what ``run_limits`` asks for cannot be had."""
     if settings.run_limits == "none" or settings.batch_system != "single_machine":
         return "none"
-    probe = group_of(settings, f"probe-{os.getpid()}")
     problem = "no writable memory and pids cgroup controllers (cgroup v1), nor run_cgroup_parent (v2)"
-    if probe is not None:
-        try:
-            probe.create(settings.effective_run_memory_limit, settings.run_max_processes)
-            probe.remove()
-            return f"cgroup v{probe.version}"
-        except OSError as exc:
-            problem = f"cannot make a run cgroup: {exc}"
-            probe.remove()
-    if settings.run_limits == "cgroup":
-        raise LimitsUnavailable(problem)
-    log.warning("runs have no memory or process limits: %s", problem)
+    if settings.run_limits != "rlimit":
+        probe = group_of(settings, f"probe-{os.getpid()}")
+        if probe is not None:
+            try:
+                probe.create(settings.effective_run_memory_limit, settings.run_max_processes)
+                probe.remove()
+                return f"cgroup v{probe.version}"
+            except OSError as exc:
+                problem = f"cannot make a run cgroup: {exc}"
+                probe.remove()
+        if settings.run_limits == "cgroup":
+            raise LimitsUnavailable(problem)
+    if rlimits_for(settings) != (0, 0):
+        if settings.run_limits == "auto":
+            log.warning("runs are held by rlimits (memory per process, processes per run uid): %s", problem)
+        return "rlimit"
+    if settings.run_limits == "rlimit":
+        raise LimitsUnavailable("run_limits = rlimit needs run_uids (a uid of each run's own) and root")
+    log.warning("runs have no memory or process limits (run_uids would give them rlimits): %s", problem)
     return "none"
 
 

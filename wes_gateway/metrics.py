@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from collections.abc import Container
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,10 @@ class MetricsEndpoint:
             identity = run_identity(settings)
         except SandboxUnavailable:
             identity = None
-        self.run_uids = {identity.uid} if identity is not None else {os.geteuid()}
+        # Who the runs are: run_user, each run's own uid from run_uids, or the service itself.
+        self.run_uids: Container[int] = {identity.uid} if identity is not None else {os.geteuid()}
+        if identity is not None and settings.run_uid_range is not None:
+            self.run_uids = settings.run_uid_range
 
     def _local(self, scope: dict[str, Any], headers: dict[str, str]) -> bool:
         client, server = scope.get("client"), scope.get("server")

@@ -136,6 +136,11 @@ class RunPaths:
         return self.root / "outputs.json"
 
     @property
+    def uid_file(self) -> Path:
+        """The user id the run was given from run_uids (the supervisor's record, for adoption)."""
+        return self.control / "uid.json"
+
+    @property
     def result(self) -> Path:
         return self.control / "result.json"
 

@@ -10,6 +10,8 @@ with Toil's --restart on the persisted job store.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import multiprocessing
 import os
@@ -143,7 +145,7 @@ class Supervisor:
         # Read once, before the environment is scrubbed: the service's own secret files.
         self.hidden_files = hidden_files or []
         self.identity = sandbox.run_identity(settings)
-        self.run_as = None if self.identity is None else (self.identity.uid, self.identity.gid)
+        self.uids: dict[str, int] = {}  # runs' own uids (run_uids), of the runs this supervisor holds
         self.host_id = settings.effective_host_id
         self.worker_id = f"{self.host_id}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop_event = threading.Event()
@@ -229,6 +231,31 @@ class Supervisor:
             self.next_disk_warning = time.monotonic() + 60
         return False
 
+    def _identity(self, run_id: str, paths: RunPaths) -> sandbox.RunIdentity | None:
+        """Who the run's leader is: run_user, or a uid of the run's own from run_uids, kept in
+        its control directory so that a restart or an adoption finds the same one."""
+        uids = self.settings.run_uid_range
+        if self.identity is None or uids is None:
+            return self.identity
+        with self.lock:
+            if run_id not in self.uids:
+                recorded = paths.read_json(paths.uid_file)
+                taken = set(self.uids.values())
+                if not (isinstance(recorded, int) and recorded in uids and recorded not in taken):
+                    # Nor one that has processes: a run this supervisor has yet to adopt may.
+                    taken |= limits.live_uids(uids)
+                    recorded = next((uid for uid in uids if uid not in taken), None)
+                    if recorded is None:
+                        raise RuntimeError(f"every uid of run_uids {self.settings.run_uids} is in use")
+                    paths.control.mkdir(mode=0o700, exist_ok=True)
+                    paths.uid_file.write_text(json.dumps(recorded))
+                self.uids[run_id] = recorded
+            return dataclasses.replace(self.identity, uid=self.uids[run_id])
+
+    @staticmethod
+    def _run_as(identity: sandbox.RunIdentity | None) -> tuple[int, int] | None:
+        return None if identity is None else (identity.uid, identity.gid)
+
     def _guard(self, run_id: str, step: Callable[[str], None]) -> None:
         try:
             step(run_id)
@@ -239,6 +266,7 @@ class Supervisor:
         finally:
             with self.lock:
                 self.active.discard(run_id)
+                self.uids.pop(run_id, None)
             self.waker.wake()  # a slot is free: a queued run need not wait for the next poll
 
     # ------------------------------------------------------------ one run
@@ -255,11 +283,12 @@ class Supervisor:
             return
         paths = RunPaths.of(self.settings, run_id)
         volumes.provide(self.settings, paths, run_id)
+        identity = self._identity(run_id, paths)
         # A sandbox whose leader never is root cannot give containers a /proc of their own.
         # Jobs a cluster runs elsewhere are in no sandbox, even when the leader is.
         sandboxed = self.settings.run_sandbox != "none" and self.settings.batch_system == "single_machine"
-        containers.prepare(paths, self.settings, sandboxed, own_pid_namespace=not sandboxed or bool(self.identity))
-        sandbox.hand_over(paths, self.identity)
+        containers.prepare(paths, self.settings, sandboxed, own_pid_namespace=not sandboxed or bool(identity))
+        sandbox.hand_over(paths, identity)
         group = limits.group_of(self.settings, run_id)
         if group is not None:
             group.create(self.settings.effective_run_memory_limit, self.settings.run_max_processes)
@@ -278,13 +307,14 @@ class Supervisor:
             env=leader_env(self.settings, run_id, paths, dropped=self.identity is not None),
             root=str(paths.root),
             sandbox=self._sandbox_of(paths),
-            run_as=self.run_as,
+            run_as=self._run_as(identity),
             token=uuid.uuid4().hex,
             heartbeat_seconds=self.settings.lease_seconds / 3,
             fence_seconds=self.settings.lease_seconds * 2 / 3,
             prompt_shutdown=self.settings.toil_prompt_shutdown,
             warm_workers=self.settings.toil_warm_workers,
             cgroup_procs=group.procs_files if group is not None else (),
+            rlimits=limits.rlimits_for(self.settings) if group is None else (0, 0),
         )
         paths.result.unlink(missing_ok=True)
         paths.leader_file.unlink(missing_ok=True)
@@ -387,6 +417,10 @@ class Supervisor:
         known_logs = tasks.known_log_names(run_id)
         group = limits.group_of(settings, run_id)
         over_limit = ""
+        identity = self._identity(run_id, paths)
+        # A uid of the run's own, held by rlimits: what to count and, at the limit, kill.
+        rlimited = identity.uid if identity and limits.rlimits_for(settings)[1] and group is None else 0
+        next_count = 0.0
         ran_out = False  # whether its own filesystem was seen full (what fills it may be gone at the end)
         groups: set[int] = {leader.pid}  # the leader called setsid: its group is its pid
         while True:
@@ -414,6 +448,19 @@ class Supervisor:
                 self._cancel(run_id, leader, paths)
                 break
             ran_out = ran_out or volumes.filled(paths)
+            if group is None and rlimited and time.monotonic() >= next_count:
+                # Without a cgroup's counter: the run's uid holds its limit's worth of tasks.
+                next_count = time.monotonic() + 2.0
+                if limits.tasks_of_uid(rlimited)[0] >= settings.run_max_processes - 1:
+                    over_limit = (
+                        f"the run reached its process limit (run_max_processes = {settings.run_max_processes}) "
+                        "and was stopped"
+                    )
+                    log.warning("run %s: %s", run_id, over_limit)
+                    limits.kill_uid(rlimited)
+                    leader.signal_group(signal.SIGKILL)
+                    leader.wait(settings.cancel_grace_seconds)
+                    break
             if group is not None and group.process_limit_hits():
                 # A run at its process limit is stuck or a fork bomb: it ends now, once.
                 over_limit = (
@@ -456,7 +503,8 @@ class Supervisor:
         """Ask the leader to stop through its job store, as `toil kill` does for remote leaders."""
         if not paths.jobstore.exists():
             return
-        writer = self.context.Process(target=_write_kill_flag, args=(str(paths.root), self.run_as))
+        run_as = self._run_as(self._identity(run_id, paths))
+        writer = self.context.Process(target=_write_kill_flag, args=(str(paths.root), run_as))
         writer.start()
         writer.join(30)
         if writer.exitcode == 0:
@@ -480,6 +528,9 @@ class Supervisor:
         run_id = run.run_id
         procs.kill_run_processes(run_id, groups)
         group = limits.group_of(self.settings, run_id)
+        identity = self._identity(run_id, paths)
+        if group is None and identity is not None and self.settings.run_uid_range is not None:
+            limits.kill_uid(identity.uid)  # everything of a run's own uid is the run's
         if group is not None:
             group.kill_all()
             memory, processes = group.peaks()

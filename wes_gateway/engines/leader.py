@@ -208,6 +208,7 @@ def _run_engine(spec: LeaderSpec, paths: RunPaths, box: Sandbox | None) -> int:
     if box is not None:
         box.enter()
     become(spec.run_as)
+    limits.set_rlimits(*spec.rlimits)
     # Toil pickles the leader's environment into the job store: give it only what we chose.
     os.environ.clear()
     os.environ.update(spec.env)
