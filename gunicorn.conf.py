@@ -54,6 +54,7 @@ def on_starting(server):
     # Refuse to start without the run sandbox and batch system the settings ask for, before
     # anything listens.
     from wes_gateway.batch import BatchSystemUnusable
+    from wes_gateway.containers import ContainersUnusable
     from wes_gateway.limits import LimitsUnavailable
     from wes_gateway.sandbox import SandboxUnavailable
     from wes_gateway.supervisor import preflight
@@ -61,7 +62,7 @@ def on_starting(server):
 
     try:
         preflight(load_settings())
-    except (SandboxUnavailable, BatchSystemUnusable, LimitsUnavailable, VolumesUnavailable) as exc:
+    except (SandboxUnavailable, BatchSystemUnusable, LimitsUnavailable, VolumesUnavailable, ContainersUnusable) as exc:
         server.log.error("wes-gateway cannot start: %s", exc)
         sys.exit(1)
     # A previous instance's proof of life would stand for this one's supervisor until it beats.

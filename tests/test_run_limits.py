@@ -7,9 +7,10 @@ Real Gunicorn, Toil, bwrap and the host's cgroups; the tools run on the host (no
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from conftest import Server, container_env, leftover_processes, running_server
+from conftest import Server, container_env, leftover_processes, running_server, start_server
 
 MEMORY_LIMIT = "700M"
 PROCESS_LIMIT = 300
@@ -160,3 +161,15 @@ def test_where_there_are_no_cgroups_a_uid_of_its_own_and_rlimits_hold_each_run(r
     uids = {_uid_of(rlimited, run_id) for run_id in (hog, bomb, other)}
     assert _uid_of(rlimited, hog) != _uid_of(rlimited, bomb) and uids <= set(UIDS), uids
     assert rlimited.get("/health").status_code == 200
+
+
+def test_run_uids_and_a_shared_image_store_are_refused_together(tmp_path: Path) -> None:
+    """Measured: a run of its own uid cannot map the shared store's layers (they belong to
+    run_user), so every container step would fail; the service refuses to start instead."""
+    env = {
+        "WES_GATEWAY_CONTAINER_ENGINE": "podman",
+        "WES_GATEWAY_IMAGE_STORE": str(tmp_path / "store"),
+        "WES_GATEWAY_RUN_UIDS": "231300-231399",
+    }
+    with pytest.raises(RuntimeError, match="run_uids cannot share image_store"):
+        start_server(tmp_path / "data", env)

@@ -40,6 +40,21 @@ def engine(settings: Settings) -> str:
     return "podman" if shutil.which("podman") else "none"
 
 
+class ContainersUnusable(RuntimeError):
+    """The container settings cannot work together on this host."""
+
+
+def check(settings: Settings) -> None:
+    """At start-up: refuse what would make every container step fail."""
+    if engine(settings) == "podman" and settings.image_store is not None and settings.run_uid_range is not None:
+        # Measured: the store's layers belong to the user that imported them, which no run of
+        # another uid can map ("potentially insufficient UIDs ... requested 65534:0").
+        raise ContainersUnusable(
+            "run_uids cannot share image_store: its layers belong to one user (run_user), whom a run "
+            "with a uid of its own cannot map; leave run_uids unset, or image_store (runs pull their images)"
+        )
+
+
 def cwl_args(settings: Settings) -> list[str]:
     """Toil's own CWL container options for the engine."""
     chosen = engine(settings)

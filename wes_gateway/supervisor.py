@@ -628,6 +628,7 @@ def preflight(settings: Settings) -> None:
     batch.check(settings)
     limits.check(settings)
     volumes.check(settings)
+    containers.check(settings)
     if settings.shared_dir is not None:
         # Batch jobs run as the run user outside any sandbox and reach their own run directory
         # by its (unguessable) name; nobody may list the others.
