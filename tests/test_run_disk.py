@@ -58,6 +58,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory, engine_env: dict[str, str]
 
 
 def test_a_run_that_fills_its_disk_ends_once_and_alone(limited: Server) -> None:
+    assert limited.get("/service-info").json()["tags"]["run_disk_limit"] == "512M"
     filler = limited.submit_cwl(("filler.cwl", FILLER), {})
     other = limited.submit_cwl(("echo.cwl", ECHO), {})
     assert limited.wait(filler, timeout=180) == "EXECUTOR_ERROR"

@@ -91,6 +91,8 @@ def _sleepers() -> int:
 
 
 def test_a_memory_hog_ends_its_own_run_only(limited: Server) -> None:
+    tags = limited.get("/service-info").json()["tags"]
+    assert (tags["run_memory_limit"], tags["run_max_processes"]) == (str(700 << 20), str(PROCESS_LIMIT))
     hog = limited.submit_cwl(("hog.cwl", HOG), {})
     other = limited.submit_cwl(("echo.cwl", ECHO), {})
     assert limited.wait(hog, timeout=180) == "EXECUTOR_ERROR"
@@ -113,6 +115,7 @@ def test_a_fork_bomb_ends_its_own_run_only(limited: Server) -> None:
 def test_without_limits_the_same_steps_take_what_they_like(unlimited: Server) -> None:
     import time
 
+    assert unlimited.get("/service-info").json()["tags"]["run_memory_limit"] == "0"
     hog = unlimited.submit_cwl(("hog.cwl", HOG), {})
     assert unlimited.wait(hog, timeout=180) == "COMPLETE"  # 2 GiB, beyond the 700M limit
     bomb = unlimited.submit_cwl(("bomb.cwl", BOMB), {})

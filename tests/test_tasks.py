@@ -109,3 +109,32 @@ def test_tasks_appear_while_running_and_survive_cancel(server: Server) -> None:
     server.post(f"/runs/{run_id}/cancel")
     assert server.wait(run_id, timeout=60) == "CANCELED"
     assert {t["name"] for t in all_tasks(server, run_id)} == {"say", "wait"}
+
+
+def test_a_malformed_bus_line_does_not_stop_the_task_records(tmp_path: Path) -> None:
+    """The run can write its message bus: a line that is not Toil's is skipped, and the lines
+    after it are read (before, every pass stopped at it, and the run's tasks never moved).
+    The store and the run directory are real; no leader is needed to write a file."""
+    from conftest import record_run
+
+    from wes_gateway import store, tasks
+    from wes_gateway.engines import engine_for
+    from wes_gateway.paths import RunPaths
+
+    store.open_database(f"sqlite:///{tmp_path / 'wes.sqlite3'}")
+    store.upgrade(store.database.obj)
+    run_id = record_run(state="RUNNING", bus_offset=0)
+    paths = RunPaths(root=tmp_path / "runs" / run_id)
+    paths.root.mkdir(parents=True)
+    job = "kind-CWLJob/instance-abc"
+    paths.messages.write_bytes(
+        b"toil.bus.JobCompletedMessage\tx\tkind-X/instance-y\tnot-a-number\n"
+        + f"toil.bus.JobIssuedMessage\techo.cwl\t{job}\t1\n".encode()
+        + f"toil.bus.JobCompletedMessage\techo.cwl\t{job}\t0\n".encode()
+    )
+    engine = engine_for("CWL")
+    assert engine is not None
+    tasks.ingest(run_id, engine, "echo.cwl", paths, set())
+    recorded = [(task.name, task.exit_code) for task in store.all_tasks(run_id)]
+    store.database.close()
+    assert recorded == [("echo.cwl", 0)], recorded

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib.metadata import version as package_version
 
-from . import __version__, containers, store
+from . import __version__, containers, limits, store, volumes
 from .config import Settings
 from .engines import ENGINES
 from .models import (
@@ -50,6 +50,8 @@ EXTENSIONS = (
 
 
 def build(settings: Settings, counts: dict[str, int]) -> ServiceInfo:
+    # Whether runs here are held to the memory and process limits (a cgroup, or rlimits).
+    held = limits.group_of(settings, "any") is not None or limits.rlimits_for(settings) != (0, 0)
     return ServiceInfo(
         id=settings.service_id,
         name=settings.service_name,
@@ -80,6 +82,12 @@ def build(settings: Settings, counts: dict[str, int]) -> ServiceInfo:
             "container_engine": containers.engine(settings),
             "wdl_container_engine": containers.wdl_container(settings),
             "run_sandbox": settings.run_sandbox,
+            # What one run may take on this host, so that a workflow's author can size it.
+            "run_memory_limit": str(settings.effective_run_memory_limit if held else 0),
+            "run_max_processes": str(settings.run_max_processes if held else 0),
+            "run_disk_limit": settings.run_disk_limit if volumes.enabled(settings) else "0",
+            "max_served_file_bytes": str(settings.max_served_file_bytes),
+            "max_served_run_bytes": str(settings.max_served_run_bytes),
             "batch_system": settings.batch_system,
             # The extensions this service adds, each declared in its OpenAPI document.
             "extensions": ",".join(EXTENSIONS),

@@ -448,30 +448,23 @@ class Supervisor:
                 self._cancel(run_id, leader, paths)
                 break
             ran_out = ran_out or volumes.filled(paths)
-            if group is None and rlimited and time.monotonic() >= next_count:
-                # Without a cgroup's counter: the run's uid holds its limit's worth of tasks.
+            # A cgroup's counter costs a read; a uid's tasks a look at every process: every 2 s.
+            if group is not None or (rlimited and time.monotonic() >= next_count):
                 next_count = time.monotonic() + 2.0
-                if limits.tasks_of_uid(rlimited)[0] >= settings.run_max_processes - 1:
+                if self._at_process_limit(group, rlimited):
+                    # A run at its process limit is stuck or a fork bomb: it ends now, once.
                     over_limit = (
                         f"the run reached its process limit (run_max_processes = {settings.run_max_processes}) "
                         "and was stopped"
                     )
                     log.warning("run %s: %s", run_id, over_limit)
-                    limits.kill_uid(rlimited)
+                    if group is not None:
+                        group.kill_all()
+                    else:
+                        limits.kill_uid(rlimited)
                     leader.signal_group(signal.SIGKILL)
                     leader.wait(settings.cancel_grace_seconds)
                     break
-            if group is not None and group.process_limit_hits():
-                # A run at its process limit is stuck or a fork bomb: it ends now, once.
-                over_limit = (
-                    f"the run reached its process limit (run_max_processes = {settings.run_max_processes}) "
-                    "and was stopped"
-                )
-                log.warning("run %s: %s", run_id, over_limit)
-                group.kill_all()
-                leader.signal_group(signal.SIGKILL)
-                leader.wait(settings.cancel_grace_seconds)
-                break
         self._ingest_tasks(run, engine, paths, known_logs)
         if token and not store.leader_owns(run_id, token):
             log.warning("run %s: its leader was fenced out by a successor; letting go", run_id)
@@ -486,6 +479,13 @@ class Supervisor:
             over_limit=over_limit,
             ran_out=ran_out,
         )
+
+    def _at_process_limit(self, group: limits.RunGroup | None, uid: int) -> bool:
+        """Whether the run holds its process limit: its group's count of refusals, or (held
+        by rlimits) the tasks of its own uid."""
+        if group is not None:
+            return group.process_limit_hits() > 0
+        return bool(uid) and limits.tasks_of_uid(uid)[0] >= self.settings.run_max_processes - 1
 
     def _cancel(self, run_id: str, leader: Leader, paths: RunPaths) -> None:
         grace = self.settings.cancel_grace_seconds

@@ -77,9 +77,20 @@ def ingest(
         with store.write_transaction():
             for line in lines:
                 topic, _, rest = line.partition(b"\t")
-                _apply(
-                    run_id, engine, workflow_file, outline, topic.decode("ascii", "replace"), _parse_fields(rest), now
-                )
+                try:
+                    _apply(
+                        run_id,
+                        engine,
+                        workflow_file,
+                        outline,
+                        topic.decode("ascii", "replace"),
+                        _parse_fields(rest),
+                        now,
+                    )
+                except (ValueError, IndexError):
+                    # The run can write its bus: a line that is not Toil's is skipped, never
+                    # allowed to stop every line after it from being read.
+                    log.warning("run %s: a malformed message bus line was skipped", run_id)
             store.set_bus_offset(run_id, offset + end + 1)
         consumed = len(lines)
     elif len(chunk) == MAX_BUS_READ:
