@@ -19,6 +19,7 @@ import os
 import resource
 import signal
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,16 +84,9 @@ class RunGroup:
         memory_file = "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak"
         return _number(self.memory / memory_file), _number(self.pids / "pids.peak")
 
-    def kill_all(self, timeout: float = 10.0) -> None:
+    def kill_all(self) -> None:
         """SIGKILL every process in the group until none is left (a forking one may add more)."""
-        deadline = time.monotonic() + timeout
-        while (members := self.members()) and time.monotonic() < deadline:
-            for pid in members:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            time.sleep(0.05)
+        _kill_until_gone(self.members)
 
     def remove(self) -> None:
         for directory in self.directories:
@@ -162,10 +156,14 @@ def tasks_of_uid(uid: int) -> tuple[int, list[int]]:
     return threads, pids
 
 
-def kill_uid(uid: int, timeout: float = 10.0) -> None:
+def kill_uid(uid: int) -> None:
     """SIGKILL every process of ``uid`` (a uid of one run's own) until none is left."""
+    _kill_until_gone(lambda: tasks_of_uid(uid)[1])
+
+
+def _kill_until_gone(find: Callable[[], Iterable[int]], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while (pids := tasks_of_uid(uid)[1]) and time.monotonic() < deadline:
+    while (pids := list(find())) and time.monotonic() < deadline:
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
