@@ -110,6 +110,11 @@ def when_ready(server):
 
 
 def _start_supervisor(server):
+    # Its proof of life starts now: a supervisor that hangs before its first beat (in its
+    # start-up checks, say) turns /health to 503 after a lease, as one that stops beating does.
+    from wes_gateway.paths import supervisor_beat
+
+    supervisor_beat(load_settings()).touch()
     server.wes_supervisor = subprocess.Popen(
         [sys.executable, "-m", "wes_gateway.cli", "supervise", "--exit-with-parent"]
     )

@@ -254,6 +254,8 @@ def test_a_stalled_supervisor_fails_health_and_a_killed_one_is_restarted(tmp_pat
     try:
         first = _supervisor_pid(server)
         assert first is not None
+        # Stopped even before its first beat (start-up checks take a while on a busy host),
+        # it is stuck all the same: the master's start of it counts as its first sign of life.
         # Stuck: /health says so once it has been silent longer than a lease, and recovers.
         os.kill(first, signal.SIGSTOP)
         try:
