@@ -21,8 +21,10 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
+from . import procs
 from .config import Settings
 
 log = logging.getLogger(__name__)
@@ -118,42 +120,13 @@ def rlimits_for(settings: Settings) -> tuple[int, int]:
 
 def live_uids(among: range) -> set[int]:
     """The real uids in ``among`` that have a process on this host."""
-    found = set()
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            uid = _real_uid(entry.name)
-            if uid in among:
-                found.add(uid)
-    return found
-
-
-def _real_uid(pid: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return -1
+    return {uid for uid, _threads in procs.owners().values() if uid in among}
 
 
 def tasks_of_uid(uid: int) -> tuple[int, list[int]]:
     """The processes whose real user is ``uid``, and their threads: what RLIMIT_NPROC counts."""
-    threads, pids = 0, []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/status") as handle:
-                status = handle.read()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if int(fields.get("Uid", "-1 ").split()[0]) == uid:
-            pids.append(int(entry.name))
-            threads += int(fields.get("Threads", "1").strip() or 1)
-    return threads, pids
+    mine = {pid: threads for pid, (owner, threads) in procs.owners().items() if owner == uid}
+    return sum(mine.values()), list(mine)
 
 
 def kill_uid(uid: int) -> None:
@@ -233,6 +206,7 @@ def _parents(settings: Settings) -> tuple[int, Path, Path] | None:
     return 1, memory, pids
 
 
+@cache
 def _v1_mounts() -> dict[str, Path]:
     found: dict[str, Path] = {}
     try:
@@ -248,6 +222,7 @@ def _v1_mounts() -> dict[str, Path]:
     return found
 
 
+@cache
 def _own_groups() -> dict[str, str]:
     groups: dict[str, str] = {}
     for line in Path("/proc/self/cgroup").read_text().splitlines():

@@ -98,6 +98,22 @@ def kill_run_processes(run_id: str, groups: set[int] | None = None) -> int:
     return len(pids)
 
 
+def owners() -> dict[int, tuple[int, int]]:
+    """Every process of this host: its real user and its number of threads (what RLIMIT_NPROC
+    counts for that user)."""
+    found: dict[int, tuple[int, int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status") as handle:
+                fields = dict(line.split(":", 1) for line in handle.read().splitlines() if ":" in line)
+            found[int(entry.name)] = (int(fields["Uid"].split()[0]), int(fields.get("Threads", "1").strip() or 1))
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+    return found
+
+
 def parent_pid(pid: int) -> int | None:
     fields = _stat(pid)
     return int(fields[1]) if fields else None

@@ -60,7 +60,7 @@ def record_checksums(paths: RunPaths, max_file_bytes: int, max_total_bytes: int)
             continue
         handle, info = opened
         with handle:
-            key = f"{info.st_size}:{info.st_mtime_ns}"
+            key = _key(info)
             entry = cached.get(name)
             if not (isinstance(entry, dict) and entry.get("key") == key):
                 digest = hashlib.sha256()
@@ -73,6 +73,11 @@ def record_checksums(paths: RunPaths, max_file_bytes: int, max_total_bytes: int)
     temporary.write_text(json.dumps(found))
     os.replace(temporary, _cache(paths))
     return max_total_bytes - budget
+
+
+def _key(info: os.stat_result) -> str:
+    """What a cached sum is valid for: the file as it was (size and modification time)."""
+    return f"{info.st_size}:{info.st_mtime_ns}"
 
 
 def _cache(paths: RunPaths) -> Any:
@@ -91,7 +96,7 @@ def _checksums(paths: RunPaths) -> dict[str, dict[str, Any]]:
     for name, info in outputs.files_under(paths, paths.outdir):
         entry = cached.get(name)
         found[name] = {"size": info.st_size}
-        if isinstance(entry, dict) and entry.get("key") == f"{info.st_size}:{info.st_mtime_ns}":
+        if isinstance(entry, dict) and entry.get("key") == _key(info):
             found[name]["sha256"] = entry.get("sha256")
     return found
 

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import subprocess
+from functools import cache
 from pathlib import Path
 
 from .config import Settings, parse_memory
@@ -38,6 +39,8 @@ class VolumesUnavailable(RuntimeError):
     """``run_disk = "loop"`` was asked for and this host cannot give runs a filesystem each."""
 
 
+# Asked at every supervisor pass and run start: the host's tools do not come and go meanwhile.
+@cache
 def _tools() -> tuple[str | None, str | None, str | None]:
     return shutil.which("mkfs.ext4"), shutil.which("mount"), shutil.which("umount")
 
