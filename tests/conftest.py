@@ -206,6 +206,32 @@ def running_server(data_dir: Path, extra_env: dict[str, str]) -> Iterator[Server
         kill_all_leaders(server.data_dir)
 
 
+@contextlib.contextmanager
+def loopback_http(body: bytes, delay: float = 0.0) -> Iterator[str]:
+    """A loopback HTTP service answering every GET with ``body`` (after ``delay`` seconds);
+    its base URL."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(delay)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+
+
 def leftover_processes(run_id: str, groups: set[int] | None = None) -> list[int]:
     from wes_gateway.procs import processes_of_run
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import Server, start_server, stop_server, unix_request
+from conftest import Server, loopback_http, start_server, stop_server, unix_request
 
 from wes_gateway.paths import RunPaths
 
@@ -571,52 +571,35 @@ def test_a_slow_jwks_url_does_not_stall_other_requests(keys: dict[str, Any], tmp
     """The JWKS behind a URL answers in 3 s (an identity provider having a bad day): a JWT
     request waits for it in a worker thread, while /health on the same (single) web worker
     answers at once. Before, the fetch ran on the event loop and held every request."""
-    import http.server
     import threading
     import time
 
-    jwks = (keys["root"] / "jwks.json").read_bytes()
+    with loopback_http((keys["root"] / "jwks.json").read_bytes(), delay=3) as idp_url:
+        server = start_server(
+            tmp_path,
+            {
+                "WES_GATEWAY_AUTH_MODES": "jwt",
+                "WES_GATEWAY_JWT_JWKS": f"{idp_url}/jwks.json",
+                "WES_GATEWAY_JWT_ISSUER": "https://idp.example.org",
+                "WES_GATEWAY_JWT_AUDIENCE": "wes-gateway",
+                "WES_GATEWAY_SUPERVISOR": "off",
+            },
+            workers=1,
+        )
+        try:
+            answers: dict[str, int] = {}
 
-    class SlowJwks(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            time.sleep(3)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(jwks)))
-            self.end_headers()
-            self.wfile.write(jwks)
+            def with_jwt() -> None:
+                answers["jwt"] = server.get("/runs", headers={"Authorization": f"Bearer {jwt_for(keys)}"}).status_code
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    idp = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowJwks)
-    threading.Thread(target=idp.serve_forever, daemon=True).start()
-    server = start_server(
-        tmp_path,
-        {
-            "WES_GATEWAY_AUTH_MODES": "jwt",
-            "WES_GATEWAY_JWT_JWKS": f"http://127.0.0.1:{idp.server_address[1]}/jwks.json",
-            "WES_GATEWAY_JWT_ISSUER": "https://idp.example.org",
-            "WES_GATEWAY_JWT_AUDIENCE": "wes-gateway",
-            "WES_GATEWAY_SUPERVISOR": "off",
-        },
-        workers=1,
-    )
-    try:
-        answers: dict[str, int] = {}
-
-        def with_jwt() -> None:
-            answers["jwt"] = server.get("/runs", headers={"Authorization": f"Bearer {jwt_for(keys)}"}).status_code
-
-        waiting = threading.Thread(target=with_jwt)
-        waiting.start()
-        time.sleep(0.5)  # the JWT request is waiting on the JWKS
-        started = time.monotonic()
-        assert server.get("/health").status_code == 200
-        health = time.monotonic() - started
-        waiting.join(30)
-        assert answers["jwt"] == 200
-        assert health < 1.0, f"/health took {health:.2f} s while the JWKS was fetched"
-    finally:
-        stop_server(server)
-        idp.shutdown()
+            waiting = threading.Thread(target=with_jwt)
+            waiting.start()
+            time.sleep(0.5)  # the JWT request is waiting on the JWKS
+            started = time.monotonic()
+            assert server.get("/health").status_code == 200
+            health = time.monotonic() - started
+            waiting.join(30)
+            assert answers["jwt"] == 200
+            assert health < 1.0, f"/health took {health:.2f} s while the JWKS was fetched"
+        finally:
+            stop_server(server)

@@ -5,17 +5,15 @@ documents, every spelling of a blocked address, and the WDL file policy."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import Server, leader_group, leftover_processes, wait_for_tool
+from conftest import Server, leader_group, leftover_processes, loopback_http, wait_for_tool
 
 SECRET = "internal-only-4c1d9"
 
@@ -23,23 +21,8 @@ SECRET = "internal-only-4c1d9"
 @pytest.fixture(scope="module")
 def internal_service() -> Iterator[str]:
     """A loopback HTTP service holding a secret, as an internal API would."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = f"{SECRET}\n".encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with loopback_http(f"{SECRET}\n".encode()) as url:
+        yield url
 
 
 def submit_document(
