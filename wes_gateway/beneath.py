@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 
 _STEP = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -23,7 +23,7 @@ class Outside(OSError):
     that is neither a regular file nor (where allowed) a directory."""
 
 
-def _parts(relative: str | PurePosixPath) -> tuple[str, ...]:
+def _parts(relative: str | PurePath) -> tuple[str, ...]:
     parts = PurePosixPath(relative).parts
     if any(part in ("..", "/") or "\0" in part for part in parts):
         raise Outside(f"not a name below the root: {str(relative)!r}")
@@ -44,6 +44,17 @@ def _reach(root: Path, parts: tuple[str, ...]) -> int:
     except BaseException:
         os.close(fd)
         raise
+
+
+def path_fd(root: Path, relative: str | PurePath, directory: bool = False) -> int:
+    """An ``O_PATH`` descriptor of root/relative itself (a link there is not followed: the
+    descriptor is the link's), crossing no link on the way; with ``directory``, only a
+    directory. For the service to bind, create in or judge a run's directory by descriptor."""
+    found = _reach(root, _parts(relative))
+    if directory and not stat.S_ISDIR(os.fstat(found).st_mode):
+        os.close(found)
+        raise Outside(f"not a directory: {str(relative)!r}")
+    return found
 
 
 def open_fd(root: Path, relative: str | PurePosixPath, directory: bool = False) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -13,6 +14,12 @@ from .config import Settings
 
 # outputs.json and outline.json are small; a run cannot make the service read gigabytes.
 MAX_JSON_BYTES = 64 * 1024 * 1024
+
+# The directories of a run that its user can write and that the service, as root, binds into
+# the sandbox, creates or hands over. A run can put a link (or a file) in the place of any of
+# them; before a restart, root would then act on what the link names (another run, the image
+# store, a host directory). Parents before children.
+RUN_OWNED_DIRS = ("tmp", "work", "outputs", "home", "job-logs", "jobstore", "containers", "tmp/.podman")
 
 
 def staging_dir(settings: Settings) -> Path:
@@ -143,6 +150,50 @@ class RunPaths:
     @property
     def result(self) -> Path:
         return self.control / "result.json"
+
+    def replaced(self) -> list[str]:
+        """The names of RUN_OWNED_DIRS (and the control directory) that are there but are not
+        what the service made: a link, a file, a FIFO, or a control directory that is not the
+        service's alone. Read without following anything (beneath)."""
+        found: list[str] = []
+        for name in ("control", *RUN_OWNED_DIRS):
+            if any(name.startswith(f"{bad}/") for bad in found):
+                continue
+            try:
+                fd = beneath.path_fd(self.root, name)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                found.append(name)  # a parent is a link or not a directory
+                continue
+            try:
+                info = os.fstat(fd)
+            finally:
+                os.close(fd)
+            ours = info.st_uid == os.geteuid() and not info.st_mode & 0o077
+            if not stat.S_ISDIR(info.st_mode) or (name == "control" and not ours):
+                found.append(name)
+        return found
+
+    def remove_replaced(self, names: list[str]) -> None:
+        """Take away what ``replaced`` found (the link or file itself, never what it names), so
+        that nothing later acting on the run's paths can follow it."""
+        for name in names:
+            parent, _, last = name.rpartition("/")
+            try:
+                fd = beneath.path_fd(self.root, parent, directory=True) if parent else beneath.path_fd(self.root, "")
+            except OSError:
+                continue
+            try:
+                info = os.stat(last, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode):
+                    os.rename(last, f"{last}.refused", src_dir_fd=fd, dst_dir_fd=fd)
+                else:
+                    os.unlink(last, dir_fd=fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def open_file(self, path: Path) -> BinaryIO | None:
         """Open a file of this run for the service to read, or None: only a regular file

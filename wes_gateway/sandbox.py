@@ -23,6 +23,7 @@ and no home is there.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import json
@@ -119,15 +120,36 @@ def hand_over(paths: RunPaths, identity: RunIdentity | None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
     paths.control.mkdir(mode=0o700, exist_ok=True)
     for private in paths.container_state:
-        if private.parent.is_dir() and not private.is_symlink():
-            private.mkdir(mode=0o700, exist_ok=True)
-            os.chmod(private, 0o700)
-            if identity is not None:
-                os.chown(private, identity.uid, identity.gid, follow_symlinks=False)
+        _make_private(paths, private.relative_to(paths.root), identity)
     if identity is None:
         return
     os.chmod(paths.control, 0o700)
     _give(paths.root, identity, skip={paths.control, *paths.container_state})
+
+
+def _make_private(paths: RunPaths, relative: Path, identity: RunIdentity | None) -> None:
+    """Make the directory ``relative`` (in a directory of the run's) the run user's alone, by
+    descriptor: its parent was the run's to change, and a chmod or chown by name would
+    follow a link planted in the parent's place."""
+    try:
+        parent = beneath.path_fd(paths.root, relative.parent, directory=True)
+    except OSError:
+        return  # no such parent (no container engine), or one that is not the service's making
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(relative.name, 0o700, dir_fd=parent)
+        try:
+            fd = os.open(relative.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        except OSError:
+            return  # a link or a file in its place: left alone, followed by nothing
+    finally:
+        os.close(parent)
+    try:
+        os.fchmod(fd, 0o700)
+        if identity is not None:
+            os.fchown(fd, identity.uid, identity.gid)
+    finally:
+        os.close(fd)
 
 
 def _give(root: Path, identity: RunIdentity, skip: set[Path]) -> None:
@@ -235,7 +257,42 @@ def _parents(path: str) -> list[str]:
     return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def bwrap_argv(spec: SandboxSpec, info_fd: int) -> list[str]:
+@dataclass(frozen=True)
+class RunDirectories:
+    """The run's directory and its tmp (twice: bwrap closes a descriptor once it has bound it),
+    open as ``O_PATH`` descriptors reached through no link, for bwrap to bind by descriptor:
+    bwrap runs as root and would bind whatever a link planted in their place names (another
+    run's directory, the image store)."""
+
+    root: int
+    tmp: int
+    var_tmp: int
+
+    @classmethod
+    def open(cls, spec: SandboxSpec) -> RunDirectories:
+        opened: list[int] = []
+        try:
+            # The run's directory itself is the service's name (its parent is not the run's).
+            opened.append(os.open(spec.run_root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC))
+            tmp = Path(spec.tmp).relative_to(spec.run_root)
+            for _ in range(2):
+                opened.append(beneath.path_fd(Path(spec.run_root), tmp, directory=True))
+        except BaseException:
+            for fd in opened:
+                os.close(fd)
+            raise
+        return cls(*opened)
+
+    @property
+    def fds(self) -> tuple[int, int, int]:
+        return self.root, self.tmp, self.var_tmp
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+
+def bwrap_argv(spec: SandboxSpec, info_fd: int, directories: RunDirectories) -> list[str]:
     """bwrap's command line: the view, the namespaces, and the holder process."""
     argv = [spec.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if spec.user_namespace:
@@ -257,14 +314,15 @@ def bwrap_argv(spec: SandboxSpec, info_fd: int) -> list[str]:
         argv += [*parents_of(link), "--symlink", target, link]
     # /tmp first: anything bound below it afterwards (a data directory under /tmp) lands in
     # the run's own tmp rather than being hidden by it.
-    argv += ["--bind", spec.tmp, "/tmp", *parents_of("/var/tmp"), "--bind", spec.tmp, "/var/tmp"]
+    argv += ["--bind-fd", str(directories.tmp), "/tmp"]
+    argv += [*parents_of("/var/tmp"), "--bind-fd", str(directories.var_tmp), "/var/tmp"]
     made.update(("/tmp", "/var/tmp"))
     for path in spec.read_only:
         argv += [*parents_of(path), "--ro-bind", path, path]
         made.add(path)
     for path in spec.hidden_files:
         argv += ["--ro-bind", "/dev/null", path]
-    argv += [*parents_of(spec.run_root), "--bind", spec.run_root, spec.run_root]
+    argv += [*parents_of(spec.run_root), "--bind-fd", str(directories.root), spec.run_root]
     # The control directory (leader identity, result) is the supervisor's word: hidden.
     # /dev/shm: POSIX shared memory (Python's multiprocessing in a tool needs it), the run's own.
     # /mnt: an empty scratch area of the run's own, where container engines make mount points.
@@ -318,19 +376,21 @@ class Sandbox:
     def __init__(self, spec: SandboxSpec) -> None:
         self.spec = spec
         self.libc = _Libc()
+        directories = RunDirectories.open(spec)
         info_read, info_write = os.pipe()
         hold_read, self._hold = os.pipe()
         try:
             self.process = subprocess.Popen(
-                bwrap_argv(spec, info_write),
+                bwrap_argv(spec, info_write, directories),
                 stdin=hold_read,
                 stdout=subprocess.PIPE,
-                pass_fds=(info_write,),
+                pass_fds=(info_write, *directories.fds),
                 close_fds=True,
             )
         finally:
             os.close(info_write)
             os.close(hold_read)
+            directories.close()
         with os.fdopen(info_read, "rb") as info:
             text = info.read(4096)
         assert self.process.stdout is not None

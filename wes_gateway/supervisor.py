@@ -283,6 +283,8 @@ class Supervisor:
             return
         paths = RunPaths.of(self.settings, run_id)
         volumes.provide(self.settings, paths, run_id)
+        if self._refused_for_planted_names(run_id, paths):
+            return
         identity = self._identity(run_id, paths)
         # A sandbox whose leader never is root cannot give containers a /proc of their own.
         # Jobs a cluster runs elsewhere are in no sandbox, even when the leader is.
@@ -340,6 +342,26 @@ class Supervisor:
             store.update_run(run_id, **fields)
         self._watch(run, engine, Leader(process.pid, process), paths, spec.token)
 
+    def _refused_for_planted_names(self, run_id: str, paths: RunPaths) -> bool:
+        """End a run that put a link or a file where one of its directories was (found when it
+        is started again: its leader is gone, nothing of it runs). Root would otherwise bind,
+        create in or hand over what the link names; the run is not resumed, and the planted
+        names are taken away so that nothing later (delete, retention) meets them."""
+        planted = paths.replaced()
+        if not planted:
+            return False
+        names = ", ".join(planted)
+        log.warning("run %s: not started: it replaced %s of its own directory with a link or file", run_id, names)
+        paths.remove_replaced(planted)
+        store.append_system_log(
+            run_id,
+            f"{store.utc_now()} not started again: the run replaced its own {names} with a link or a file, "
+            "which the service does not follow",
+        )
+        if not store.transition(run_id, store.EXECUTOR_ERROR):
+            store.transition(run_id, store.CANCELED)  # a cancel was asked for meanwhile
+        return True
+
     def _sandbox_of(self, paths: RunPaths) -> sandbox.SandboxSpec | None:
         if self.settings.run_sandbox == "none":
             return None
@@ -377,6 +399,8 @@ class Supervisor:
             # itself out, and a leader started here now owns the run.
             log.info("run %s: leader on host %s stopped beating; taking the run over", run_id, run.host_id)
         batch.cancel_leftovers(self.settings, run_id, os.environ)
+        if paths.read_result() is None and self._refused_for_planted_names(run_id, paths):
+            return
         if paths.read_result() is not None:
             self._finish(run, engine, paths, None, cancelled=run.cancel_requested)
             return
