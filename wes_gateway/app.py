@@ -28,7 +28,7 @@ from .errors import ApiError, error_body, send_error
 from .events import EventStream
 from .logsetup import setup_logging
 from .metrics import MetricsEndpoint
-from .streams import WatchDisconnect
+from .streams import Downloads
 from .uploads import UploadMiddleware
 from .urls import API_BASE
 
@@ -253,7 +253,8 @@ def create_app(settings: Settings | None = None, validate_responses: bool | None
         UploadMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE
     )
     app.add_middleware(EventStream, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE)
-    app.add_middleware(WatchDisconnect, position=MiddlewarePosition.BEFORE_SWAGGER)
+    # Watches for clients going away, and sends downloads (streams.Offload) from the event loop.
+    app.add_middleware(Downloads, position=MiddlewarePosition.BEFORE_SWAGGER, send_timeout=settings.send_timeout)
     from .ui import bp as ui_pages
 
     app.app.register_blueprint(ui_pages)

@@ -247,6 +247,17 @@ class Settings(BaseModel):
         10.0, gt=0, description="Seconds a connection has to send a request's headers (then 408 and closed)."
     )
     response_validation: bool = Field(False, description="Validate responses against the YAML.")
+    send_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a download's client may take nothing of what is sent before it is dropped.",
+    )
+    max_downloads_per_user: int = Field(
+        16,
+        ge=0,
+        description="Downloads (output or log files, outputs.zip, RO-Crates) of one user at once on this host, "
+        "across its web workers; 429 beyond. 0 is no limit.",
+    )
 
     @field_validator(
         "trusted_proxies",

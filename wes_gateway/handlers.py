@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import flask
 
-from . import outputs, provenance, retention, service_info, staging, store, streams, tasks, uploads, wakeup
+from . import downloads, outputs, provenance, retention, service_info, staging, store, streams, tasks, uploads, wakeup
 from .auth import User, current_user
 from .config import current_settings
 from .errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, TooManyRequests, Unavailable
@@ -21,6 +21,8 @@ from .paths import RunPaths, supervisor_beat
 from .urls import external_base, external_url
 
 Json = dict[str, Any]
+# Seconds a user with every download slot taken is told to wait.
+DOWNLOAD_RETRY_AFTER = 5
 
 
 def _page_size(page_size: int | None) -> int:
@@ -267,36 +269,77 @@ def get_run_output(run_id: str, path: str) -> flask.Response:
         # Explicitly JSON: the route's first media type is the file's.
         return flask.jsonify(outputs.listing(path, found, _outputs_base(run_id)))
     handle, info = found
-    response = _send_handle(handle, "application/octet-stream", etag=outputs.etag(info))
-    response.last_modified = datetime.fromtimestamp(info.st_mtime, UTC)
-    response.headers.set("Content-Disposition", "attachment", filename=Path(path).name)
-    response.make_conditional(flask.request.environ, accept_ranges=True, complete_length=info.st_size)
-    return _within_file_cap(response, path)
+    return _send_file(
+        handle,
+        "application/octet-stream",
+        path,
+        etag=outputs.etag(info),
+        modified=datetime.fromtimestamp(info.st_mtime, UTC),
+        attachment=Path(path).name,
+    )
 
 
-def _within_file_cap(response: flask.Response, name: str) -> flask.Response:
-    """The response, unless its body (the whole file, or the Range asked for) is more than one
-    response may send."""
+def _send_file(
+    handle: IO[bytes],
+    mimetype: str,
+    name: str,
+    etag: str | None = None,
+    modified: datetime | None = None,
+    attachment: str | None = None,
+) -> flask.Response:
+    """An open file as the response: conditional and Range requests answered, at most
+    max_served_file_bytes sent, and the body sent from the event loop (streams.Offload) in
+    one of the caller's download slots. The file is closed whatever happens."""
+    try:
+        size = os.fstat(handle.fileno()).st_size
+        response = flask.Response(iter(()), mimetype=mimetype, direct_passthrough=True)
+        response.content_length = size
+        response.cache_control.no_cache = True
+        if etag:
+            response.set_etag(etag)
+        if modified:
+            response.last_modified = modified
+        if attachment:
+            response.headers.set("Content-Disposition", "attachment", filename=attachment)
+        response.make_conditional(flask.request.environ, accept_ranges=True, complete_length=size)
+        _within_file_cap(response, name)
+        length = response.content_length or 0
+        if response.status_code not in (200, 206) or flask.request.method == "HEAD" or not length:
+            handle.close()
+            response.response = iter(())
+            return response
+        start = response.content_range.start if response.status_code == 206 and response.content_range else 0
+        release = _download_slot()
+    except BaseException:
+        handle.close()
+        raise
+    response.response = streams.Offload(streams.file_chunks(handle, start or 0, length), release)
+    return response
+
+
+def _within_file_cap(response: flask.Response, name: str) -> None:
+    """Refuse a body (the whole file, or the Range asked for) larger than one response may send."""
     cap = current_settings().max_served_file_bytes
     if (response.content_length or 0) > cap:
-        response.close()
         raise Forbidden(
             f"{name!r} is {response.content_length} bytes, more than one response sends "
             f"(max_served_file_bytes = {cap}): ask for it in byte ranges (Range: bytes=FROM-TO)"
         )
-    return response
 
 
-def _send_handle(handle: IO[bytes], mimetype: str, etag: str | None = None) -> flask.Response:
-    """An open file as the response body, streamed until the client goes away, with its length
-    (Range and conditional requests are answered by ``make_conditional``, which needs it)."""
-    size = os.fstat(handle.fileno()).st_size
-    response = flask.Response(streams.FileStream(handle), mimetype=mimetype, direct_passthrough=True)
-    response.content_length = size
-    response.cache_control.no_cache = True
-    if etag:
-        response.set_etag(etag)
-    return response
+def _download_slot() -> Callable[[], None]:
+    """One of the caller's download slots (downloads.take), as what gives it back; 429 when
+    they have max_downloads_per_user going."""
+    settings = current_settings()
+    caller = _caller()
+    release = downloads.take(settings, caller.name)
+    if release is None:
+        raise TooManyRequests(
+            f"{caller.name or 'you'} already have {settings.max_downloads_per_user} downloads going "
+            "(max_downloads_per_user): finish one first",
+            headers={"Retry-After": str(DOWNLOAD_RETRY_AFTER)},
+        )
+    return release
 
 
 def get_run_outputs_zip(run_id: str) -> flask.Response:
@@ -316,12 +359,13 @@ def _within_run_cap(run_id: str, size: int, what: str) -> None:
 
 
 def _zip_response(items: Iterable[tuple[str, Any]], filename: str) -> flask.Response:
-    """A zip streamed as it is built (outputs.zip_stream), as a download, until the client goes."""
-    return flask.Response(
-        flask.stream_with_context(streams.while_connected(outputs.zip_stream(items))),
-        mimetype="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-    )
+    """A zip built as it is sent (outputs.zip_stream) from the event loop (streams.Offload),
+    as a download, in one of the caller's download slots."""
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if flask.request.method == "HEAD":
+        return flask.Response(iter(()), mimetype="application/zip", headers=headers, direct_passthrough=True)
+    body = streams.Offload(outputs.zip_stream(items), _download_slot())
+    return flask.Response(body, mimetype="application/zip", headers=headers, direct_passthrough=True)
 
 
 def get_run_events(run_id: str) -> flask.Response:
@@ -353,9 +397,7 @@ def _send_log(paths: RunPaths, path: Path | None) -> flask.Response:
     if handle is None or path is None:
         return flask.Response("", mimetype="text/plain")
     # Range, so that a client can tail a growing log from an offset.
-    response = _send_handle(handle, "text/plain; charset=utf-8")
-    response.make_conditional(flask.request.environ, accept_ranges=True, complete_length=response.content_length)
-    return _within_file_cap(response, path.name)
+    return _send_file(handle, "text/plain; charset=utf-8", path.name)
 
 
 def get_task_log_file(run_id: str, task_id: str, stream: str) -> flask.Response:

@@ -11,6 +11,7 @@ from uvicorn_worker import UvicornWorker as _UvicornWorker
 
 from .config import load_settings
 from .errors import error_body
+from .streams import TRANSPORT_KEY
 
 
 @cache
@@ -23,7 +24,10 @@ class HeaderDeadline(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol, with a deadline for each request's headers: a client that
     connects and sends nothing, or trickles its headers a byte at a time (slowloris), is cut
     off instead of holding a connection of the worker for ever. Bodies are not timed here
-    (uploads are slow on slow links); idle keep-alive connections are uvicorn's own."""
+    (uploads are slow on slow links); idle keep-alive connections are uvicorn's own.
+
+    Each request's scope carries the connection's transport (``streams.TRANSPORT_KEY``): the
+    download middleware watches what its client takes, and drops one that takes nothing."""
 
     _deadline: asyncio.TimerHandle | None = None
 
@@ -33,6 +37,7 @@ class HeaderDeadline(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope[TRANSPORT_KEY] = self.transport  # type: ignore[literal-required]
         self._arm()
 
     def on_headers_complete(self) -> None:
