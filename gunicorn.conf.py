@@ -5,6 +5,7 @@ and stopped when it exits. Web workers only read and write the store, so recycli
 timing out or reloading them (HUP) never touches a running workflow.
 """
 
+import gc
 import multiprocessing
 import os
 import subprocess
@@ -75,6 +76,17 @@ def on_starting(server):
     from wes_gateway.cli import main
 
     main(["db", "upgrade"])
+    # No cold start: what checking a submission loads (cwltool and its schemas, miniwdl and its
+    # grammars: seconds on a first POST) is loaded here, once, before the web workers fork,
+    # so each takes its first submission warm and they share those pages. Nothing of it holds
+    # a thread, a file or a connection. The supervisor is a new interpreter of its own.
+    from wes_gateway.engines import warm_validation
+
+    warm_validation()
+    # Left out of the collector's passes, the inherited objects stay shared (its passes would
+    # write to every one of them in each worker).
+    gc.collect()
+    gc.freeze()
 
 
 def when_ready(server):

@@ -11,8 +11,23 @@ from .wdl import WdlEngine
 ENGINES: dict[str, Engine] = {engine.workflow_type: engine for engine in (CwlEngine(), WdlEngine())}
 
 
+def warm_validation() -> None:
+    """Load what checking a submission loads, for every language and version, by checking a
+    tiny document of each (Engine.warm_validation): Gunicorn's master does it before it forks
+    the web workers, which then take their first submission warm, sharing those pages. A
+    language that fails to warm is logged and left cold: its submissions still get checked."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    for engine in ENGINES.values():
+        try:
+            engine.warm_validation()
+        except Exception:
+            log.warning("could not warm the %s validation", engine.workflow_type, exc_info=True)
+
+
 def engine_for(workflow_type: str) -> Engine | None:
     return ENGINES.get(workflow_type.upper())
 
 
-__all__ = ["ENGINES", "Engine", "LeaderSpec", "engine_for", "toil_argv"]
+__all__ = ["ENGINES", "Engine", "LeaderSpec", "engine_for", "toil_argv", "warm_validation"]

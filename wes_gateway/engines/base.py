@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from .. import batch
 from ..config import Settings
+from ..errors import BadRequest
 from ..paths import RunPaths
 from ..sandbox import SandboxSpec
 
@@ -55,6 +56,11 @@ class Engine(Protocol):
     def warm(self) -> None:
         """Import the language's Toil front end and load a tiny document, in the forkserver,
         so that every leader forked afterwards starts with warm parsers."""
+
+    def warm_validation(self) -> None:
+        """Check a tiny document of every version the language takes as a submission's is
+        checked (``prepare``), so that what that loads (the validator, its grammars and
+        schemas) is loaded: in Gunicorn's master, before the web workers fork."""
 
     def run_leader(self, argv: list[str], paths: RunPaths) -> int:
         """Inside the leader process: run Toil's front end; return its exit code."""
@@ -109,6 +115,33 @@ def load_scratch_document(name: str, text: str, load: Callable[[str], object]) -
         document = Path(tmp) / name
         document.write_text(text)
         load(str(document))
+
+
+class ScratchAdmission:
+    """The input policy for the gateway's own warm-up documents, which pull nothing in: only
+    what lies under their scratch directory is admitted."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def input(self, reference: str) -> str:
+        path = reference.removeprefix("file://").split("#", 1)[0]
+        if not path.startswith(self.root + "/"):
+            raise BadRequest(f"a warm-up document may not read {reference!r}")
+        return reference
+
+    def document(self, reference: str) -> str:
+        return self.input(reference)
+
+
+def warm_by_checking(engine: Engine, documents: dict[str, tuple[str, dict[str, Any]]]) -> None:
+    """``engine.prepare`` each of ``documents`` (file name: text and params), from a scratch
+    directory: how engines warm their validation."""
+    with tempfile.TemporaryDirectory(prefix="wes-gateway-warm-") as tmp:
+        for name, (text, params) in documents.items():
+            document = Path(tmp) / name
+            document.write_text(text)
+            engine.prepare(str(document), params, ScratchAdmission(tmp))
 
 
 def toil_argv(

@@ -13,7 +13,7 @@ from .. import containers
 from ..config import Settings
 from ..errors import BadRequest
 from ..paths import RunPaths
-from .base import Admission, load_scratch_document
+from .base import Admission, load_scratch_document, warm_by_checking
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,21 @@ class: CommandLineTool
 baseCommand: "true"
 inputs: []
 outputs: []
+"""
+# What a submission's check loads, per version: a workflow with a step, a tool inside.
+_SAMPLE = """cwlVersion: {version}
+class: Workflow
+inputs: {{message: string}}
+outputs: {{out: {{type: File, outputSource: echo/out}}}}
+steps:
+  echo:
+    run:
+      class: CommandLineTool
+      baseCommand: echo
+      inputs: {{message: {{type: string, inputBinding: {{position: 1}}}}}}
+      outputs: {{out: stdout}}
+    in: {{message: message}}
+    out: [out]
 """
 # Toil's CWL job kind that runs a step; workflow bodies, scatter and gather bookkeeping are
 # Toil's plumbing and not shown as tasks.
@@ -44,6 +59,13 @@ class CwlEngine:
             "warm.cwl",
             _WARM,
             lambda path: load_tool(path, LoadingContext({"construct_tool_object": default_make_tool})),
+        )
+
+    def warm_validation(self) -> None:
+        # cwltool loads each version's schema (over a second for the first) on its first use.
+        warm_by_checking(
+            self,
+            {f"warm-{v}.cwl": (_SAMPLE.format(version=v), {"message": "warm"}) for v in self.versions()},
         )
 
     def run_leader(self, argv: list[str], paths: RunPaths) -> int:
@@ -78,7 +100,8 @@ class CwlEngine:
         return params, self._validate(workflow, admission)
 
     def _validate(self, workflow: str, admission: Admission) -> dict[str, Any]:
-        # cwltool is imported lazily: web workers that never validate never pay for it.
+        # Imported here, not with the module: the supervisor and the CLI never validate. The web
+        # workers find it loaded, and its schemas too, by Gunicorn's master (warm_validation).
         from cwltool.context import LoadingContext
         from cwltool.load_tool import load_tool
         from cwltool.workflow import default_make_tool

@@ -10,7 +10,7 @@ from .. import containers
 from ..config import Settings
 from ..errors import BadRequest
 from ..paths import RunPaths
-from .base import Admission, load_scratch_document
+from .base import Admission, load_scratch_document, warm_by_checking
 
 # Toil's interpreter runs these; draft-2 parses in miniwdl but Toil does not execute it.
 VERSIONS = ["1.0", "1.1"]
@@ -31,6 +31,19 @@ task warm {
   command <<< true >>>
 }
 """
+# What a submission's check loads, per version: a workflow calling a task.
+_SAMPLE = """version {version}
+workflow warm {{
+  input {{ String message }}
+  call echo {{ input: message = message }}
+  output {{ String out = echo.out }}
+}}
+task echo {{
+  input {{ String message }}
+  command <<< echo ~{{message}} >>>
+  output {{ String out = read_string(stdout()) }}
+}}
+"""
 # Toil's WDL job kind that runs a task's command; the rest is workflow plumbing.
 _TASK_JOB = "kind-WDLTaskJob/"
 
@@ -44,6 +57,13 @@ class WdlEngine:
         import WDL
 
         load_scratch_document("warm.wdl", _WARM, WDL.load)
+
+    def warm_validation(self) -> None:
+        # miniwdl builds each version's parser (a quarter of a second) on its first use.
+        warm_by_checking(
+            self,
+            {f"warm-{v}.wdl": (_SAMPLE.format(version=v), {"warm.message": "warm"}) for v in self.versions()},
+        )
 
     def run_leader(self, argv: list[str], paths: RunPaths) -> int:
         import toil.wdl.wdltoil
