@@ -94,9 +94,11 @@ def _token_revoke(args: argparse.Namespace) -> int:
 
 
 def _runs_unmount(_args: argparse.Namespace) -> int:
-    from . import volumes
+    from . import containers, volumes
 
-    print(f"unmounted {volumes.unmount_all(load_settings())} run filesystems")
+    settings = load_settings()
+    print(f"unmounted {volumes.unmount_all(settings)} run filesystems")
+    containers.release_store_view(settings)
     return 0
 
 

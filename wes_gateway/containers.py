@@ -9,21 +9,30 @@ and no setuid helper (the sandbox sets no_new_privs). Its storage is in the run'
 the deployment's image store (Podman's additionalimagestores) or, only from allowed
 registries, by pull. Each container's PID namespace is nested in the sandbox's, so whatever
 ends the sandbox ends them.
+
+The image store belongs to root on disk, so that no process of the run user can change an
+image another run will use: not a step (whose sandbox shows the store read-only), and not a
+job outside a sandbox. Runs see it through a read-only idmapped view (``store_view``) in
+which root's files are the run user's, as single-uid rootless Podman needs them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from . import container_shim
+from . import container_shim, idmap, sandbox
 from .config import Settings
 from .paths import RunPaths
+
+log = logging.getLogger(__name__)
 
 MAX_PROBLEMS_BYTES = 16 * 1024
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -44,9 +53,65 @@ class ContainersUnusable(RuntimeError):
     """The container settings cannot work together on this host."""
 
 
+def store_view(settings: Settings) -> Path | None:
+    """Where the runs' Podman finds ``image_store``: its idmapped read-only view where leaders
+    drop to run_user in a sandbox (made by ``provide_store_view``), else the store itself."""
+    if settings.image_store is None:
+        return None
+    if engine(settings) != "podman" or sandbox.run_identity(settings) is None:
+        return settings.image_store
+    return settings.data_dir.resolve() / "image-view"
+
+
+def provide_store_view(settings: Settings) -> None:
+    """Mount the image store's view for this supervisor's runs (again at every start, for the
+    current run_user). Sandboxes built from it keep their own copy of the mount."""
+    view = store_view(settings)
+    identity = sandbox.run_identity(settings)
+    if view is None or identity is None or view == settings.image_store:
+        return
+    release_store_view(settings)
+    view.mkdir(mode=0o700, exist_ok=True)
+    idmap.mount_view(str(settings.image_store), str(view), identity.uid, identity.gid)
+    log.info("image store %s shown to runs read-only as run_user's at %s", settings.image_store, view)
+
+
+def release_store_view(settings: Settings) -> None:
+    view = settings.data_dir.resolve() / "image-view"
+    if os.path.ismount(view):
+        subprocess.run(["umount", "-l", str(view)], check=False, capture_output=True, timeout=60)
+
+
+def _not_root_owned(store: Path) -> str:
+    """A file of the store's layers that is not root's (a store built for runs to own), or ""."""
+    for layer in sorted((store / "overlay").glob("*/diff")):
+        for entry in [layer, *sorted(layer.iterdir())[:50]]:
+            if entry.lstat().st_uid != 0:
+                return str(entry)
+    return ""
+
+
 def check(settings: Settings) -> None:
-    """At start-up: refuse what would make every container step fail."""
-    if engine(settings) == "podman" and settings.image_store is not None and settings.run_uid_range is not None:
+    """At start-up: refuse what would make every container step fail, or let a run change an
+    image that other runs use."""
+    store = settings.image_store
+    if engine(settings) == "podman" and store is not None and settings.batch_system != "single_machine":
+        raise ContainersUnusable(
+            "image_store with a cluster batch system: jobs run as run_user outside the run sandbox, where "
+            "Podman would need the store's layers to be run_user's, so any job could change the images other "
+            "runs use; leave image_store unset on a cluster"
+        )
+    if engine(settings) == "podman" and store is not None and store_view(settings) != store:
+        why = idmap.supported()
+        if why:
+            raise ContainersUnusable(f"image_store cannot be shown to runs read-only: {why}")
+        owned = _not_root_owned(store)
+        if owned:
+            raise ContainersUnusable(
+                f"image_store {store} holds files that are not root's ({owned}): a run user that owns image "
+                f"files can change them for every run; chown -R root:root {store} (scripts/build-images does)"
+            )
+    if engine(settings) == "podman" and store is not None and settings.run_uid_range is not None:
         # Measured: the store's layers belong to the user that imported them, which no run of
         # another uid can map ("potentially insufficient UIDs ... requested 65534:0").
         raise ContainersUnusable(
@@ -87,8 +152,9 @@ def sandbox_paths(settings: Settings) -> list[str]:
         return []
     # Podman reads the cgroup layout from /sys, and runc mounts it into the container.
     shown = ["/sys"]
-    if settings.image_store is not None:
-        shown.append(str(settings.image_store))
+    view = store_view(settings)
+    if view is not None:
+        shown.append(str(view))
     return shown
 
 
@@ -121,7 +187,8 @@ def prepare(paths: RunPaths, settings: Settings, sandboxed: bool = True, own_pid
     else:
         runtime = Path(f"/tmp/wes-podman-{paths.root.name}"[:50])
         runtime.mkdir(mode=0o700, exist_ok=True)
-    stores = [str(settings.image_store)] if settings.image_store is not None else []
+    view = store_view(settings)
+    stores = [str(view)] if view is not None else []
     files = {
         "storage.conf": _toml(
             {

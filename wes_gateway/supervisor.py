@@ -174,6 +174,7 @@ class Supervisor:
         remounted = volumes.remount(self.settings)
         if remounted:
             log.info("mounted the filesystems of %d runs again", remounted)
+        containers.provide_store_view(self.settings)
         # Start the forkserver now, so Toil's import cost is paid before the first run.
         self.context.Process(target=_noop).start()
         next_sweep = 0.0
@@ -190,6 +191,8 @@ class Supervisor:
             if not self.stop_event.is_set():
                 self.waker.wait(self.settings.poll_interval)
         log.info("supervisor %s stopping; leaders keep running and will be adopted", self.worker_id)
+        # Running sandboxes hold copies of the view; the next supervisor mounts it again.
+        containers.release_store_view(self.settings)
         self.waker.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
