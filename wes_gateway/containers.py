@@ -324,26 +324,24 @@ def image_of_log(log_head: str, paths: RunPaths) -> str | None:
     return image if _REFERENCE.fullmatch(image) else None
 
 
-def image_record(image: str, paths: RunPaths, image_store: Path | None) -> dict[str, str]:
-    """An image's name, id and digest, as the store it came from records them: the run's own
-    storage (pulled) or the image store. Read from the stores' own records as root would see
-    them; the run's records are the run's to write, so only well-formed values are kept."""
-    record = {"image": image}
+def image_record(image: str, image_store: Path | None) -> dict[str, str]:
+    """What the service can say of the image a task's log names: the name is the run's word
+    (its job log is the run's to write), so the record says ``claimed``, with no id or digest;
+    where the service's image store (root's, which no run can change) holds that name, its id
+    and digest are the store's, and the record says ``image_store``. The run's own Podman
+    records are never read: a run can write any id and digest there."""
     wanted = {image, _normalized(image)}
-    # The run's own records (pulled images) through open_file; the image store is the service's.
-    listings = [paths.read_json(paths.container_state[0] / "overlay-images" / "images.json")]
-    if image_store is not None:
-        listings.append(_read_store(image_store / "overlay-images" / "images.json"))
-    for listing in listings:
-        for entry in listing if isinstance(listing, list) else []:
-            if isinstance(entry, dict) and wanted & set(entry.get("names") or []):
-                image_id, digest = str(entry.get("id", "")), str(entry.get("digest", ""))
-                if re.fullmatch(r"[0-9a-f]{64}", image_id):
-                    record["id"] = f"sha256:{image_id}"
-                if _DIGEST.match(digest):
-                    record["digest"] = digest
-                return record
-    return record
+    listing = _read_store(image_store / "overlay-images" / "images.json") if image_store is not None else None
+    for entry in listing if isinstance(listing, list) else []:
+        if isinstance(entry, dict) and wanted & set(entry.get("names") or []):
+            record = {"image": image, "source": "image_store"}
+            image_id, digest = str(entry.get("id", "")), str(entry.get("digest", ""))
+            if re.fullmatch(r"[0-9a-f]{64}", image_id):
+                record["id"] = f"sha256:{image_id}"
+            if _DIGEST.match(digest):
+                record["digest"] = digest
+            return record
+    return {"image": image, "source": "claimed"}
 
 
 def _read_store(path: Path) -> Any:

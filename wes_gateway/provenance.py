@@ -235,7 +235,7 @@ def _container_image(crate: Any, images: dict[str, Any], record: Any) -> Any:
         return None
     reference = str(record["image"])
     digest = str(record.get("digest") or "")
-    key = digest or reference
+    key = f"{digest or reference} {record.get('source', '')}"
     if key not in images:
         name, tag = reference, ""
         if "@" not in reference and ":" in reference.rsplit("/", 1)[-1]:
@@ -253,6 +253,8 @@ def _container_image(crate: Any, images: dict[str, Any], record: Any) -> Any:
             properties["tag"] = tag
         if digest.startswith("sha256:"):
             properties["sha256"] = digest.removeprefix("sha256:")
+        if record.get("source") == "claimed":
+            properties["description"] = "named by the run's own log; not verified against the service's image store"
         images[key] = crate.add(ContextEntity(crate, f"#container-image-{len(images) + 1}", properties=properties))
     return images[key]
 

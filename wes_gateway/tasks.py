@@ -166,7 +166,7 @@ def _attach_logs(run_id: str, paths: RunPaths, known_logs: set[str], image_store
                 updates["cmd"] = [text.strip()]
         image = containers.image_of_command(updates.get("cmd") or []) or containers.image_of_log(head, paths)
         if image:
-            updates["container"] = containers.image_record(image, paths, image_store)
+            updates["container"] = containers.image_record(image, image_store)
         store.update_task(run_id, task_id_for(match.group(1)), **updates)
 
 
@@ -199,4 +199,8 @@ def system_logs(task: store.Task) -> list[str]:
     ):
         if container.get(key):
             lines.append(f"{label}: {container[key]}")
+    if container.get("source") == "claimed":
+        lines.append("container_image_source: claimed (named by the run's own log; not in the service's image store)")
+    elif container.get("source"):
+        lines.append(f"container_image_source: {container['source']}")
     return lines
