@@ -10,6 +10,7 @@ with Toil's --restart on the persisted job store.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -356,6 +357,10 @@ class Supervisor:
         names = ", ".join(planted)
         log.warning("run %s: not started: it replaced %s of its own directory with a link or file", run_id, names)
         paths.remove_replaced(planted)
+        group = limits.group_of(self.settings, run_id)
+        if group is not None:
+            with contextlib.suppress(OSError):
+                group.remove()  # an earlier life's, now empty
         store.append_system_log(
             run_id,
             f"{store.utc_now()} not started again: the run replaced its own {names} with a link or a file, "
@@ -368,6 +373,7 @@ class Supervisor:
     def _sandbox_of(self, paths: RunPaths) -> sandbox.SandboxSpec | None:
         if self.settings.run_sandbox == "none":
             return None
+        group = limits.group_of(self.settings, paths.root.name)
         services = [*batch.sandbox_paths(self.settings, os.environ), *containers.sandbox_paths(self.settings)]
         return sandbox.plan(
             self.settings,
@@ -377,6 +383,7 @@ class Supervisor:
             self.identity,
             services,
             fresh_proc=containers.engine(self.settings) == "podman",
+            own_cgroups=[str(directory) for directory in group.directories] if group is not None else (),
         )
 
     def _recover(self, run_id: str) -> None:
