@@ -158,6 +158,23 @@ def test_every_response_says_nosniff(server: Server) -> None:
     ]
 
 
+def test_log_routes_name_their_charset_once(server: Server) -> None:
+    run_id = server.submit_cwl(DATA / "echo.cwl", {"message": "charset"})
+    assert server.wait(run_id) == "COMPLETE"
+    [task] = server.get(f"/runs/{run_id}/tasks").json()["task_logs"]
+    urls = [
+        f"{server.api}/runs/{run_id}/logs/stdout",
+        f"{server.api}/runs/{run_id}/logs/stderr",
+        task["stdout"],
+        task["stderr"],
+    ]
+    for url in urls:
+        for method in (requests.get, requests.head):
+            response = method(url, timeout=10)
+            assert response.status_code == 200, (url, response.status_code)
+            assert response.headers["Content-Type"] == "text/plain; charset=utf-8", (url, method.__name__)
+
+
 def test_urls_never_lead_to_a_host_a_header_named(seeded: tuple[Server, list[str]], tmp_path: Path) -> None:
     server, ids = seeded
     run_id = ids[0]

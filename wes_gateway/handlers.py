@@ -396,8 +396,9 @@ def _send_log(paths: RunPaths, path: Path | None) -> flask.Response:
     handle = paths.open_file(path) if path is not None else None
     if handle is None or path is None:
         return flask.Response("", mimetype="text/plain")
-    # Range, so that a client can tail a growing log from an offset.
-    return _send_file(handle, "text/plain; charset=utf-8", path.name)
+    # Range, so that a client can tail a growing log from an offset. A text/* mimetype gets
+    # Werkzeug's "; charset=utf-8": naming it here too sent it twice.
+    return _send_file(handle, "text/plain", path.name)
 
 
 def get_task_log_file(run_id: str, task_id: str, stream: str) -> flask.Response:
