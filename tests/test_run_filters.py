@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from conftest import DATA, Server, start_server, stop_server
 
 from wes_gateway import store
@@ -142,6 +143,24 @@ def test_bad_filters_are_precise_400s(
     assert response.status_code == 400, response.text
     body = response.json()
     assert body["status_code"] == 400 and says in body["msg"], body
+
+
+def test_the_run_browser_keeps_the_apis_tag_limit(seeded: tuple[Server, list[dict[str, object]]]) -> None:
+    server, _ = seeded
+    api = server.get("/runs", params={"tag": [f"k{i}:v" for i in range(17)]})
+    assert api.status_code == 400, api.text
+    for count in (16, 17, 64):
+        tags = [f"k{i}:v{i}" for i in range(count)]
+        # Repeated, as the API takes them, and in the one field of the page's form.
+        for params in ({"tag": tags}, {"tag": " ".join(tags)}):
+            page = requests.get(f"{server.base}/ui/", params=params, timeout=30)
+            if count <= 16:
+                assert page.status_code == 200, page.text[-500:]
+                assert 'class="error"' not in page.text
+            else:
+                assert page.status_code == 400, (count, page.status_code, page.text[-500:])
+                assert "text/html" in page.headers["Content-Type"]
+                assert f"at most 16 tag filters (given {count})" in page.text, page.text[-800:]
 
 
 def test_a_token_keeps_its_sort_order(seeded: tuple[Server, list[dict[str, object]]]) -> None:

@@ -26,6 +26,7 @@ from .auth import AuthMiddleware, check_settings
 from .config import SETTINGS_KEY, Settings, load_settings
 from .errors import ApiError, error_body, send_error
 from .events import EventStream
+from .handlers import TAG_FILTERS_KEY, tag_filter_limit
 from .logsetup import setup_logging
 from .metrics import MetricsEndpoint
 from .streams import Downloads
@@ -242,6 +243,7 @@ def create_app(settings: Settings | None = None, validate_responses: bool | None
         validate_responses=settings.response_validation if validate_responses is None else validate_responses,
     )
     spec = yaml.safe_load((SPEC_DIR / SPEC_FILE).read_text())
+    app.app.config[TAG_FILTERS_KEY] = tag_filter_limit(spec)
     app.add_middleware(
         AccessLog, position=MiddlewarePosition.BEFORE_EXCEPTION, routes=route_templates(spec, API_BASE), base=API_BASE
     )

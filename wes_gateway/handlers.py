@@ -66,6 +66,18 @@ def _timestamp(name: str, text: str | None) -> str | None:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# Where create_app keeps the spec's limit on `tag` filters (tag_filter_limit).
+TAG_FILTERS_KEY = "wes_gateway.tag_filters"
+
+
+def tag_filter_limit(spec: dict[str, Any]) -> int:
+    """How many `tag` filters a list may have: ListRuns' maxItems in the spec, which Connexion
+    holds the API to (each filter is a join, and SQLite allows 64); _run_filter holds the run
+    browser to the same number."""
+    [tag] = [param for param in spec["paths"]["/runs"]["get"]["parameters"] if param.get("name") == "tag"]
+    return int(tag["schema"]["maxItems"])
+
+
 def _run_filter(
     state: list[str] | None,
     tag: list[str] | None,
@@ -74,6 +86,9 @@ def _run_filter(
     until: str | None,
 ) -> store.RunFilter:
     caller = _caller()
+    limit = int(flask.current_app.config[TAG_FILTERS_KEY])
+    if len(tag or []) > limit:
+        raise BadRequest(f"tag: at most {limit} tag filters (given {len(tag or [])})")
     pairs = []
     for item in tag or []:
         key, colon, value = item.partition(":")

@@ -95,6 +95,7 @@ def run_list() -> flask.Response:
         since=args.get("since", ""),
         next_url=next_url,
         error=error,
+        status=400 if error else 200,
     )
 
 
