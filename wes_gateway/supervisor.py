@@ -175,6 +175,7 @@ class Supervisor:
         remounted = volumes.remount(self.settings)
         if remounted:
             log.info("mounted the filesystems of %d runs again", remounted)
+        threading.Thread(target=self._settle_finished, name="settle", daemon=True).start()
         containers.provide_store_view(self.settings)
         # Start the forkserver now, so Toil's import cost is paid before the first run.
         self.context.Process(target=_noop).start()
@@ -548,6 +549,24 @@ class Supervisor:
             if writer.exitcode is None:
                 writer.kill()
 
+    def _settle(self, paths: RunPaths, run_id: str, keep_jobstore: bool) -> None:
+        try:
+            volumes.settle(self.settings, paths, run_id, keep_jobstore)
+        except Exception:
+            # Its mount stays, and is served; _settle_finished tries again.
+            log.exception("run %s: not settled; its filesystem stays mounted for now", run_id)
+
+    def _settle_finished(self) -> None:
+        """Settle finished runs that still have an image, a few at a time: those an earlier
+        version left mounted, and any whose settle failed or that ended elsewhere than _finish."""
+        while not self.stop_event.is_set():
+            try:
+                left = volumes.settle_finished(self.settings)
+            except Exception:
+                log.exception("settling finished runs failed; retrying")
+                left = 0
+            self.stop_event.wait(0.5 if left else 10)
+
     def _finish(
         self,
         run: store.Run,
@@ -587,11 +606,15 @@ class Supervisor:
                 metrics.get().run_duration.labels(state).observe(_seconds_since(started))
 
         if cancelled:
+            self._settle(paths, run_id, keep_jobstore=True)
             end(store.CANCELED, exit_code=code)
             return
         if not over_limit and code != 0 and (ran_out or volumes.ran_out(paths)):
             # Its own filesystem, and no other, is full: the run's doing, not the service's.
             over_limit = f"the run filled its disk space (run_disk_limit = {self.settings.run_disk_limit})"
+        # Before its end is recorded: a finished run holds no mount (retention removes a
+        # complete run's job store anyway).
+        self._settle(paths, run_id, keep_jobstore=bool(over_limit) or code != 0)
         if over_limit:
             store.append_system_log(run_id, over_limit)
             end(store.EXECUTOR_ERROR, exit_code=code)
