@@ -240,3 +240,41 @@ def test_finished_runs_an_earlier_version_left_mounted_are_settled(
             url = server.get(f"/runs/{run_id}").json()["outputs"]["out"]["url"]
             assert requests.get(url, timeout=30).text == f"old {n}\n"
             assert volumes.settled(data_dir / "runs" / run_id)
+
+
+def test_the_copy_takes_only_directories_and_regular_files(tmp_path: Path) -> None:
+    """What a run leaves is the run's to shape: the copy follows and keeps no link, FIFO or
+    device, drops setuid and setgid, keeps a hard link one file and a hole a hole (so that the
+    copy takes no more room than the run did), and leaves the scratch behind."""
+    from wes_gateway import volumes
+
+    run = tmp_path / "run"
+    (run / "outputs" / "deep").mkdir(parents=True)
+    (run / "tmp").mkdir()
+    (run / "tmp" / "scratch").write_bytes(b"x" * 4096)
+    (run / "outputs" / "deep" / "a.txt").write_text("a\n")
+    os.link(run / "outputs" / "deep" / "a.txt", run / "outputs" / "same.txt")
+    (run / "outputs" / "shadow").symlink_to("/etc/shadow")
+    (run / "outputs" / "up").symlink_to("..")
+    os.mkfifo(run / "outputs" / "fifo")
+    with open(run / "outputs" / "sparse", "wb") as handle:
+        handle.seek(1 << 30)
+        handle.write(b"end")
+    (run / "outputs" / "tool").write_text("#!/bin/sh\n")
+    os.chmod(run / "outputs" / "tool", 0o6755)
+    os.chown(run / "outputs" / "deep" / "a.txt", 65534, 65534)
+    os.utime(run / "outputs" / "deep", ns=(1_000_000_000, 2_000_000_000))
+    copy = tmp_path / "copy"
+    volumes._copy_tree(run, copy, volumes.LEFT_BEHIND)
+    assert sorted(path.name for path in (copy / "outputs").iterdir()) == ["deep", "same.txt", "sparse", "tool"]
+    assert not (copy / "tmp").exists()
+    a, same = (copy / "outputs" / "deep" / "a.txt").stat(), (copy / "outputs" / "same.txt").stat()
+    assert (a.st_ino, a.st_nlink, a.st_uid, a.st_gid) == (same.st_ino, 2, 65534, 65534)
+    assert (copy / "outputs" / "same.txt").read_text() == "a\n"
+    sparse = (copy / "outputs" / "sparse").stat()
+    assert sparse.st_size == (1 << 30) + 3 and sparse.st_blocks * 512 <= 1 << 20
+    with open(copy / "outputs" / "sparse", "rb") as handle:
+        handle.seek(1 << 30)
+        assert handle.read() == b"end"
+    assert (copy / "outputs" / "tool").stat().st_mode & 0o7777 == 0o755
+    assert (copy / "outputs" / "deep").stat().st_mtime_ns == 2_000_000_000

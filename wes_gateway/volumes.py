@@ -235,9 +235,17 @@ def settle(settings: Settings, paths: RunPaths, run_id: str, keep_jobstore: bool
             _mount(image, paths.root, read_only=True)
         copy = _copy_of(settings, run_id)
         _remove_copy(copy)
+        # For a moment the run takes twice its room: not out of the service's reserve.
+        if host_free(settings) - image.stat().st_blocks * 512 < parse_memory(settings.disk_reserve):
+            log.warning("run %s: not settled yet: the disk is short of space for its copy", run_id)
+            return False
         skip = LEFT_BEHIND if keep_jobstore else LEFT_BEHIND | {"jobstore"}
-        copied = _copy_tree(paths.root, copy, skip)
-        os.setxattr(copy, SETTLED, b"1", follow_symlinks=False)
+        try:
+            copied = _copy_tree(paths.root, copy, skip)
+            os.setxattr(copy, SETTLED, b"1", follow_symlinks=False)
+        except BaseException:
+            _remove_copy(copy)
+            raise
         _exchange(paths.root, copy)
         _tidy(settings, run_id)
     log.info("run %s: settled, %d bytes copied out of its filesystem, which is given back", run_id, copied)
