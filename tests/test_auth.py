@@ -357,7 +357,7 @@ def test_documents_cannot_pull_in_local_files(secure: Server, name: str, fragmen
 
 def test_remote_workflow_url_needs_an_allowed_prefix(secure: Server) -> None:
     alice = basic("alice", "alice-pw")
-    for url in ("https://example.org/wf.cwl", "http://169.254.169.254/latest/meta-data/x.cwl"):
+    for url in ("http://example.org/wf.cwl", "http://169.254.169.254/latest/meta-data/x.cwl"):
         response = submit(secure, alice, workflow_url=url)
         assert response.status_code == 400 and "allowed URL prefix" in response.json()["msg"]
     inputs = submit(

@@ -101,7 +101,10 @@ def test_invalid_cwl_names_the_problem(server: Server, data: Path) -> None:
 
 def test_not_multipart(server: Server) -> None:
     assert_error(server.post("/runs"), 400, "multipart/form-data")
-    assert_error(server.post("/runs", json=GOOD), 400, "multipart/form-data")
+    assert_error(server.post("/runs", data="x", headers={"Content-Type": "text/plain"}), 400, "multipart/form-data")
+    # A JSON RunRequest is the json-run-request extension: it has no attachments to name.
+    body = {**GOOD, "workflow_params": {"message": "x"}}
+    assert_error(server.post("/runs", json=body), 400, "'echo.cwl' is neither an attachment")
 
 
 def test_unknown_run_everywhere(server: Server) -> None:

@@ -109,3 +109,28 @@ def test_locations_resolve_to_attachments_and_policy(tmp_path: Path) -> None:
         _rewrite_locations({"x": {"class": "File", "location": "s3://bucket/k"}}, resolve)
     allowed = settings(tmp_path, allowed_file_roots=[str(tmp_path)])
     assert staging.resolve_input((root / "in").as_uri(), root, allowed) == str(root / "in")
+
+
+def test_default_prefix_admits_public_https_only(tmp_path: Path) -> None:
+    """The default allowed_url_prefixes (https://) runs a public workflow by URL; a bare scheme
+    admits no private, loopback or unresolvable host, and a prefix naming a host admits it."""
+    s = settings(tmp_path)
+    assert s.allowed_url_prefixes == ["https://"]
+    assert s.trs_roots == ["https://dockstore.org/api/ga4gh/trs/v2"]
+    staging.check_prefixed("https://8.8.8.8/wf.cwl", "workflow_url", "x", s)
+    for url, fragment in (
+        ("https://127.0.0.1/wf.cwl", "private or loopback"),
+        ("https://[::1]/wf.cwl", "private or loopback"),
+        ("https://10.1.2.3/wf.cwl", "private or loopback"),
+        ("https://[::ffff:192.168.0.1]/wf.cwl", "private or loopback"),
+        ("https://no-such-host.invalid/wf.cwl", "does not resolve"),
+        ("http://8.8.8.8/wf.cwl", "not under an allowed URL prefix"),
+    ):
+        with pytest.raises(BadRequest, match=fragment):
+            staging.check_prefixed(url, "workflow_url", url, s)
+    named = settings(tmp_path, allowed_url_prefixes=["https://127.0.0.1/"])
+    staging.check_prefixed("https://127.0.0.1/wf.cwl", "workflow_url", "x", named)
+    with pytest.raises(BadRequest, match="none are configured"):
+        staging.check_prefixed(
+            "https://8.8.8.8/wf.cwl", "workflow_url", "x", settings(tmp_path, allowed_url_prefixes=[])
+        )

@@ -164,11 +164,14 @@ class RequestGuard:
             if scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/runs"):
                 headers = dict(scope.get("headers") or [])
                 content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
-                if not content_type.startswith("multipart/form-data") or "boundary=" not in content_type:
+                multipart = content_type.startswith("multipart/form-data") and "boundary=" in content_type
+                # The json-run-request extension: a RunRequest object, no attachments.
+                if not multipart and content_type.split(";")[0].strip() != "application/json":
                     await send_error(
                         send,
                         400,
-                        "POST /runs takes a multipart/form-data body (RunRequest fields and workflow_attachment files)",
+                        "POST /runs takes a multipart/form-data body (RunRequest fields and workflow_attachment "
+                        "files) or an application/json RunRequest object",
                     )
                     return
         await self.app(scope, receive, send)

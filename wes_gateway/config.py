@@ -172,7 +172,21 @@ class Settings(BaseModel):
     )
     max_active_runs_per_user: int = Field(0, ge=0, description="Queued plus running runs per user; 0 is no limit.")
     allowed_url_prefixes: list[str] = Field(
-        default_factory=list, description="http(s) prefixes a workflow_url may start with; none by default."
+        default_factory=lambda: ["https://"],
+        description="http(s) prefixes a remote workflow_url (and the documents it imports) may start with. "
+        "A prefix that is a bare scheme (the default, https://) admits public hosts only: a URL admitted by it "
+        "must not resolve to a private, loopback or link-local address. Name a host to admit it (empty: none).",
+    )
+    trs_roots: list[str] = Field(
+        default_factory=lambda: ["https://dockstore.org/api/ga4gh/trs/v2"],
+        description="GA4GH TRS v2 API base URLs that a workflow_url may name (trs://, Dockstore ids and pages, "
+        "TRS descriptor URLs); each is itself the permission to reach that server, loopback included.",
+    )
+    trs_timeout: float = Field(
+        20.0, gt=0, le=300, description="Seconds a submission may spend fetching a workflow from a TRS server."
+    )
+    trs_max_bytes: int = Field(
+        64 * 1024**2, ge=1, description="Bytes of files one workflow fetched from a TRS server may hold."
     )
     service_id: str = "org.example.wes-gateway"
     service_name: str = "wes-gateway"
@@ -267,6 +281,7 @@ class Settings(BaseModel):
         "auth_modes",
         "admin_users",
         "allowed_url_prefixes",
+        "trs_roots",
         "allowed_batch_systems",
         "allowed_partitions",
         "allowed_registries",

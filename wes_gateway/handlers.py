@@ -12,7 +12,20 @@ from typing import IO, Any
 
 import flask
 
-from . import downloads, outputs, provenance, retention, service_info, staging, store, streams, tasks, uploads, wakeup
+from . import (
+    downloads,
+    outputs,
+    provenance,
+    retention,
+    service_info,
+    staging,
+    store,
+    streams,
+    tasks,
+    trs,
+    uploads,
+    wakeup,
+)
 from .auth import User, current_user
 from .config import current_settings
 from .errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, TooManyRequests, Unavailable
@@ -140,7 +153,10 @@ def run_workflow(**_fields: Any) -> Json:
     request = flask.request
     form = {key: request.form.get(key, "") for key in request.form}
     files = uploads.spooled(request.environ)
-    if files is not None:
+    if request.is_json:  # the json-run-request extension: a RunRequest object, no attachments
+        form = staging.form_of_json(request.get_json(silent=True))
+        attachments: list[staging.Attachment] = []
+    elif files is not None:
         # Streamed to disk by the upload middleware (the parts Flask sees are empty).
         attachments = [staging.Attachment(filename=file.filename, path=file.path) for file in files]
     else:
@@ -172,6 +188,7 @@ def run_workflow(**_fields: Any) -> Json:
 
 def get_run_log(run_id: str) -> Json:
     run = _visible_run(run_id)
+    pinned = trs.system_logs(RunPaths.of(current_settings(), run_id))
     log = Log(
         name=run.workflow_type.lower() + ":" + run.request["workflow_url"],
         cmd=run.cmd or None,
@@ -180,7 +197,8 @@ def get_run_log(run_id: str) -> Json:
         stdout=external_url(f"/runs/{run_id}/logs/stdout"),
         stderr=external_url(f"/runs/{run_id}/logs/stderr"),
         exit_code=run.exit_code,
-        system_logs=run.system_logs,
+        # A workflow from a TRS server: its id, version, descriptor URL and files' sha-256 first.
+        system_logs=(pinned + (run.system_logs or [])) if pinned else run.system_logs,
     )
     return RunLog(
         run_id=run.run_id,

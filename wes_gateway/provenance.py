@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
-from . import outputs, store
+from . import outputs, store, trs
 from .outputs import Opened
 from .paths import RunPaths
 from .streams import CHUNK
@@ -127,6 +127,9 @@ def build(run: store.Run, run_tasks: list[store.Task], paths: RunPaths, engine_v
     )
     attachments = [name for name, _info in outputs.files_under(paths, paths.attachments)]
     workflow_url = str(run.request.get("workflow_url", "")).split("#", 1)[0]
+    pin = trs.load(paths)  # a workflow fetched from a TRS server: its primary file, and whence
+    if pin is not None:
+        workflow_url = str(pin.get("primary"))
     workflow = None
     for name in attachments:
         properties: dict[str, Any] = {"name": name}
@@ -151,6 +154,12 @@ def build(run: store.Run, run_tasks: list[store.Task], paths: RunPaths, engine_v
                 },
             )
         )
+    if pin is not None:
+        workflow["url"] = str(pin.get("descriptor_url"))
+        workflow["sameAs"] = {"@id": str(pin.get("trs_uri"))}
+        workflow["version"] = str(pin.get("version"))
+        workflow["identifier"] = str(pin.get("trs_id"))
+        workflow["sha256"] = str((pin.get("files") or {}).get(workflow_url, ""))
     crate.root_dataset["mainEntity"] = {"@id": workflow.id}
     inputs = crate.add_file(
         None,

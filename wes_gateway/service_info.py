@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib.metadata import version as package_version
 
-from . import __version__, containers, limits, store, volumes
+from . import __version__, containers, limits, store, trs, volumes
 from .config import Settings
 from .engines import ENGINES
 from .models import (
@@ -46,6 +46,8 @@ EXTENSIONS = (
     "run-events",  # GET /runs/{id}/events (Server-Sent Events)
     "ro-crate",  # GET /runs/{id}/ro-crate
     "metrics",  # GET /metrics (Prometheus)
+    "json-run-request",  # POST /runs with an application/json RunRequest (no attachments)
+    "trs-workflow-url",  # workflow_url: trs://, Dockstore ids and pages, TRS descriptor URLs (tags.trs_roots)
 )
 
 
@@ -91,6 +93,8 @@ def build(settings: Settings, counts: dict[str, int]) -> ServiceInfo:
             "batch_system": settings.batch_system,
             # The extensions this service adds, each declared in its OpenAPI document.
             "extensions": ",".join(EXTENSIONS),
+            # Where a workflow_url may name a TRS workflow, and how.
+            **trs.service_info_tags(settings),
         },
     )
 

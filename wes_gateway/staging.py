@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import unquote, urlparse
 
-from . import store
+from . import store, trs
 from .config import Settings
 from .engines import engine_for
 from .errors import ApiError, BadRequest, PayloadTooLarge
@@ -50,7 +50,9 @@ def _json_object(form: Mapping[str, str], field: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise BadRequest(f"{field} is not valid JSON: {exc}") from None
+        raise BadRequest(
+            f"{field} is not valid JSON: {exc} (a JSON object is expected, as text or a file part)"
+        ) from None
     except RecursionError:
         raise BadRequest(f"{field} is nested more deeply than JSON parsing allows") from None
     if not isinstance(value, dict):
@@ -93,6 +95,27 @@ def _required(form: Mapping[str, str], field: str) -> str:
 # Unknown query parameters are ignored (WES clients may be newer), but an unknown form field
 # is most likely a misspelt one ("workflow_param"), and running without it would mislead.
 FORM_FIELDS = frozenset(RunRequest.model_fields)
+
+
+JSON_FIELDS = ("workflow_params", "tags", "workflow_engine_parameters")
+
+
+def form_of_json(body: Any) -> dict[str, str]:
+    """A JSON RunRequest body (the json-run-request extension) as the form it stands for: its
+    objects as JSON text, so that one parser checks both."""
+    if not isinstance(body, dict):
+        raise BadRequest("a JSON POST /runs body must be a RunRequest object")
+    form: dict[str, str] = {}
+    for key, value in body.items():
+        if value is None:
+            continue
+        if key in JSON_FIELDS and isinstance(value, (dict, list, int, float, bool)):
+            form[key] = json.dumps(value)  # a non-object is refused by parse_request, by name
+        elif isinstance(value, str):
+            form[key] = value
+        else:
+            raise BadRequest(f"{key} must be a string, not {type(value).__name__}")
+    return form
 
 
 def parse_request(form: Mapping[str, str]) -> RunRequest:
@@ -320,15 +343,50 @@ def _is_address(host: str) -> bool:
     return True
 
 
+def _bare_scheme(prefix: str) -> bool:
+    """A prefix that names no host (``https://``): it admits public hosts only."""
+    scheme, sep, rest = prefix.partition("://")
+    return bool(sep) and not rest and scheme.isalpha()
+
+
+def _private_address(text: str) -> bool:
+    try:
+        address = _carried(ipaddress.ip_address(text.split("%")[0]))
+    except ValueError:
+        return False
+    return not address.is_global
+
+
+def check_public(url: str, what: str) -> None:
+    """A URL that only a bare-scheme prefix admitted must reach a public host: never a
+    private, loopback or link-local address (nor a name that does not resolve)."""
+    import socket
+
+    host = (urlparse(url).hostname or "").lower()
+    try:
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        raise BadRequest(f"{what}: the host of {url!r} does not resolve") from None
+    if any(_private_address(address) for address in addresses | {host}):
+        raise BadRequest(
+            f"{what}: {url!r} is at a private or loopback address, which allowed_url_prefixes admits only "
+            "when a prefix names that host"
+        )
+
+
 def check_prefixed(url: str, what: str, subject: str, settings: Settings, advice: str = "") -> None:
     """A remote document (workflow_url, $import, run:, WDL import) only under the deployment's
-    allowed prefixes, and then still never at a blocked address."""
-    if not any(url.startswith(prefix) for prefix in settings.allowed_url_prefixes):
+    allowed prefixes, and then still never at a blocked address; under a bare-scheme prefix
+    (the default https://) only at a public one."""
+    admitting = [prefix for prefix in settings.allowed_url_prefixes if url.startswith(prefix)]
+    if not admitting:
         raise BadRequest(
             f"{subject} is not under an allowed URL prefix "
             f"({', '.join(settings.allowed_url_prefixes) or 'none are configured'}){advice}"
         )
     check_remote(url, what, admitted_by_prefix=True)
+    if all(_bare_scheme(prefix) for prefix in admitting):
+        check_public(url, what)
 
 
 def resolve_workflow_url(url: str, attachments: Path, settings: Settings) -> tuple[str, str]:
@@ -427,7 +485,13 @@ def stage(form: Mapping[str, str], attachments: Iterable[Attachment], settings: 
     try:
         final.root.symlink_to(staged, target_is_directory=True)
         write_attachments(final.attachments, attachments, settings)
-        location, fragment = resolve_workflow_url(request.workflow_url, final.attachments, settings)
+        # A TRS workflow is fetched whole into the attachments now (trs.py says why now).
+        reference = trs.parse(request.workflow_url, settings)
+        pin = trs.fetch(reference, request.workflow_type, final.attachments, settings) if reference else None
+        if pin is not None:
+            location, fragment = str(final.attachments / pin.primary), ""
+        else:
+            location, fragment = resolve_workflow_url(request.workflow_url, final.attachments, settings)
         workflow = engine.workflow_reference(location, fragment)
         admission = Admission(final.attachments, settings)
         if location.startswith("/"):
@@ -438,6 +502,8 @@ def stage(form: Mapping[str, str], attachments: Iterable[Attachment], settings: 
         outside = [p for p in dict.fromkeys(admission.approved) if not Path(p).is_relative_to(final.attachments)]
         final.control.mkdir(mode=0o700)
         final.inputs.write_text(json.dumps(outside))
+        if pin is not None:
+            trs.save(final, pin)
         # Nothing reads runs/<id> before its record exists, so the swap need not be atomic.
         final.root.unlink()
         os.rename(staged, final.root)

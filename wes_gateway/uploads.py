@@ -11,10 +11,16 @@ memory. This ASGI middleware sits before Connexion on POST /runs and
   files in the scope, where the handler finds them (``spooled``).
 
 The spool is removed when the response is done, whatever happened.
+
+A file part named as a RunRequest field (``workflow_params`` as a file, as the Dockstore
+CLI's generated client sends it) is that field's text: read as UTF-8 within the fields'
+bound, not spooled as an attachment. An ``application/json`` body (the json-run-request
+extension) is read here too, within the same bound, so that no worker holds more.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
 from collections.abc import Awaitable, Callable
@@ -27,12 +33,15 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from . import volumes
 from .config import Settings
 from .errors import send_error
+from .models import RunRequest
 from .paths import staging_dir
 
 SCOPE_KEY = "wes_gateway.uploads"
 # Room for the text fields and the multipart framing, on top of the attachments.
 FORM_FIELD_BYTES = 16 * 1024 * 1024
 _FRAMING_PER_PART = 1024
+# Parts that are RunRequest fields whatever their form: their text, never an attachment.
+FIELD_PARTS = frozenset(RunRequest.model_fields)
 
 
 class UploadRefused(Exception):
@@ -98,7 +107,9 @@ class _Form:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         part = self._part
         part.name = options.get(b"name", b"").decode("utf-8", "replace")
-        if b"filename" in options:
+        if b"filename" in options and part.name in FIELD_PARTS:
+            part.filename = None  # the field's text, sent as a file: read below like any field
+        elif b"filename" in options:
             part.filename = options[b"filename"].decode("utf-8", "replace")
             part.content_type = self._headers.get(b"content-type", b"application/octet-stream").decode("latin-1")
             if len(self.files) >= self.settings.max_attachment_count:
@@ -114,7 +125,9 @@ class _Form:
         if part.file is None:
             self.total_fields += size
             if self.total_fields > FORM_FIELD_BYTES:
-                raise UploadRefused(413, f"the form's text fields are larger than {FORM_FIELD_BYTES} bytes")
+                raise UploadRefused(
+                    413, f"{part.name}: the form's text fields are larger than {FORM_FIELD_BYTES} bytes in all"
+                )
             part.value.extend(data[start:end])
             return
         assert part.handle is not None
@@ -139,6 +152,15 @@ class _Form:
         if part.handle is not None:
             part.handle.close()
             part.handle = None
+        if part.file is None:
+            try:
+                text = bytes(part.value).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UploadRefused(
+                    400, f"{part.name}: not UTF-8 text (byte {exc.start}); send the JSON as UTF-8"
+                ) from None
+            if text.startswith("\ufeff"):  # a byte-order mark, as some editors save JSON files
+                part.value = bytearray(text[1:].encode("utf-8"))
         self.parts.append(part)
         self._part = None
 
@@ -183,10 +205,13 @@ class UploadMiddleware:
         headers = dict(scope.get("headers") or [])
         content_type, options = parse_options_header(headers.get(b"content-type", b""))
         boundary = options.get(b"boundary")
+        length = headers.get(b"content-length", b"").strip()
+        if content_type == b"application/json":
+            await self._json(scope, receive, send, length)
+            return
         if content_type != b"multipart/form-data" or not boundary:
             await self.app(scope, receive, send)  # the request guard answers it
             return
-        length = headers.get(b"content-length", b"").strip()
         if length.isdigit() and int(length) > self.limit:
             await send_error(
                 send,
@@ -226,6 +251,34 @@ class UploadMiddleware:
             await self.app({**scope, "headers": new_headers, SCOPE_KEY: form.files}, replay, send_after_cleanup)
         finally:
             shutil.rmtree(spool, ignore_errors=True)
+
+    async def _json(self, scope: dict[str, Any], receive: Receive, send: Any, length: bytes) -> None:
+        """A JSON RunRequest, read whole within the form fields' bound, then replayed."""
+        too_large = f"the JSON body is larger than this service accepts ({FORM_FIELD_BYTES} bytes)"
+        if length.isdigit() and int(length) > FORM_FIELD_BYTES:
+            await send_error(send, 413, too_large)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body.extend(message.get("body", b""))
+            if len(body) > FORM_FIELD_BYTES:
+                await send_error(send, 413, too_large)
+                return
+            if not message.get("more_body", False):
+                break
+        try:
+            json.loads(bytes(body).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            await send_error(send, 400, f"the JSON body is not UTF-8 JSON: {str(exc)[:200]}")
+            return
+        new_headers = [
+            (k, v) for k, v in scope.get("headers", []) if k not in (b"content-length", b"transfer-encoding")
+        ]
+        new_headers.append((b"content-length", str(len(body)).encode()))
+        await self.app({**scope, "headers": new_headers}, _replay(bytes(body)), send)
 
     async def _read(self, receive: Receive, boundary: bytes, spool: Path) -> _Form:
         form = _Form(self.settings, spool)
