@@ -86,9 +86,6 @@ class SandboxSpec:
     # /proc of a container's own PID namespace: the kernel allows that only where some /proc
     # is fully visible. Only a leader that starts as root (and then drops it) can mount it.
     fresh_proc: bool = False
-    # Where /sys is shown (a container engine needs it): the run's own cgroup directories, each
-    # with the parent that holds every run's group, which is shown empty but for them.
-    own_cgroups: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,7 +199,6 @@ def plan(
     identity: RunIdentity | None,
     services: Iterable[str] = (),
     fresh_proc: bool = False,
-    own_cgroups: Iterable[str] = (),
 ) -> SandboxSpec:
     """The sandbox of one run: what it sees, and who its leader becomes. ``services`` are
     files and sockets of the host that the leader must use read-only (the batch system's
@@ -241,7 +237,6 @@ def plan(
         # Without a uid to drop to, a user namespace keeps the leader's powers inside it.
         user_namespace=identity is None,
         fresh_proc=fresh_proc and identity is not None,
-        own_cgroups=tuple((os.path.dirname(group), group) for group in own_cgroups),
     )
 
 
@@ -327,12 +322,6 @@ def bwrap_argv(spec: SandboxSpec, info_fd: int, directories: RunDirectories) -> 
         made.add(path)
     for path in spec.hidden_files:
         argv += ["--ro-bind", "/dev/null", path]
-    if "/sys" in spec.read_only:
-        # Other runs' ids are what a run needs to aim at them: their cgroups (run-<id>) and the
-        # loop devices' backing files (<runs>/.volumes/<id>.img) are not shown.
-        argv += ["--tmpfs", "/sys/devices/virtual/block"]
-        for parent, own in spec.own_cgroups:
-            argv += ["--tmpfs", parent, "--ro-bind", own, own]
     argv += [*parents_of(spec.run_root), "--bind-fd", str(directories.root), spec.run_root]
     # The control directory (leader identity, result) is the supervisor's word: hidden.
     # /dev/shm: POSIX shared memory (Python's multiprocessing in a tool needs it), the run's own.

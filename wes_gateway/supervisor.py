@@ -374,7 +374,6 @@ class Supervisor:
     def _sandbox_of(self, paths: RunPaths) -> sandbox.SandboxSpec | None:
         if self.settings.run_sandbox == "none":
             return None
-        group = limits.group_of(self.settings, paths.root.name)
         services = [*batch.sandbox_paths(self.settings, os.environ), *containers.sandbox_paths(self.settings)]
         return sandbox.plan(
             self.settings,
@@ -384,7 +383,6 @@ class Supervisor:
             self.identity,
             services,
             fresh_proc=containers.engine(self.settings) == "podman",
-            own_cgroups=[str(directory) for directory in group.directories] if group is not None else (),
         )
 
     def _recover(self, run_id: str) -> None:
