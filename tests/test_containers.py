@@ -202,3 +202,161 @@ def _gone_within(pid: int, seconds: float) -> bool:
             return True
         time.sleep(0.2)
     return pid_gone(pid)
+
+
+PROBE_CWL = """cwlVersion: v1.2
+class: CommandLineTool
+baseCommand: python3
+inputs:
+  script: {type: File, inputBinding: {position: 1}}
+outputs:
+  report: {type: stdout}
+stdout: report.json
+"""
+
+# A step without a container (the host's network, the run's `docker` first on PATH) tries the
+# forms that fetch or load an image; each call's exit status and stderr are reported.
+PROBE_PY = r"""
+import ast, json, os, re, shutil, subprocess
+os.makedirs("ctx", exist_ok=True)
+with open("ctx/Containerfile", "w") as containerfile:
+    containerfile.write("FROM quay.io/nobody/base:1\nRUN true\n")
+with open("x.tar", "wb") as tar:
+    tar.write(b"not a tar: the shim must refuse before anything reads it")
+with open("accept.json", "w") as policy:
+    policy.write('{"default": [{"type": "insecureAcceptAnything"}]}')
+with open("pod.yaml", "w") as pod:
+    pod.write("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: quay.io/x/y:1}]\n")
+CALLS = CALLS_PLACEHOLDER
+shim = open(shutil.which("docker")).read()
+config = json.loads(ast.literal_eval(re.search(r"^CONFIG: .*json\.loads\((.*)\)$", shim, re.M).group(1)))
+run_env = {**os.environ, **config["env"]}
+report = {}
+for name, argv in CALLS.items():
+    env = os.environ
+    if argv[0] == "podman":
+        argv = [config["podman"], *argv[1:]]
+        env = run_env
+    try:
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+        report[name] = {"code": done.returncode, "stdout": done.stdout[-300:], "stderr": done.stderr[-700:]}
+    except subprocess.TimeoutExpired:
+        report[name] = {"code": None, "stdout": "", "stderr": "timed out"}
+print(json.dumps(report))
+"""
+
+NOT_ALLOWED = "is not one it may pull from"
+# name: (the call, what the refusal names)
+REFUSED = {
+    "image pull --signature-policy": (
+        ["docker", "image", "pull", "--signature-policy", "/dev/null", "quay.io/x/y:1"],
+        "--signature-policy",
+    ),
+    "pull --signature-policy=, allowed registry": (
+        ["docker", "pull", "--signature-policy=accept.json", "127.0.0.1:1/x/y:1"],
+        "--signature-policy",
+    ),
+    "pull --tls-verify=false, allowed registry": (
+        ["docker", "pull", "--tls-verify=false", "127.0.0.1:1/x/y:1"],
+        "--tls-verify=false",
+    ),
+    "global option before image pull": (["docker", "--log-level=error", "image", "pull", "quay.io/x/y:1"], NOT_ALLOWED),
+    "pull, an option after the image": (
+        ["docker", "pull", "quay.io/x/y:1", "--quiet"],
+        "container image quay.io/x/y:1 is not",
+    ),
+    "pull of two images": (["docker", "pull", "127.0.0.1:1/x/y:1", "quay.io/x/y:1"], NOT_ALLOWED),
+    "pull from an archive": (["docker", "pull", "docker-archive:x.tar"], "docker-archive"),
+    "load": (["docker", "load", "-i", "x.tar"], "loads an image"),
+    "image load": (["docker", "image", "load", "--input=x.tar"], "loads an image"),
+    "import": (["docker", "import", "x.tar", "mine:1"], "loads an image"),
+    "image import from a URL": (["docker", "image", "import", "http://127.0.0.1:1/x.tar"], "loads an image"),
+    "build": (["docker", "build", "-t", "mine:1", "ctx"], "builds an image"),
+    "buildx build": (["docker", "buildx", "build", "ctx"], "builds an image"),
+    "image build": (["docker", "image", "build", "-f", "ctx/Containerfile", "ctx"], "builds an image"),
+    "run --pull=always of a stored image": (
+        ["docker", "run", "--rm", "--pull=always", "docker.io/debian:stable-slim", "true"],
+        "--pull=always",
+    ),
+    "run --pull newer": (["docker", "run", "--rm", "--pull", "newer", "debian:stable-slim", "true"], "--pull=newer"),
+    "run of an image not present": (["docker", "run", "--rm", "some.registry/img:1", "true"], NOT_ALLOWED),
+    "run -it -e with an image not present": (
+        ["docker", "run", "-it", "-eA=1", "--net=none", "quay.io/x/y:1", "sh"],
+        NOT_ALLOWED,
+    ),
+    "container create of an image not present": (["docker", "container", "create", "quay.io/x/y:1"], NOT_ALLOWED),
+    "create with a global option after it": (
+        ["docker", "create", "--log-level", "error", "quay.io/x/y:1"],
+        NOT_ALLOWED,
+    ),
+    "run from an archive": (["docker", "run", "--rm", "docker-archive:x.tar", "true"], "docker-archive"),
+    "run --signature-policy": (
+        ["docker", "run", "--rm", "--signature-policy", "accept.json", "debian:stable-slim", "true"],
+        "--signature-policy",
+    ),
+    "another Podman service": (["docker", "--url", "tcp://127.0.0.1:1", "pull", "quay.io/x/y:1"], "another Podman"),
+    "registries.conf of its own": (
+        ["docker", "--registries-conf", "x.tar", "pull", "127.0.0.1:1/x/y:1"],
+        "registry configuration",
+    ),
+    "manifest inspect": (["docker", "manifest", "inspect", "quay.io/x/y:1"], "manifest"),
+    "push": (["docker", "push", "debian:stable-slim", "127.0.0.1:1/x/y:1"], "publishes"),
+    "kube play": (["docker", "kube", "play", "pod.yaml"], "kube play"),
+    "login to a registry not allowed": (["docker", "login", "-u", "a", "-p", "b", "quay.io"], NOT_ALLOWED),
+    "search of a registry not allowed": (["docker", "search", "quay.io/x"], NOT_ALLOWED),
+    "image trust": (["docker", "image", "trust", "set", "-t", "accept", "default"], "image trust"),
+}
+# Forms that fetch nothing, or only from an allowed registry, go on to Podman.
+ALLOWED = {
+    "images": ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"],
+    "run of a stored image": ["docker", "run", "--rm", "debian:stable-slim", "cat", MARKER],
+    "run, global option and --entrypoint": [
+        "docker",
+        "--log-level=error",
+        "run",
+        "--rm",
+        "-e",
+        "X=in-image",
+        "--entrypoint",
+        "/bin/sh",
+        "debian:stable-slim",
+        "-c",
+        "echo $X",
+    ],
+    "pull from an allowed registry": ["docker", "image", "pull", "127.0.0.1:1/x/y:1"],
+    "run of an image an allowed registry has": ["docker", "run", "--rm", "127.0.0.1:1/x/y:1", "true"],
+    # Podman by its own path, with the run's configuration: it pulls nothing without a policy
+    # (Podman 4.3 reads none from the run's configuration directory, and the sandbox has no
+    # /etc/containers/policy.json), and from anywhere with the step's own (the README says so).
+    "podman directly": ["podman", "pull", "127.0.0.2:1/x/y:1"],
+    "podman directly, its own policy": ["podman", "pull", "--signature-policy", "accept.json", "127.0.0.2:1/x/y:1"],
+}
+
+
+def test_a_step_cannot_fetch_or_load_an_image_through_the_shim(podman_server: Server) -> None:
+    calls = {name: argv for name, (argv, _) in REFUSED.items()} | ALLOWED
+    script = PROBE_PY.replace("CALLS_PLACEHOLDER", repr(calls))
+    run_id = podman_server.submit_ok(
+        {"probe.cwl": PROBE_CWL.encode(), "probe.py": script.encode()},
+        workflow_url="probe.cwl",
+        workflow_type="CWL",
+        workflow_type_version="v1.2",
+        workflow_params={"script": {"class": "File", "location": "probe.py"}},
+    )
+    assert podman_server.wait(run_id, timeout=600) == "COMPLETE", podman_server.system_logs(run_id)
+    report = json.loads(Path(podman_server.get(f"/runs/{run_id}").json()["outputs"]["report"]["path"]).read_text())
+    wrong = {}
+    for name, (_, rule) in REFUSED.items():
+        outcome = report[name]
+        if not (outcome["code"] == 125 and "wes-gateway: refused" in outcome["stderr"] and rule in outcome["stderr"]):
+            wrong[name] = outcome
+    assert wrong == {}, json.dumps(wrong, indent=1)
+    assert not any("wes-gateway: refused" in report[name]["stderr"] for name in ALLOWED), report
+    assert report["images"]["code"] == 0 and "debian:stable-slim" in report["images"]["stdout"], report["images"]
+    assert report["run of a stored image"]["stdout"].startswith("wes-gateway stand-in image"), report
+    assert report["run, global option and --entrypoint"]["stdout"] == "in-image\n", report
+    for name in ("pull from an allowed registry", "run of an image an allowed registry has"):
+        assert report[name]["code"] != 0 and "connection refused" in report[name]["stderr"], report[name]
+    direct = report["podman directly"]
+    assert direct["code"] != 0 and "connection refused" not in direct["stderr"], direct
+    assert "connection refused" in report["podman directly, its own policy"]["stderr"], report

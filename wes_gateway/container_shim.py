@@ -10,8 +10,24 @@ Stdlib only: ``containers.prepare`` copies this file into each run as ``bin/dock
   (``--version``, ``pull``, ``exec``) with Podman: Toil 9.6 runs WDL tasks only with
   Singularity or a Docker swarm, and Podman's API has no swarm.
 
-Before any pull, the image's registry is checked against the deployment's allowed registries,
-so that a missing image fails at once with a message naming it (recorded for the supervisor).
+Every ``docker`` call is read as Podman reads it (``classify``: its global options, command
+and subcommand, and the options of the commands that can fetch an image) before it goes on:
+
+- a pull goes ahead only from an allowed registry, so that a missing image fails at once with
+  a message naming it (recorded for the supervisor);
+- ``run`` and ``create`` of an image from a registry that is not allowed go ahead only if the
+  image is there already, and then with ``--pull=never``;
+- what loads or builds an image (``load``, ``import``, ``build``, a transport such as
+  ``docker-archive:``), publishes one (``push``) or reaches registries the shim cannot check
+  (``manifest``, ``kube play``, ...) is refused, as are options that replace the run's
+  signature policy or weaken verification (``--signature-policy``, ``--tls-verify=false``,
+  ``--cert-dir``) or hand the call to another Podman (``--url``, ``--connection``, ``--remote``);
+- commands the shim does not know are refused: a new one could fetch.
+
+A refusal exits 125 (Podman's own status for its errors) with a line naming the rule, also
+written for the supervisor. This governs the ``docker`` a step finds on PATH, not Podman
+itself: a step can run Podman by its path with a policy of its own, as a step without a
+container can download anything the host's network reaches (README, "Images").
 """
 
 from __future__ import annotations
@@ -28,6 +44,141 @@ CONFIG: dict[str, object] = json.loads("{}")
 SIF_MAGIC = "wes-gateway podman image\n"
 # singularity exec options that take a value (the others are flags).
 _VALUE_OPTIONS = {"--pwd", "--bind", "-B", "--env", "--home", "--no-mount", "--add-caps", "--workdir", "-W", "-H"}
+REFUSED = 125
+# Variables that would point Podman at another service or configuration: not passed on.
+_FOREIGN_ENV = (
+    "CONTAINER_HOST",
+    "CONTAINER_CONNECTION",
+    "CONTAINER_SSHKEY",
+    "CONTAINER_PASSPHRASE",
+    "CONTAINERS_CONF_OVERRIDE",
+    "REGISTRIES_CONFIG_PATH",
+    "DOCKER_HOST",
+)
+# Image references that name a transport other than a registry load from files, other stores or daemons.
+_TRANSPORTS = frozenset(
+    "atomic containers-storage dir docker-archive docker-daemon oci oci-archive ostree sif tarball".split()
+)
+
+
+class Refused(Exception):
+    """A call the shim does not pass on; the message names the rule."""
+
+
+class Options:
+    """The options of a Podman command, as its flag parser (pflag) reads them: long names that
+    take a value, long names that are flags, and one-letter names."""
+
+    def __init__(self, values: str, flags: str, shorts: str = "") -> None:
+        self.values = frozenset(values.split())
+        self.flags = frozenset(flags.split())
+        self.shorts = dict(pair.split("=") for pair in shorts.split())
+
+    def __or__(self, other: Options) -> Options:
+        merged = Options("", "")
+        merged.values, merged.flags = self.values | other.values, self.flags | other.flags
+        merged.shorts = {**other.shorts, **self.shorts}
+        return merged
+
+
+# Podman's global options (4.3 to 5.x, hidden ones too): before the command, and after it.
+GLOBAL = Options(
+    "cdi-spec-dir cgroup-manager config conmon connection cpu-profile db-backend default-mounts-file "
+    "events-backend hooks-dir identity imagestore log-level memory-profile module namespace network-cmd-path "
+    "network-config-dir out registries-conf root runroot runtime runtime-flag ssh storage-driver storage-opt "
+    "tmpdir url volumepath",
+    "help noout remote syslog trace transient-store version",
+)
+_GLOBAL_SHORTS = Options("", "", "c=connection h=help r=remote v=version")
+_HELP = Options("", "", "h=help")
+RUN = _HELP | Options(
+    # podman run and create (4.3 to 5.x), with the hidden options and aliases Podman accepts.
+    "add-host annotation arch attach authfile blkio-weight blkio-weight-device cap-add cap-drop cgroup-conf "
+    "cgroup-parent cgroupns cgroups chrootdirs cidfile conmon-pidfile cpu-period cpu-quota cpu-rt-period "
+    "cpu-rt-runtime cpu-shares cpus cpuset-cpus cpuset-mems decryption-key detach-keys device "
+    "device-cgroup-rule device-read-bps device-read-iops device-write-bps device-write-iops dns dns-option "
+    "dns-search entrypoint env env-file env-merge expose gidmap gpus group-add group-entry health-cmd "
+    "health-interval health-log-destination health-max-log-count health-max-log-size health-on-failure "
+    "health-retries health-start-period health-startup-cmd health-startup-interval health-startup-retries "
+    "health-startup-success health-startup-timeout health-timeout healthcheck-command healthcheck-interval "
+    "healthcheck-retries healthcheck-start-period healthcheck-timeout hosts-file hostuser image-volume "
+    "init-ctr init-path ip ip6 ipc kernel-memory label label-file log-driver log-opt mac-address memory "
+    "memory-reservation memory-swap memory-swappiness mount name net network network-alias oom-score-adj os "
+    "override-arch override-os override-variant passwd-entry personality pid pidfile pids-limit platform pod "
+    "pod-id-file preserve-fd preserve-fds publish pull rdt-class requires restart retry retry-delay sdnotify "
+    "seccomp-policy secret security-opt shm-size shm-size-systemd signature-policy stop-signal stop-timeout "
+    "subgidname subuidname sysctl systemd timeout tmpfs tz uidmap ulimit umask unsetenv user userns uts "
+    "variant volume volumes-from workdir",
+    "detach disable-content-trust env-host http-proxy init interactive no-healthcheck no-hostname no-hosts "
+    "oom-kill-disable passwd privileged publish-all purge quiet read-only read-only-tmpfs replace rm rmi "
+    "rootfs sig-proxy tls-verify tty unsetenv-all",
+    "P=publish-all a=attach c=cpu-shares d=detach e=env i=interactive l=label m=memory p=publish q=quiet "
+    "t=tty u=user v=volume w=workdir",
+)
+PULL = _HELP | Options(
+    "arch authfile cert-dir creds decryption-key os platform retry retry-delay signature-policy variant",
+    "all-tags disable-content-trust quiet tls-verify",
+    "a=all-tags q=quiet",
+)
+LOGIN = _HELP | Options(
+    "authfile cert-dir compat-auth-file password secret username",
+    "get-login password-stdin tls-verify verbose",
+    "p=password u=username v=verbose",
+)
+SEARCH = _HELP | Options(
+    "authfile cert-dir creds filter format limit", "compatible list-tags no-trunc tls-verify", "f=filter"
+)
+
+# Commands that fetch and load nothing: passed on as they are (with any subcommand).
+_PASSED = frozenset(
+    "attach commit cp diff events exec export generate healthcheck help history images info init inspect kill "
+    "logout logs mount network pause port ps rename restart rm rmi save secret start stats stop tag top unmount "
+    "umount unpause unshare untag update version volume wait".split()
+)
+# Groups whose subcommands are judged one by one: those passed on as they are.
+_PASSED_SUB = {
+    "container": frozenset(
+        "attach checkpoint cleanup clone commit cp diff exec exists export init inspect kill list logs ls mount "
+        "pause port prune ps rename restart rm start stats stop top unmount umount unpause update wait".split()
+    ),
+    "image": frozenset("diff exists history inspect list ls mount prune rm save tag tree unmount umount untag".split()),
+    "system": frozenset("check df events info migrate prune renumber reset".split()),
+    "kube": frozenset(["down", "generate"]),
+    "pod": frozenset("exists inspect kill logs pause prune ps ls list restart rm start stats stop top unpause".split()),
+    "artifact": frozenset("add extract inspect ls list rm remove".split()),
+}
+_LOADS = "it loads an image from a file or URL; a step uses images from the image store or an allowed registry"
+_BUILDS = "it builds an image, pulling its base images and running its steps where the shim cannot check them"
+# What the shim refuses whatever follows: (command, subcommand or "") -> the rule.
+_REFUSED = {
+    ("load", ""): _LOADS,
+    ("import", ""): _LOADS,
+    ("image", "load"): _LOADS,
+    ("image", "import"): _LOADS,
+    ("container", "restore"): _LOADS,
+    ("build", ""): _BUILDS,
+    ("buildx", ""): _BUILDS,
+    ("image", "build"): _BUILDS,
+    ("farm", ""): _BUILDS,
+    ("push", ""): "it sends an image to a registry; a step publishes none",
+    ("image", "push"): "it sends an image to a registry; a step publishes none",
+    ("artifact", "push"): "it sends an artifact to a registry; a step publishes none",
+    ("artifact", "pull"): "it fetches an artifact from a registry the shim does not check",
+    ("manifest", ""): "manifest lists are read from and written to registries the shim does not check",
+    ("kube", "play"): "kube play pulls the images its YAML names, which the shim does not check",
+    ("kube", "apply"): "kube apply deploys to a cluster",
+    ("play", ""): "play kube pulls the images its YAML names, which the shim does not check",
+    ("compose", ""): "compose runs another program that pulls what its file names",
+    ("auto-update", ""): "auto-update pulls newer images",
+    ("container", "runlabel"): "runlabel pulls the image and runs a command its label names",
+    ("image", "scp"): "it copies images from another host or user",
+    ("scp", ""): "it copies images from another host or user",
+    ("image", "sign"): "it signs images with keys of the step's",
+    ("image", "trust"): "image trust changes signature policy, the registry allowlist",
+    ("system", "service"): "it serves Podman's API, through which anything could pull",
+    ("system", "connection"): "it points Podman at another service",
+    ("machine", ""): "it downloads and runs virtual machines",
+}
 
 
 def registry_of(image: str) -> str:
@@ -38,14 +189,229 @@ def registry_of(image: str) -> str:
     return "docker.io"
 
 
+class Plan:
+    """An allowed call: ``exec`` Podman with ``argv``; ``pull`` (run Podman, and name ``images``
+    if it fails); or ``run`` (exec, if ``image`` is there already, since its registry is not
+    allowed; ``globals`` are the call's global options, for that check). ``options_at``: where
+    the command's own options start in ``argv`` (the run's policy goes there), or 0."""
+
+    def __init__(
+        self,
+        kind: str,
+        argv: list[str],
+        options_at: int = 0,
+        images: tuple[str, ...] = (),
+        image: str = "",
+        globals_: list[str] | None = None,
+    ) -> None:
+        self.kind, self.argv, self.options_at = kind, argv, options_at
+        self.images, self.image, self.globals = images, image, globals_ or []
+
+    def __repr__(self) -> str:
+        return f"Plan({self.kind!r}, {self.argv!r}, options_at={self.options_at}, image={self.image!r})"
+
+
+def parse(
+    args: list[str], spec: Options, interspersed: bool = True
+) -> tuple[list[tuple[str, str | None]], list[str], int]:
+    """``args`` as pflag reads them: the options as (long name, value or None), the positional
+    arguments, and the index of the first positional (or of ``--``; len(args) if none). Without
+    ``interspersed`` the first positional ends the options (``run IMAGE COMMAND...``)."""
+    options: list[tuple[str, str | None]] = []
+    positionals: list[str] = []
+    first = len(args)
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if word == "--":
+            first = min(first, i)
+            positionals += args[i + 1 :]
+            break
+        if word.startswith("--"):
+            name, eq, inline = word[2:].partition("=")
+            if name in spec.values:
+                if not eq:
+                    i += 1
+                    if i == len(args):
+                        raise Refused(f"option --{name} needs a value")
+                    inline = args[i]
+                options.append((name, inline))
+            elif name in spec.flags:
+                options.append((name, inline if eq else None))
+            else:
+                raise Refused(f"unknown option --{name} (the shim reads every option, to know what is fetched)")
+        elif word.startswith("-") and word != "-":
+            for j in range(1, len(word)):
+                letter, rest = word[j], word[j + 1 :]
+                name = spec.shorts.get(letter, "")
+                if not name:
+                    raise Refused(f"unknown option -{letter} (the shim reads every option, to know what is fetched)")
+                if name in spec.values:
+                    if rest:
+                        value = rest[1:] if rest.startswith("=") else rest
+                    else:
+                        i += 1
+                        if i == len(args):
+                            raise Refused(f"option -{letter} needs a value")
+                        value = args[i]
+                    options.append((name, value))
+                    break
+                if rest.startswith("="):
+                    options.append((name, rest[1:]))
+                    break
+                options.append((name, None))
+        else:
+            first = min(first, i)
+            if not interspersed:
+                positionals += args[i:]
+                break
+            positionals.append(word)
+        i += 1
+    return options, positionals, first
+
+
+def _check_options(options: list[tuple[str, str | None]]) -> None:
+    for name, value in options:
+        if name == "signature-policy":
+            raise Refused(
+                "--signature-policy replaces the run's signature policy, which holds pulls to the allowed registries"
+            )
+        if name == "tls-verify" and value not in (None, "1", "t", "T", "true", "TRUE", "True"):
+            raise Refused(f"--tls-verify={value} turns off the registry's TLS verification")
+        if name == "cert-dir":
+            raise Refused("--cert-dir trusts certificates of the step's choosing")
+        if name in ("remote", "url", "connection", "identity", "ssh"):
+            raise Refused(f"--{name} hands the call to another Podman service, outside this run's configuration")
+        if name in ("registries-conf", "module"):
+            raise Refused(f"--{name} replaces the run's registry configuration")
+
+
+def _not_allowed(image: str, registry: str, allowed: list[str]) -> str:
+    return (
+        f"container image {image} is not in this service's image store, and its registry {registry} "
+        f"is not one it may pull from (allowed: {', '.join(allowed) or 'none'})"
+    )
+
+
+def _remote(image: str) -> str:
+    """A registry reference without docker://; one naming another transport is refused."""
+    image = image.removeprefix("docker://")
+    transport, colon, _ = image.partition(":")
+    if colon and transport in _TRANSPORTS:
+        raise Refused(f"{image} names the {transport} transport: {_LOADS}")
+    return image
+
+
+def classify(args: list[str], allowed: list[str]) -> Plan:
+    """What a ``docker`` call (Podman's arguments) may do: a Plan, or Refused naming the rule."""
+    try:
+        options, rest, start = parse(args, GLOBAL | _GLOBAL_SHORTS, interspersed=False)
+        _check_options(options)
+    except Refused as refusal:
+        raise Refused(f"docker: {refusal}") from None
+    globals_ = args[:start]
+    if not rest:
+        return Plan("exec", args)  # no command: Podman's help or version
+    if args[start] == "--":
+        raise Refused("docker: -- before the command")
+    command, after = rest[0], start + 1
+    sub = ""
+    if command in (*_PASSED_SUB, "manifest", "buildx", "play", "farm", "machine", "compose"):
+        _, words, first = parse(args[after:], GLOBAL | _HELP, interspersed=False)
+        if words:
+            sub, after = words[0], after + first + 1
+    what = " ".join(["docker", command, sub]).strip()
+    try:
+        return _classify(args, globals_, command, sub, after, allowed)
+    except Refused as refusal:
+        raise Refused(f"{what}: {refusal}") from None
+
+
+def _classify(args: list[str], globals_: list[str], command: str, sub: str, after: int, allowed: list[str]) -> Plan:
+    rule = _REFUSED.get((command, sub)) or _REFUSED.get((command, ""))
+    if rule:
+        raise Refused(rule)
+    own = args[after:]
+    if (command, sub) in (("pull", ""), ("image", "pull")):
+        options, images, _ = parse(own, PULL | GLOBAL)
+        _check_options(options)
+        for image in images:
+            remote = _remote(image)
+            if registry_of(remote) not in allowed:
+                raise Refused(_not_allowed(image, registry_of(remote), allowed))
+        return Plan("pull", args, options_at=after, images=tuple(images))
+    if (command, sub) in (("run", ""), ("create", ""), ("container", "run"), ("container", "create")):
+        return _run(args, globals_, after, allowed)
+    if (command, sub) in (("login", ""), ("search", ""), ("image", "search")):
+        options, words, _ = parse(own, (LOGIN if command == "login" else SEARCH) | GLOBAL)
+        _check_options(options)
+        if command == "login":
+            registry = (words[0] if words else "docker.io").split("://")[-1].split("/")[0]
+        else:
+            registry = registry_of(words[0]) if words else "docker.io"
+        if registry not in allowed:
+            raise Refused(f"{registry} is not one it may pull from (allowed: {', '.join(allowed) or 'none'})")
+        return Plan("exec", args)
+    if command == "pod" and sub in ("create", "clone"):
+        for i, word in enumerate(own):
+            image = word.removeprefix("--infra-image=") if word.startswith("--infra-image=") else ""
+            if word == "--infra-image" and i + 1 < len(own):
+                image = own[i + 1]
+            if image and registry_of(_remote(image)) not in allowed:
+                raise Refused(f"--infra-image {image}: its registry {registry_of(image)} is not one it may pull from")
+        return Plan("exec", args)
+    if command in _PASSED or (command in _PASSED_SUB and (not sub or sub in _PASSED_SUB[command])):
+        return Plan("exec", args)
+    raise Refused("not a command this service's docker passes on to Podman")
+
+
+def _run(args: list[str], globals_: list[str], after: int, allowed: list[str]) -> Plan:
+    options, words, first = parse(args[after:], RUN | GLOBAL, interspersed=False)
+    _check_options(options)
+    if not words or any(
+        name == "rootfs" and value in (None, "1", "t", "true", "True", "TRUE") for name, value in options
+    ):
+        return Plan("exec", args)  # no image (Podman says so), or a root filesystem instead of one
+    image = _remote(words[0])
+    registry = registry_of(image)
+    if registry in allowed:
+        return Plan("exec", args, options_at=after)
+    policy = "missing"
+    for name, value in options:
+        if name == "pull":
+            policy = {"ifnotpresent": "missing", "": "missing", "ifnewer": "newer"}.get(
+                str(value).lower(), str(value).lower()
+            )
+    if policy != "never" and policy != "missing":
+        raise Refused(
+            f"--pull={policy} would fetch {image} from {registry}, which is not a registry it may pull from "
+            f"(allowed: {', '.join(allowed) or 'none'})"
+        )
+    # Only what is there already: Podman is told not to pull (after the call's own --pull).
+    at = after + first
+    return Plan("run", [*args[:at], "--pull=never", *args[at:]], options_at=after, image=image, globals_=globals_)
+
+
 def _podman() -> str:
     return str(CONFIG["podman"])
 
 
+def _allowed() -> list[str]:
+    return [str(name) for name in list(CONFIG.get("allowed_registries") or [])]  # type: ignore[call-overload]
+
+
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = {key: value for key, value in os.environ.items() if key not in _FOREIGN_ENV}
     env.update({str(key): str(value) for key, value in dict(CONFIG.get("env") or {}).items()})  # type: ignore[call-overload]
     return env
+
+
+def _policy() -> list[str]:
+    """The run's policy.json, for the calls that may pull: Podman 4.3 looks for a user's policy
+    in $HOME/.config/containers, not in the run's configuration directory (XDG_CONFIG_HOME)."""
+    config = dict(CONFIG.get("env") or {}).get("XDG_CONFIG_HOME")  # type: ignore[call-overload]
+    path = os.path.join(str(config), "containers", "policy.json") if config else ""
+    return [f"--signature-policy={path}"] if path and os.path.isfile(path) else []
 
 
 def _problem(message: str) -> None:
@@ -57,30 +423,52 @@ def _problem(message: str) -> None:
         pass
 
 
-def _exists(image: str) -> bool:
-    return subprocess.run([_podman(), "image", "exists", image], env=_env()).returncode == 0
+def _exists(image: str, globals_: list[str] | None = None) -> bool:
+    found = subprocess.run([_podman(), *(globals_ or []), "image", "exists", image], env=_env(), capture_output=True)
+    return found.returncode == 0
 
 
 def pull(image: str) -> int:
     """Pull an image the run's storage and the image store do not hold, if its registry is allowed."""
-    allowed = [str(name) for name in list(CONFIG.get("allowed_registries") or [])]  # type: ignore[call-overload]
+    allowed = _allowed()
+    try:
+        image = _remote(image)
+    except Refused as refusal:
+        _problem(f"refused singularity pull: {refusal}")
+        return REFUSED
     registry = registry_of(image)
     if registry not in allowed:
-        _problem(
-            f"container image {image} is not in this service's image store, and its registry {registry} "
-            f"is not one it may pull from (allowed: {', '.join(allowed) or 'none'})"
-        )
-        return 125
-    code = subprocess.run([_podman(), "pull", "--quiet", image], env=_env(), stdout=sys.stderr).returncode
+        _problem(_not_allowed(image, registry, allowed))
+        return REFUSED
+    code = subprocess.run([_podman(), "pull", *_policy(), "--quiet", image], env=_env(), stdout=sys.stderr).returncode
     if code != 0:
         _problem(f"container image {image} could not be pulled from {registry} (podman exit status {code})")
     return code
 
 
 def docker(args: list[str]) -> int:
-    if args[:1] == ["pull"] and len(args) >= 2:
-        return pull(args[-1])
-    os.execve(_podman(), [_podman(), *args], _env())
+    allowed = _allowed()
+    try:
+        plan = classify(args, allowed)
+    except Refused as refusal:
+        _problem(f"refused {refusal}")
+        return REFUSED
+    argv = plan.argv
+    if plan.options_at:
+        argv = [*argv[: plan.options_at], *_policy(), *argv[plan.options_at :]]
+    if plan.kind == "pull":
+        code = subprocess.run([_podman(), *argv], env=_env()).returncode
+        if code != 0:
+            registries = ", ".join(dict.fromkeys(registry_of(_remote(image)) for image in plan.images))
+            _problem(
+                f"container image {' '.join(plan.images)} could not be pulled from {registries} "
+                f"(podman exit status {code})"
+            )
+        return code
+    if plan.kind == "run" and not _exists(plan.image, plan.globals):
+        _problem(f"refused docker run: {_not_allowed(plan.image, registry_of(plan.image), allowed)}")
+        return REFUSED
+    os.execve(_podman(), [_podman(), *argv], _env())
     return 127  # not reached
 
 
@@ -145,11 +533,21 @@ def _exec(args: list[str]) -> int:
     if i >= len(args) - 1:
         print("singularity (wes-gateway): exec needs an image and a command", file=sys.stderr)
         return 2
-    image = _image_of_sif(args[i])
+    allowed = _allowed()
+    try:
+        image = _remote(_image_of_sif(args[i]))
+    except Refused as refusal:
+        _problem(f"refused singularity exec: {refusal}")
+        return REFUSED
     command = args[i + 1 :]
     # A task's command replaces the image's entrypoint, as singularity exec does; no network,
     # as no WDL task is promised one.
-    argv = [_podman(), "run", "--rm", "--network=none", "--entrypoint", command[0], *env, *mounts]
+    argv = [_podman(), "run", *_policy(), "--rm", "--network=none", "--entrypoint", command[0], *env, *mounts]
+    if registry_of(image) not in allowed:
+        if not _exists(image):
+            _problem(f"refused singularity exec: {_not_allowed(image, registry_of(image), allowed)}")
+            return REFUSED
+        argv.append("--pull=never")
     if workdir:
         argv += ["--workdir", workdir]
     argv += [image, *command[1:]]

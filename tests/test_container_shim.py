@@ -1,0 +1,146 @@
+"""The run's `docker` shim reads each call as Podman would (wes_gateway.container_shim.classify):
+what it passes on, and what it refuses and why. Pure functions, no Podman; the same calls made
+by a real step against real Podman are in tests/test_containers.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from wes_gateway import container_shim
+from wes_gateway.container_shim import Refused, classify
+
+ALLOWED = ["127.0.0.1:1"]
+
+
+def refusal(call: str) -> str:
+    with pytest.raises(Refused) as refused:
+        classify(call.split(), ALLOWED)
+    return str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("call", "rule"),
+    [
+        ("image pull --signature-policy /dev/null quay.io/x/y:1", "docker image pull: --signature-policy replaces"),
+        ("pull --signature-policy=/dev/null 127.0.0.1:1/x/y:1", "--signature-policy"),
+        ("pull --tls-verify=false 127.0.0.1:1/x/y:1", "--tls-verify=false turns off"),
+        ("pull --tls-verify=0 127.0.0.1:1/x/y:1", "--tls-verify=0"),
+        ("pull --cert-dir /tmp 127.0.0.1:1/x/y:1", "--cert-dir"),
+        ("pull quay.io/x/y:1 --quiet", "container image quay.io/x/y:1 is not in this service's image store"),
+        (
+            "pull 127.0.0.1:1/x/y:1 quay.io/x/y:1",
+            "its registry quay.io is not one it may pull from (allowed: 127.0.0.1:1)",
+        ),
+        ("--log-level=error image pull quay.io/x/y:1", "docker image pull: container image quay.io/x/y:1"),
+        ("--root /tmp/s --log-level debug image --log-level=info pull docker.io/x", "registry docker.io"),
+        ("pull docker://quay.io/x/y:1", "registry quay.io"),
+        ("pull docker-archive:x.tar", "names the docker-archive transport: it loads an image"),
+        ("pull oci:dir", "oci transport"),
+        ("load -i x.tar", "docker load: it loads an image"),
+        ("image load --input=x.tar", "docker image load: it loads an image"),
+        ("import x.tar mine:1", "docker import: it loads an image"),
+        ("image import http://127.0.0.1:1/x.tar", "docker image import: it loads an image"),
+        ("build -t mine:1 .", "docker build: it builds an image"),
+        ("buildx build .", "docker buildx build: it builds an image"),
+        ("image build -f Containerfile .", "docker image build: it builds an image"),
+        ("run --rm --pull=always docker.io/debian:stable-slim true", "--pull=always would fetch"),
+        ("run --pull newer debian:stable-slim true", "--pull=newer would fetch debian:stable-slim from docker.io"),
+        ("create --pull=IfNewer debian", "--pull=newer"),
+        ("run --signature-policy p.json debian true", "docker run: --signature-policy"),
+        ("container run --tls-verify=false quay.io/x", "docker container run: --tls-verify=false"),
+        ("run docker-archive:x.tar true", "docker-archive transport"),
+        ("run --frobnicate debian true", "unknown option --frobnicate"),
+        ("run -Z debian true", "unknown option -Z"),
+        ("--url tcp://127.0.0.1:1 pull quay.io/x", "docker: --url hands the call to another Podman"),
+        ("-c other ps", "docker: --connection"),
+        ("-r images", "docker: --remote"),
+        ("--registries-conf r.conf pull 127.0.0.1:1/x", "docker: --registries-conf replaces"),
+        ("pull --registries-conf r.conf 127.0.0.1:1/x", "docker pull: --registries-conf replaces"),
+        ("manifest inspect quay.io/x", "docker manifest inspect: manifest lists"),
+        ("manifest", "manifest lists"),
+        ("push debian 127.0.0.1:1/x", "docker push: it sends an image to a registry"),
+        ("image push debian", "publishes none"),
+        ("kube play pod.yaml", "kube play pulls"),
+        ("play kube pod.yaml", "play kube pulls"),
+        ("auto-update", "pulls newer images"),
+        ("container runlabel install quay.io/x", "runlabel pulls"),
+        ("container restore --import c.tar", "loads"),
+        ("image trust set -t accept default", "image trust changes signature policy"),
+        ("image scp x other::", "copies images"),
+        ("system service tcp://0.0.0.0:1", "serves Podman's API"),
+        ("machine init", "virtual machines"),
+        ("compose up", "compose runs another program"),
+        ("artifact pull quay.io/x", "fetches an artifact"),
+        ("login -u a -p b quay.io", "docker login: quay.io is not one it may pull from"),
+        ("search quay.io/x", "docker search: quay.io is not one"),
+        ("search x", "docker.io is not one"),
+        ("pod create --infra-image quay.io/pause", "--infra-image quay.io/pause"),
+        ("frobnicate", "docker frobnicate: not a command"),
+        ("container frobnicate", "docker container frobnicate: not a command"),
+        ("-- pull x", "-- before the command"),
+        ("pull --arch", "option --arch needs a value"),
+    ],
+)
+def test_refused_calls_name_the_rule(call: str, rule: str) -> None:
+    assert rule in refusal(call)
+
+
+def test_what_is_passed_on() -> None:
+    def plan(call: str) -> container_shim.Plan:
+        return classify(call.split(), ALLOWED)
+
+    # cwltool's own calls (cwltool/docker.py), as Toil's CWL runner makes them through the shim.
+    for call in ("images --no-trunc --all", "inspect docker.io/debian:stable-slim", "ps -a", "--version", ""):
+        assert (plan(call).kind, plan(call).argv) == ("exec", call.split())
+    cwltool_run = (
+        "run -i --mount=type=bind,source=/w/o,target=/var/spool/cwl --workdir=/var/spool/cwl --read-only=true "
+        "--net=none --log-driver=none --user=0:0 --rm --cidfile=/t/c.cid --env=TMPDIR=/tmp --env=HOME=/var/spool/cwl "
+        "--entrypoint /bin/sh docker.io/debian:stable-slim -c true"
+    ).split()
+    run = classify(cwltool_run, ALLOWED)
+    at = cwltool_run.index("docker.io/debian:stable-slim")
+    # A registry not allowed: only an image already there, and Podman told not to pull it.
+    assert (run.kind, run.image, run.options_at) == ("run", "docker.io/debian:stable-slim", 1)
+    assert run.argv == [*cwltool_run[:at], "--pull=never", *cwltool_run[at:]]
+    # The command's own arguments are not options of the shim's concern.
+    run = plan("run -it -eA=1 -v/a:/b -w/b --pull missing quay.io/x/y:1 sh -c --signature-policy")
+    assert run.kind == "run" and run.argv[-5:] == ["--pull=never", "quay.io/x/y:1", "sh", "-c", "--signature-policy"]
+    assert plan("run --rm -- debian:stable-slim true").argv == [
+        "run",
+        "--rm",
+        "--pull=never",
+        "--",
+        "debian:stable-slim",
+        "true",
+    ]
+    assert plan("--log-level error create debian").globals == ["--log-level", "error"]
+    assert plan("run --rootfs /tmp/root /bin/sh").kind == "exec"  # a directory, not an image
+    # An allowed registry: pulled, or run (Podman pulls what is missing), with the run's policy.
+    pulled = plan("--log-level=error image pull -q docker://127.0.0.1:1/x/y:1 127.0.0.1:1/z")
+    assert (pulled.kind, pulled.options_at, pulled.images) == (
+        "pull",
+        3,
+        ("docker://127.0.0.1:1/x/y:1", "127.0.0.1:1/z"),
+    )
+    assert (plan("run --pull=always 127.0.0.1:1/x true").kind, plan("run 127.0.0.1:1/x").options_at) == ("exec", 1)
+    assert plan("login 127.0.0.1:1").kind == "exec" and plan("pull --tls-verify=true 127.0.0.1:1/x").kind == "pull"
+    for call in (
+        "image ls",
+        "container ls -a",
+        "system df",
+        "kube generate c",
+        "network ls",
+        "logout quay.io",
+        "save -o x.tar debian",
+    ):
+        assert plan(call).kind == "exec", call
+
+
+def test_foreign_podman_settings_are_not_passed_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(container_shim, "CONFIG", {"env": {"CONTAINERS_CONF": "/run/c.conf"}})
+    monkeypatch.setenv("CONTAINER_HOST", "tcp://127.0.0.1:1")
+    monkeypatch.setenv("CONTAINERS_CONF_OVERRIDE", "/tmp/remote.conf")
+    monkeypatch.setenv("CONTAINERS_CONF", "/tmp/mine.conf")
+    env = container_shim._env()
+    assert "CONTAINER_HOST" not in env and "CONTAINERS_CONF_OVERRIDE" not in env
+    assert env["CONTAINERS_CONF"] == "/run/c.conf"
