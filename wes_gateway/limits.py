@@ -14,6 +14,7 @@ are held by the cluster's own limits, not these.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import resource
@@ -32,6 +33,48 @@ log = logging.getLogger(__name__)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Below the service's own group, so that what the host gave the service bounds its runs too.
 PARENT_NAME = "wes-gateway-runs"
+
+
+# At a run's memory limit the kernel kills the group's process with the largest resident size
+# (weighted by its OOM score adjustment). The leader's is mostly pages shared with the
+# forkserver (charged to the service, not the run): it was the pick, and its kill ended the run
+# unreported. So the processes that run the jobs (Toil's workers and all they start) raise
+# their score to the most, which needs no privilege and holds wherever the leader could not
+# lower its own; and the leader, in a run's group, lowers its own while still root. That
+# second part is for a job process that sets its own score back down, as Podman does for its
+# containers (to 0, by default): a container holding memory with little resident would
+# otherwise be weighed below the leader. Lowered only in a group, which bounds what the leader
+# holds: elsewhere it would outlast the service's own processes under the host's OOM killer.
+# Not -1000: a leader that alone outgrows the limit stays killable, the last pick, rather
+# than hang its group. Its descendants inherit the floor it sets: a job may set its own score
+# as low again, and at worst then competes with its own leader, within its own run.
+TASK_OOM_SCORE_ADJ = 1000
+LEADER_OOM_SCORE_ADJ = -900
+_PR_SET_DUMPABLE = 4
+
+
+def expose_to_oom() -> None:
+    """In a process that runs a job: become the OOM killer's pick before the run's leader."""
+    # A process forked (not exec'd) from one that dropped root is not dumpable, so its /proc
+    # files are root's and it could not write its own score: make it dumpable again, as a job
+    # that Toil starts by exec is.
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)
+    _set_oom_score_adj(TASK_OOM_SCORE_ADJ)
+
+
+def shield_leader() -> None:
+    """In a leader that has joined its run's group, before it drops root: be the OOM killer's
+    last pick there. Without CAP_SYS_RESOURCE (not root, or root in a container that lacks
+    it) it keeps the service's score: jobs still go first, unless one sets its own back."""
+    _set_oom_score_adj(LEADER_OOM_SCORE_ADJ)
+
+
+def _set_oom_score_adj(value: int) -> None:
+    try:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write(str(value))
+    except OSError:  # no /proc, or (lowering) no CAP_SYS_RESOURCE
+        pass
 
 
 class LimitsUnavailable(RuntimeError):

@@ -582,16 +582,18 @@ class Supervisor:
         identity = self._identity(run_id, paths)
         if group is None and identity is not None and self.settings.run_uid_range is not None:
             limits.kill_uid(identity.uid)  # everything of a run's own uid is the run's
+        oom_kills = 0
         if group is not None:
             group.kill_all()
             memory, processes = group.peaks()
             log.info("run %s: at most %d MB of memory and %d processes at once", run_id, memory >> 20, processes)
-            if group.oom_kills():
+            oom_kills = group.oom_kills()
+            if oom_kills:
                 limit = self.settings.effective_run_memory_limit
                 store.append_system_log(
                     run_id,
                     f"the run reached its memory limit (run_memory_limit = {limit} bytes): the kernel "
-                    f"killed {group.oom_kills()} of its processes",
+                    f"killed {oom_kills} of its processes",
                 )
             group.remove()
         batch.cancel_leftovers(self.settings, run_id, os.environ)
@@ -634,9 +636,15 @@ class Supervisor:
             end(store.EXECUTOR_ERROR, exit_code=code)
         else:
             detail = f"exit status {exitcode}" if exitcode is not None else "unknown exit status"
+            message = f"leader died without a result ({detail})"
             if exitcode is not None and exitcode < 0:
-                detail = f"killed by signal {-exitcode}"
-            store.append_system_log(run_id, f"leader died without a result ({detail})")
+                name = next((each.name for each in signal.Signals if each == -exitcode), "?")
+                message = f"the leader was killed by signal {-exitcode} ({name}) before it had a result"
+            store.append_system_log(run_id, message)
+            if oom_kills and exitcode in (None, -signal.SIGKILL):
+                # The kernel killed it at the run's own memory limit (tasks go first: limits.py).
+                end(store.EXECUTOR_ERROR, exit_code=exitcode)
+                return
             store.transition(run_id, store.SYSTEM_ERROR, exit_code=exitcode)
 
 

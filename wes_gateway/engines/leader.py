@@ -184,9 +184,11 @@ def run_leader(spec: LeaderSpec, channel: Connection | None = None) -> None:
         _write_result(paths, os.WEXITSTATUS(status))
         os._exit(os.WEXITSTATUS(status))
     # Killed: no result, and the supervisor sees the same signal as its exit status.
-    signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
-    os.kill(os.getpid(), os.WTERMSIG(status))
-    os._exit(128 + os.WTERMSIG(status))
+    killed_by = os.WTERMSIG(status)
+    if killed_by != signal.SIGKILL:  # the OOM killer's or a kill -9: no handler to reset
+        signal.signal(killed_by, signal.SIG_DFL)
+    os.kill(os.getpid(), killed_by)
+    os._exit(128 + killed_by)  # a signal whose default is to be ignored
 
 
 def _lead(spec: LeaderSpec, paths: RunPaths, box: Sandbox | None) -> int:
@@ -197,6 +199,8 @@ def _lead(spec: LeaderSpec, paths: RunPaths, box: Sandbox | None) -> int:
     except OSError:
         traceback.print_exc()  # never run unlimited where limits were planned
         return 1
+    if spec.cgroup_procs:
+        limits.shield_leader()  # and Toil's jobs expose themselves (_run_engine)
     exit_code = exit_code_of(functools.partial(_run_engine, spec, paths, box))
     sys.stdout.flush()
     sys.stderr.flush()
@@ -216,9 +220,10 @@ def _run_engine(spec: LeaderSpec, paths: RunPaths, box: Sandbox | None) -> int:
     if engine is None:
         raise RuntimeError(f"no engine for workflow type {spec.workflow_type}")
     sys.argv = [engine.program, *spec.argv]
-    if spec.warm_workers:
-        # Before anything below starts a thread: the zygote is a fork of this process.
-        toil_workers.start(paths.tmp / ".toil-workers.sock")
+    # Before anything below starts a thread: the zygote is a fork of this process. Either way
+    # Toil's jobs, not this leader, are the OOM killer's picks at the run's memory limit.
+    if not (spec.warm_workers and toil_workers.start(paths.tmp / ".toil-workers.sock")):
+        toil_workers.expose_jobs()
     if spec.prompt_shutdown:
         toil_waits.install()
     toil_realtime.disable()

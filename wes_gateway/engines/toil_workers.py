@@ -16,7 +16,8 @@ temp directory), and reports its wait status back to the shim, which exits the s
 
 What Toil sees is unchanged: a child process per job, in a group of its own, that exits
 with the worker's status. Its kills reach the worker: a signal the shim can catch is passed
-on to the keeper's group, and when the shim dies (SIGKILL) the keeper kills its group. The
+on to the keeper's group, and when the shim dies (SIGKILL) the keeper kills its group, as it
+does once the worker has exited (Toil kills a stock worker's group then). The
 socket is in the run's own tmp directory, which only this run's sandbox shows; if it cannot
 be reached the shim starts the stock ``_toil_worker`` itself. Nothing of the job's own work
 changes: the same Toil code runs the same job from the same job store.
@@ -43,6 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import limits
 from .base import exit_code_of
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,9 @@ WORKER_COMMAND = "_toil_worker "
 # toil.worker's wall-time warning).
 FORWARDED = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 ACK = b"+"
+# Run first by the shell Toil starts each job in: the job, and all it starts, are the OOM
+# killer's picks before the leader (limits.TASK_OOM_SCORE_ADJ). The shell's own builtin.
+OOM_PREFIX = f"echo {limits.TASK_OOM_SCORE_ADJ} 2>/dev/null >/proc/self/oom_score_adj; "
 
 # The shim: stdlib only, since it starts with -I -S (no site-packages, no environment).
 # argv: socket path, then Toil's own worker command.
@@ -89,7 +94,8 @@ while len(status) < 4:
     status += chunk
 status = struct.unpack("!i", status)[0]
 if os.WIFSIGNALED(status):
-    signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+    if os.WTERMSIG(status) != signal.SIGKILL:  # which has no handler to reset
+        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
     os.kill(os.getpid(), os.WTERMSIG(status))
 os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
 """
@@ -148,14 +154,24 @@ def start(socket_path: Path) -> bool:
     return True
 
 
-def _route_workers(batch_system: Any, socket_path: str) -> None:
+def expose_jobs() -> None:
+    """In the leader, where its workers are not warm: Toil's stock workers still run with the
+    OOM score of jobs (OOM_PREFIX)."""
+    import toil.batchSystems.singleMachine
+
+    _route_workers(toil.batchSystems.singleMachine.SingleMachineBatchSystem, None)
+
+
+def _route_workers(batch_system: Any, socket_path: str | None) -> None:
     stock_start = batch_system._startChild
-    prefix = f"{shlex.quote(sys.executable)} -I -S -c {shlex.quote(SHIM)} {shlex.quote(socket_path)} "
+    shim = ""
+    if socket_path is not None:
+        shim = f"{shlex.quote(sys.executable)} -I -S -c {shlex.quote(SHIM)} {shlex.quote(socket_path)} "
 
     def _startChild(self: Any, jobCommand: str, *args: Any, **kwargs: Any) -> Any:  # noqa: N802, N803  (Toil's names)
-        if jobCommand.startswith(WORKER_COMMAND):
-            jobCommand = prefix + jobCommand
-        return stock_start(self, jobCommand, *args, **kwargs)
+        if shim and jobCommand.startswith(WORKER_COMMAND):
+            jobCommand = shim + jobCommand
+        return stock_start(self, OOM_PREFIX + jobCommand, *args, **kwargs)
 
     batch_system._startChild = _startChild
 
@@ -242,6 +258,10 @@ def _keep(connection: socket.socket, listener: socket.socket, leader_alive: int)
                 connection.sendall(struct.pack("!i", status))
             except OSError:
                 pass
+            # What the job left behind goes with it (and this keeper), as Toil kills a stock
+            # worker's group once it has exited: a tool whose worker the OOM killer took must
+            # not hold the run's memory on.
+            os.killpg(0, signal.SIGKILL)
             return
         try:
             received = connection.recv(64)
@@ -257,6 +277,7 @@ def _keep(connection: socket.socket, listener: socket.socket, leader_alive: int)
 
 def _work(command: list[str], environment: dict[str, str], cwd: str, fds: list[int]) -> int:
     """The worker proper: made to look like a process that has just started, then Toil's."""
+    limits.expose_to_oom()  # forked from the zygote, which keeps the leader's score
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
