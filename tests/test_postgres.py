@@ -87,3 +87,37 @@ def test_a_committed_run_notifies_listening_supervisors(postgres: Postgres) -> N
     finally:
         listener.close()
         store.database.obj.close()
+
+
+def test_the_first_page_walks_the_key_index_backward_on_postgres(
+    postgres: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # #38: the first page of GET /runs, everyone's and a user's, either way round, is an index
+    # scan in the key's order stopped at the limit; never a sequential scan, never a sort of
+    # every match. Statistics as autovacuum keeps them (without any, PostgreSQL guesses a
+    # user's runs from the (owner, state) index and sorts them all, whatever the query).
+    import psycopg2
+    from test_store import FIRST_PAGES, _bulk_runs, _statements
+
+    admin = psycopg2.connect(postgres.url)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute("CREATE DATABASE wes_pages")
+    admin.close()
+    db = store.open_database(postgres.url.rsplit("/", 1)[0] + "/wes_pages")
+    try:
+        store.upgrade(db)
+        _bulk_runs(10000, lambda n: "alice" if n % 3 == 0 else f"user{n % 7}")
+        db.execute_sql("ANALYZE run")
+        sent = _statements(db, monkeypatch)
+        for name, (where, ascending) in FIRST_PAGES.items():
+            sent.clear()
+            rows, token = store.list_runs(100, None, where, ascending=ascending)
+            assert len(rows) == 100 and token, name
+            (sql, params) = next((s, p) for s, p in sent if s.startswith("SELECT"))
+            plan = [row[0] for row in db.execute_sql(f"EXPLAIN {sql}", params)]
+            assert not any("Seq Scan" in step or "Sort" in step for step in plan), (name, plan)
+            scan = "Index Scan using" if ascending else "Index Scan Backward using"
+            assert any(scan in step for step in plan), (name, plan)
+    finally:
+        db.close()
