@@ -27,6 +27,7 @@ from pathlib import Path
 
 from . import procs
 from .config import Settings
+from .paths import hidden_name
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,9 @@ def group_of(settings: Settings, run_id: str) -> RunGroup | None:
     if parents is None:
         return None
     version, memory, pids = parents
-    name = f"run-{run_id}"
+    name = f"run-{hidden_name(settings, run_id)}"
+    if (memory / f"run-{run_id}").is_dir():
+        name = f"run-{run_id}"  # made by a version that named groups by the run's id
     return RunGroup(version, memory / name, pids / name)
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,36 @@ def staging_dir(settings: Settings) -> Path:
     if staging.stat().st_mode & 0o077:
         os.chmod(staging, 0o700)
     return staging
+
+
+def hidden_name(settings: Settings, run_id: str) -> str:
+    """A name for the run's host-wide objects (its cgroup) that does not give its id away:
+    every run sees /sys (its container engine needs it), where those names are listed, and a
+    run id is what a run needs to aim at another. Keyed by a secret of the data directory's,
+    so that it is the same on every start and host."""
+    return hmac.new(_name_key(settings.data_dir.resolve()), run_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+_KEYS: dict[Path, bytes] = {}
+
+
+def _name_key(data_dir: Path) -> bytes:
+    if data_dir not in _KEYS:
+        key = data_dir / "names.key"
+        if not key.exists():
+            data_dir.mkdir(parents=True, exist_ok=True)
+            # Written whole, then linked into place: two processes racing keep one key.
+            draft = data_dir / f".names.key.{os.getpid()}.{secrets.token_hex(4)}"
+            draft.write_bytes(secrets.token_bytes(32))
+            os.chmod(draft, 0o600)
+            try:
+                os.link(draft, key)
+            except FileExistsError:
+                pass
+            finally:
+                draft.unlink()
+        _KEYS[data_dir] = key.read_bytes()
+    return _KEYS[data_dir]
 
 
 def supervisor_beat(settings: Settings) -> Path:

@@ -42,6 +42,7 @@ import errno
 import fcntl
 import logging
 import os
+import secrets
 import shutil
 import stat
 import subprocess
@@ -525,12 +526,19 @@ def _make(image: Path, content: Path, size: int) -> None:
 
 def _mount(image: Path, where: Path, read_only: bool = False) -> None:
     options = "loop,ro,nosuid,nodev,noexec" if read_only else "loop,discard,nosuid,nodev"
-    subprocess.run(
-        ["mount", "-o", options, str(image), str(where)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    # Through a link of a random name, gone once mounted: every run can read a loop device's
+    # backing file name in /sys, and the image's own name is a run id.
+    alias = image.parent / f".{secrets.token_hex(16)}.img"
+    os.link(image, alias)
+    try:
+        subprocess.run(
+            ["mount", "-o", options, str(alias), str(where)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    finally:
+        alias.unlink()
 
 
 def _unmount(where: Path) -> None:
