@@ -130,16 +130,22 @@ def test_finished_runs_hold_no_mount_and_stay_served(served: Server) -> None:
     assert [archive.read(name).decode() for name in archive.namelist()] == [messages[one]]
     assert served.get(f"/runs/{one}/ro-crate").status_code in (200, 404)
     after = sandbox_start()
-    for _ in range(3):  # a busy moment of the machine's other work is measured again
+    for _ in range(5):  # a busy moment of the machine's other work is measured again
         if after <= 1.2 * before:
             break
+        time.sleep(2)
         after = min(after, sandbox_start())
+    mounted_after = mount_count()
     print(
         f"sandbox start: {before * 1000:.1f} ms before, {after * 1000:.1f} ms after ({after / before:.2f}x); "
-        f"mounts in the service's namespace: {mounted_before} before, {mount_count()} after"
+        f"mounts in the service's namespace: {mounted_before} before, {mounted_after} after"
     )
-    # The issue's growth was 4.2 -> 47.9 ms at 535 mounts.
-    assert after <= max(1.2 * before, before + 0.002), (before, after)
+    # What makes a sandbox slower: the mount table, which the runs left as it was (others'
+    # test sessions on this machine may hold a few mounts of their own meanwhile).
+    assert mounted_after - mounted_before <= 16, (mounted_before, mounted_after)
+    # Loose, for the same reason: the issue's growth was 4.2 -> 47.9 ms at 535 mounts, about
+    # 0.08 ms a mount.
+    assert after <= max(1.2 * before, before + 0.005), (before, after)
 
 
 def test_a_finished_run_is_served_across_a_restart_and_an_unmount(
