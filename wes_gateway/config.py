@@ -188,6 +188,21 @@ class Settings(BaseModel):
     trs_max_bytes: int = Field(
         64 * 1024**2, ge=1, description="Bytes of files one workflow fetched from a TRS server may hold."
     )
+    drs_resolvers: dict[str, str] = Field(
+        default_factory=dict,
+        description="GA4GH DRS servers that drs:// inputs may name, as NAME=BASE_URL (comma-separated): "
+        "drs://NAME/ID (NAME a host, with port if any) and drs://NAME:ID resolve through BASE_URL "
+        "(e.g. drs.example.org=https://drs.example.org/ga4gh/drs/v1); each is itself the permission to reach "
+        "that server's API. Other hosts resolve to https://HOST/ga4gh/drs/v1 where allowed_url_prefixes admits it.",
+    )
+    drs_credentials: str = Field(
+        "",
+        description='JSON file {"NAME": {"bearer": "TOKEN"}} (NAME as in drs_resolvers): the token is sent to '
+        "that DRS server's API only, never to the access URLs it hands out.",
+    )
+    drs_timeout: float = Field(
+        30.0, gt=0, le=300, description="Seconds a submission may spend fetching its DRS inputs, all of them."
+    )
     service_id: str = "org.example.wes-gateway"
     service_name: str = "wes-gateway"
     service_description: str = "GA4GH WES 1.1 for CWL and WDL on Toil"
@@ -294,6 +309,22 @@ class Settings(BaseModel):
             if text.startswith("["):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("drs_resolvers", mode="before")
+    @classmethod
+    def _split_table(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                return json.loads(text)
+            table = {}
+            for part in filter(None, (item.strip() for item in text.split(","))):
+                name, sep, base = part.partition("=")
+                if not sep or not name.strip() or not base.strip():
+                    raise ValueError(f"drs_resolvers: {part!r} is not NAME=BASE_URL")
+                table[name.strip()] = base.strip()
+            return table
         return value
 
     @field_validator("run_max_memory", "run_memory_limit", "run_disk_limit", "disk_reserve")

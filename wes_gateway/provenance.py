@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
-from . import outputs, store, trs
+from . import drs, outputs, store, trs
 from .outputs import Opened
 from .paths import RunPaths
 from .streams import CHUNK
@@ -131,8 +131,14 @@ def build(run: store.Run, run_tasks: list[store.Task], paths: RunPaths, engine_v
     if pin is not None:
         workflow_url = str(pin.get("primary"))
     workflow = None
+    from_drs = {str(item.get("file")): item for item in drs.load(paths)}  # inputs fetched by DRS URI
     for name in attachments:
         properties: dict[str, Any] = {"name": name}
+        if name in from_drs:
+            fetched = from_drs[name]
+            properties.update({"sameAs": {"@id": str(fetched.get("uri"))}, "sha256": str(fetched.get("sha256"))})
+            if fetched.get("checksum"):
+                properties["checksum"] = str(fetched.get("checksum"))
         if name == workflow_url:
             properties.update(
                 {

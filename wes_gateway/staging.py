@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import unquote, urlparse
 
-from . import store, trs
+from . import drs, store, trs
 from .config import Settings
 from .engines import engine_for
 from .errors import ApiError, BadRequest, PayloadTooLarge
@@ -440,8 +440,11 @@ class Admission:
         self.attachments = attachments
         self.settings = settings
         self.approved: list[str] = []
+        self.drs = drs.Resolver(attachments, settings)
 
     def input(self, reference: str) -> str:
+        if drs.is_drs(reference):  # fetched into the attachments now (drs.py says why)
+            return self.drs.input(reference)
         resolved = resolve_input(reference, self.attachments, self.settings)
         if resolved.startswith("/"):
             self.approved.append(resolved)
@@ -504,6 +507,7 @@ def stage(form: Mapping[str, str], attachments: Iterable[Attachment], settings: 
         final.inputs.write_text(json.dumps(outside))
         if pin is not None:
             trs.save(final, pin)
+        drs.save(final, list(admission.drs.fetched.values()))
         # Nothing reads runs/<id> before its record exists, so the swap need not be atomic.
         final.root.unlink()
         os.rename(staged, final.root)

@@ -365,10 +365,12 @@ def load(paths: RunPaths) -> dict[str, Any] | None:
 
 
 def system_logs(paths: RunPaths) -> list[str]:
-    """The pin as lines of the RunLog's system_logs."""
+    """The pin as lines of the RunLog's system_logs, then the run's DRS inputs (drs.py)."""
+    from . import drs
+
     pin = load(paths)
     if pin is None:
-        return []
+        return drs.system_logs(paths)
     lines = [
         f"trs: id {pin.get('trs_id')} version {pin.get('version')} from {pin.get('root')} ({pin.get('trs_uri')})",
         f"trs: descriptor {pin.get('descriptor_url')} (primary {pin.get('primary')})",
@@ -376,7 +378,7 @@ def system_logs(paths: RunPaths) -> list[str]:
     files = pin.get("files")
     for name, digest in sorted(files.items()) if isinstance(files, dict) else []:
         lines.append(f"trs: sha256 {digest} {name}")
-    return lines
+    return lines + drs.system_logs(paths)
 
 
 def service_info_tags(settings: Settings) -> dict[str, str]:
