@@ -200,3 +200,52 @@ def test_forms_parse(tmp_path: Path) -> None:
         drs.parse("drs://drs.elsewhere.org/x", load_settings({}, data_dir=tmp_path, allowed_url_prefixes=[]))
     with pytest.raises(BadRequest, match="drs_resolvers"):
         drs.parse("drs://unknown:x", settings)
+
+
+DEFAULT_CWL = """cwlVersion: v1.2
+class: CommandLineTool
+baseCommand: cat
+inputs:
+  one: {{type: File, inputBinding: {{position: 1}}, default: {{class: File, location: "{uri}"}}}}
+outputs:
+  out: {{type: stdout}}
+stdout: out.txt
+"""
+
+DEFAULT_WDL = """version 1.0
+
+task c {{
+  input {{ File f = "{uri}" }}
+  command <<<
+    cat ~{{f}}
+  >>>
+  output {{ String s = read_string(stdout()) }}
+}}
+"""
+
+
+@pytest.mark.parametrize("kind", ["CWL", "WDL"])
+def test_drs_default_in_the_document_is_refused(gateway: Server, registry: DrsServer, kind: str) -> None:
+    """The leader reads the documents as they are, so a drs:// default (which it could not
+    fetch) is refused at submission, before anything is fetched from the DRS server."""
+    uri = f"drs://{registry.netloc}/obj1"
+    name, text, version = ("d.cwl", DEFAULT_CWL, "v1.2") if kind == "CWL" else ("d.wdl", DEFAULT_WDL, "1.0")
+    before, fetched = run_dirs(gateway), len(registry.seen)
+    response = gateway.post(
+        "/runs",
+        files=[
+            ("workflow_url", (None, name)),
+            ("workflow_type", (None, kind)),
+            ("workflow_type_version", (None, version)),
+            ("workflow_params", (None, "{}")),
+            ("workflow_attachment", (name, text.format(uri=uri).encode())),
+        ],
+    )
+    assert_error(
+        response,
+        400,
+        uri,
+        "drs:// defaults in the workflow document are not supported; pass the object in workflow_params",
+    )
+    assert run_dirs(gateway) == before
+    assert len(registry.seen) == fetched

@@ -450,6 +450,16 @@ class Admission:
             self.approved.append(resolved)
         return resolved
 
+    def default(self, reference: str) -> str:
+        # A drs:// default would have to be fetched and the document rewritten for the leader,
+        # which reads the documents as they are: refused, before anything is fetched.
+        if drs.is_drs(reference):
+            raise BadRequest(
+                f"{reference!r}: drs:// defaults in the workflow document are not supported; "
+                "pass the object in workflow_params"
+            )
+        return self.input(reference)
+
     def document(self, reference: str) -> str:
         scheme = urlparse(reference).scheme.lower()
         if scheme in REMOTE_SCHEMES:

@@ -48,6 +48,10 @@ class Admission(Protocol):
         attachment, a file under the allowed roots, or an http(s) URL under the allowed
         prefixes; anything else is BadRequest, before it is read."""
 
+    def default(self, reference: str) -> str:
+        """A file a default inside the workflow's documents names: as ``input``, except that
+        what would have to be rewritten in the document (a drs:// URI) is BadRequest."""
+
 
 class Engine(Protocol):
     workflow_type: str
@@ -131,6 +135,9 @@ class ScratchAdmission:
         return reference
 
     def document(self, reference: str) -> str:
+        return self.input(reference)
+
+    def default(self, reference: str) -> str:
         return self.input(reference)
 
 

@@ -133,7 +133,7 @@ class CwlEngine:
         # Defaults inside the documents go through the same policy as the inputs: a document
         # must not smuggle in file:///etc/passwd as a default.
         for each in _processes(process):
-            _rewrite_locations(each.tool, admission.input)
+            _rewrite_locations(each.tool, admission.default)
         return {"steps": _steps(process)}
 
     def present_outputs(self, outputs: dict[str, Any], paths: RunPaths) -> dict[str, Any]:

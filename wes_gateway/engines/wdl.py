@@ -224,7 +224,7 @@ def _police_default(decl: Any, admission: Admission) -> None:
 
     literal = getattr(decl.expr, "literal", None) if decl.expr is not None else None
     if isinstance(decl.type, (T.File, T.Directory)) and literal is not None and isinstance(literal.value, str):
-        admission.input(literal.value)
+        admission.default(literal.value)
 
 
 def _policed_reader(admission: Admission) -> Any:
