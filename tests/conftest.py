@@ -54,6 +54,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# A step that runs a Python script (an attachment) on the host's python3, inside the run's
+# sandbox, and whose standard output is its report.
+SCRIPT_CWL = """cwlVersion: v1.2
+class: CommandLineTool
+baseCommand: python3
+inputs:
+  script: {type: File, inputBinding: {position: 1}}
+outputs:
+  report: {type: stdout}
+stdout: report.json
+"""
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    """Until ``predicate()`` holds, at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 @dataclass
 class Server:
     base: str
@@ -91,6 +114,21 @@ class Server:
         return self.submit_ok(
             {name: body}, workflow_url=name, workflow_type="CWL", workflow_type_version="v1.2", workflow_params=params
         )
+
+    def submit_script(self, script: str) -> str:
+        """A Python script run as a CWL step with no container (SCRIPT_CWL); the run id. What it
+        prints is its ``report`` output (``report``)."""
+        return self.submit_ok(
+            {"script.cwl": SCRIPT_CWL.encode(), "script.py": script.encode()},
+            workflow_url="script.cwl",
+            workflow_type="CWL",
+            workflow_type_version="v1.2",
+            workflow_params={"script": {"class": "File", "location": "script.py"}},
+        )
+
+    def report(self, run_id: str) -> Any:
+        """The JSON a SCRIPT_CWL step printed."""
+        return json.loads(Path(self.get(f"/runs/{run_id}").json()["outputs"]["report"]["path"]).read_text())
 
     def wait(self, run_id: str, states: set[str] = TERMINAL, timeout: float = 180) -> str:
         deadline = time.monotonic() + timeout

@@ -204,16 +204,6 @@ def _gone_within(pid: int, seconds: float) -> bool:
     return pid_gone(pid)
 
 
-PROBE_CWL = """cwlVersion: v1.2
-class: CommandLineTool
-baseCommand: python3
-inputs:
-  script: {type: File, inputBinding: {position: 1}}
-outputs:
-  report: {type: stdout}
-stdout: report.json
-"""
-
 # A step without a container (the host's network, the run's `docker` first on PATH) tries the
 # forms that fetch or load an image; each call's exit status and stderr are reported.
 PROBE_PY = r"""
@@ -336,15 +326,9 @@ ALLOWED = {
 def test_a_step_cannot_fetch_or_load_an_image_through_the_shim(podman_server: Server) -> None:
     calls = {name: argv for name, (argv, _) in REFUSED.items()} | ALLOWED
     script = PROBE_PY.replace("CALLS_PLACEHOLDER", repr(calls))
-    run_id = podman_server.submit_ok(
-        {"probe.cwl": PROBE_CWL.encode(), "probe.py": script.encode()},
-        workflow_url="probe.cwl",
-        workflow_type="CWL",
-        workflow_type_version="v1.2",
-        workflow_params={"script": {"class": "File", "location": "probe.py"}},
-    )
+    run_id = podman_server.submit_script(script)
     assert podman_server.wait(run_id, timeout=600) == "COMPLETE", podman_server.system_logs(run_id)
-    report = json.loads(Path(podman_server.get(f"/runs/{run_id}").json()["outputs"]["report"]["path"]).read_text())
+    report = podman_server.report(run_id)
     wrong = {}
     for name, (_, rule) in REFUSED.items():
         outcome = report[name]

@@ -19,6 +19,7 @@ from conftest import (
     run_groups,
     start_server,
     stop_server,
+    wait_until,
 )
 
 from wes_gateway import store
@@ -41,15 +42,6 @@ def tool_running(data_dir: Path, run_id: str) -> bool:
     return any(b"sleep" in cmdline(pid) for pid in leftover_processes(run_id, leader_group(data_dir, run_id)))
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def output_of(server: Server, run_id: str) -> str:
     run_log = server.get(f"/runs/{run_id}").json()
     return Path(run_log["outputs"]["out"]["path"]).read_text()
@@ -63,7 +55,7 @@ def test_kill_9_of_the_whole_service_loses_no_run(tmp_path: Path) -> None:
     first = start_server(tmp_path, FAST)
     try:
         runs = [slow_echo(first, f"survivor-{i}", seconds=12) for i in range(3)]
-        wait_for(lambda: all(tool_running(tmp_path, r) for r in runs), 120, "three running tools")
+        wait_until(lambda: all(tool_running(tmp_path, r) for r in runs), 120, "three running tools")
         groups = [run_groups(r, leader_group(tmp_path, r)) | leader_group(tmp_path, r) for r in runs]
         for run_id in runs:
             assert first.get(f"/runs/{run_id}/status").json()["state"] == "RUNNING"
@@ -76,7 +68,7 @@ def test_kill_9_of_the_whole_service_loses_no_run(tmp_path: Path) -> None:
         # Killing the launcher ends the run's sandbox, and the kernel then kills the rest itself.
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not leftover_processes(runs[2]), 10, "run 3 processes to die")
+    wait_until(lambda: not leftover_processes(runs[2]), 10, "run 3 processes to die")
     second = start_server(tmp_path, FAST)
     try:
         for i, run_id in enumerate(runs):

@@ -9,26 +9,15 @@ cluster job would be), both fail; a store whose files belong to the run user is 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pwd
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Server, running_server, start_server
+from conftest import running_server, start_server
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the run user and the store's owner need root")
-
-ATTACK_CWL = """cwlVersion: v1.2
-class: CommandLineTool
-baseCommand: python3
-inputs:
-  script: {type: File, inputBinding: {position: 1}}
-outputs:
-  report: {type: stdout}
-stdout: report.json
-"""
 
 # Finds the store as the run's own Podman is told to (its storage.conf), then tries to change
 # an image file, plant a record and swap a layer's directory.
@@ -80,15 +69,14 @@ def test_a_step_cannot_change_the_image_store(tmp_path: Path, engine_env: dict[s
     store = Path(engine_env["WES_GATEWAY_IMAGE_STORE"])
     before = digest(image_file(store))
     with running_server(tmp_path / "data", engine_env) as server:
-        run_id = submit(server, ATTACK_CWL, {"script": {"class": "File", "location": "attack.py"}})
+        run_id = server.submit_script(ATTACK_PY)
         assert server.wait(run_id) == "COMPLETE", server.system_logs(run_id)
-        outputs = server.get(f"/runs/{run_id}").json()["outputs"]
-        report = json.loads(Path(outputs["report"]["path"]).read_text())
+        report = server.report(run_id)
         assert report.pop("store") != str(store)  # the view, not the store itself
         assert all(outcome.startswith("denied") for outcome in report.values()), report
         assert digest(image_file(store)) == before
         # The next run's container sees the image as it was built.
-        reader = submit(server, IN_IMAGE_CWL, {})
+        reader = server.submit_cwl(("in_image.cwl", IN_IMAGE_CWL), {})
         assert server.wait(reader) == "COMPLETE", server.system_logs(reader)
         out = server.get(f"/runs/{reader}").json()["outputs"]["out"]["path"]
         assert Path(out).read_text().startswith("wes-gateway stand-in image")
@@ -121,13 +109,3 @@ def test_a_store_the_run_user_owns_is_refused(tmp_path: Path) -> None:
     env = {"WES_GATEWAY_CONTAINER_ENGINE": "podman", "WES_GATEWAY_IMAGE_STORE": str(tmp_path / "store")}
     with pytest.raises(RuntimeError, match="holds files that are not root's"):
         start_server(tmp_path / "data", env)
-
-
-def submit(server: Server, cwl: str, params: dict[str, object]) -> str:
-    return server.submit_ok(
-        {"tool.cwl": cwl.encode(), "attack.py": ATTACK_PY.encode()},
-        workflow_url="tool.cwl",
-        workflow_type="CWL",
-        workflow_type_version="v1.2",
-        workflow_params=params,
-    )

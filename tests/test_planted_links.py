@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from conftest import (
     run_groups,
     start_server,
     stop_server,
+    wait_until,
 )
 
 D = Path(__file__).parent / "data"
@@ -74,15 +74,6 @@ def snapshot(top: Path) -> dict[str, tuple[int, int, int, int, int]]:
             info = os.lstat(path)
             found[os.path.relpath(path, top)] = (info.st_mode, info.st_uid, info.st_gid, info.st_size, info.st_mtime_ns)
     return found
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def state_after(server: Server, run_id: str, timeout: float) -> str:

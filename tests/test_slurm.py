@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 import slurm_cluster as slurm
-from conftest import DATA, ROOT, Server, kill_all_leaders, start_server, stop_server
+from conftest import DATA, ROOT, Server, kill_all_leaders, start_server, stop_server, wait_until
 
 pytestmark = pytest.mark.skipif(slurm.available() is not None, reason=str(slurm.available()))
 
@@ -65,15 +65,6 @@ def gateway(cluster: slurm.Slurm, tmp_path_factory: pytest.TempPathFactory) -> I
 def run_jobs(cluster: slurm.Slurm, run_id: str) -> list[dict[str, str]]:
     """The run's Slurm jobs, found by the label the gateway gives them."""
     return [job for job in cluster.jobs() if job.get("Comment") == f"wes-gateway-run-{run_id}"]
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def cwl(server: Server, workflow: str, files: list[str], params: dict) -> str:

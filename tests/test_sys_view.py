@@ -13,16 +13,6 @@ from conftest import running_server
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups and run filesystems need root")
 
-LOOK_CWL = """cwlVersion: v1.2
-class: CommandLineTool
-baseCommand: python3
-inputs:
-  script: {type: File, inputBinding: {position: 1}}
-outputs:
-  report: {type: stdout}
-stdout: report.json
-"""
-
 LOOK_PY = r"""
 import glob, json, os
 groups = []
@@ -47,16 +37,9 @@ def test_a_run_sees_no_run_id_in_sys(tmp_path: Path, engine_env: dict[str, str])
     with running_server(tmp_path / "data", engine_env) as server:
         other = server.submit_cwl(Path(__file__).parent / "data" / "echo.cwl", {"message": "the other's"})
         assert server.wait(other) == "COMPLETE"
-        run_id = server.submit_ok(
-            {"look.cwl": LOOK_CWL.encode(), "look.py": LOOK_PY.encode()},
-            workflow_url="look.cwl",
-            workflow_type="CWL",
-            workflow_type_version="v1.2",
-            workflow_params={"script": {"class": "File", "location": "look.py"}},
-        )
+        run_id = server.submit_script(LOOK_PY)
         assert server.wait(run_id) == "COMPLETE", server.system_logs(run_id)
-        report_path = server.get(f"/runs/{run_id}").json()["outputs"]["report"]["path"]
-        report = json.loads(Path(report_path).read_text())
+        report = server.report(run_id)
     assert report["sys"], report
     # The groups are there (the view is not simply empty), under names that give no id away.
     assert report["groups"], report
