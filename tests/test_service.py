@@ -11,7 +11,8 @@ import pytest
 import requests
 from conftest import DATA, Server, record_run, start_server, stop_server
 
-from wes_gateway import store
+from wes_gateway import service_info, store
+from wes_gateway.config import load_settings
 
 
 def seed(data_dir: Path, count: int) -> list[str]:
@@ -39,6 +40,24 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, l
     stop_server(server)
 
 
+def test_filesystem_protocols_follow_the_settings(tmp_path: Path) -> None:
+    def protocols(**overrides: object) -> list[str]:
+        return service_info.filesystem_protocols(load_settings({}, data_dir=tmp_path, **overrides))
+
+    assert protocols() == ["http", "https", "drs"]
+    # Local files only where the deployment opened directories to runs.
+    assert protocols(allowed_file_roots=[tmp_path]) == ["http", "https", "file", "drs"]
+    # DRS through a named server only, whose access URLs must still pass a prefix.
+    assert protocols(allowed_url_prefixes=["http://127.0.0.1:8/"]) == ["http", "https"]
+    assert protocols(allowed_url_prefixes=["http://127.0.0.1:8/"], drs_resolvers={"d": "http://127.0.0.1:8/x"}) == [
+        "http",
+        "https",
+        "drs",
+    ]
+    # No prefix at all: no access URL could be fetched.
+    assert protocols(allowed_url_prefixes=[], drs_resolvers={"d": "http://127.0.0.1:8/x"}) == ["http", "https"]
+
+
 def test_service_info_is_truthful(seeded: tuple[Server, list[str]]) -> None:
     server, ids = seeded
     info = server.get("/service-info").json()
@@ -50,7 +69,8 @@ def test_service_info_is_truthful(seeded: tuple[Server, list[str]]) -> None:
     assert info["system_state_counts"]["COMPLETE"] == 0
     names = {p["name"] for p in info["default_workflow_engine_parameters"]}
     assert {"--maxCores", "--retryCount", "--outdir"} <= names
-    assert "file" not in info["supported_filesystem_protocols"]
+    # The default deployment: http(s) inputs, DRS through public https servers, no local files.
+    assert info["supported_filesystem_protocols"] == ["http", "https", "drs"]
     for key in ("id", "name", "organization", "version", "auth_instructions_url", "tags"):
         assert key in info
 

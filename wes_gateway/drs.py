@@ -92,6 +92,16 @@ def _resolvers(settings: Settings) -> dict[str, str]:
     return {name.lower(): base.rstrip("/") for name, base in settings.drs_resolvers.items()}
 
 
+def usable(settings: Settings) -> bool:
+    """Whether a drs:// input can resolve here at all: some DRS server may be reached (one in
+    drs_resolvers, or https://HOST/ga4gh/drs/v1 under an https prefix) and an access URL may
+    pass allowed_url_prefixes (every one is held to it)."""
+    prefixes = settings.allowed_url_prefixes
+    return bool(prefixes) and (
+        bool(settings.drs_resolvers) or any(prefix.lower().startswith("https://") for prefix in prefixes)
+    )
+
+
 def parse(uri: str, settings: Settings) -> Target:
     """The server and object a DRS URI names, under the input policy; nothing is fetched."""
     from .staging import check_prefixed

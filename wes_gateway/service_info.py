@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib.metadata import version as package_version
 
-from . import __version__, containers, limits, store, trs, volumes
+from . import __version__, containers, drs, limits, store, trs, volumes
 from .config import Settings
 from .engines import ENGINES
 from .models import (
@@ -29,11 +29,16 @@ def _type_versions() -> dict[str, WorkflowTypeVersion]:
 
 
 def filesystem_protocols(settings: Settings) -> list[str]:
-    # What a submission may reference and Toil here can fetch: http(s) always,
-    # local files only when the deployment opened some directories to runs.
+    # What a submission's inputs may name and this deployment really resolves: http(s) URLs
+    # always (staging.resolve_input holds them to check_remote only: no link-local or metadata
+    # address), local files only under allowed_file_roots, drs:// where a DRS server can be
+    # reached and its access URLs pass allowed_url_prefixes (drs.usable). TRS is a form of
+    # workflow_url, not of an input: the tags trs_roots and trs_workflow_url_forms say it.
     protocols = ["http", "https"]
     if settings.allowed_file_roots:
         protocols.append("file")
+    if drs.usable(settings):
+        protocols.append("drs")
     return protocols
 
 
