@@ -1,0 +1,68 @@
+"""Every name of Toil's that the project uses beyond Toil's command-line front ends, in one list.
+
+Toil's Python API has no stable surface for what our leaders change (how a job is started,
+how long the leader waits, its real-time log server), so ``toil_workers``, ``toil_waits`` and
+``toil_realtime`` patch Toil's own classes and module globals. setup.cfg keeps Toil to the
+series these were written against; ``missing()`` says which names a Toil install lacks, so
+that moving that bound fails with the name that broke (tests/test_toil_internals.py), not deep
+in a run's log.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import NamedTuple
+
+
+class Internal(NamedTuple):
+    module: str
+    name: str  # a dotted attribute path in the module; "Class.attr" for an instance attribute
+    user: str  # who relies on it, and for what
+    instance: bool = False  # set in the class's __init__, so judged by its source
+
+
+INTERNALS: tuple[Internal, ...] = (
+    Internal("toil.batchSystems.singleMachine", "SingleMachineBatchSystem._startChild", "toil_workers: each job's command routed to the warm worker (and its OOM score)"),
+    Internal("toil.worker", "main", "toil_workers: a forked warm worker enters Toil's worker"),
+    Internal("toil.lib.threading", "destroy_all_process_names", "toil_workers: the exit hook a fresh worker would register"),
+    Internal("toil.common", "RealtimeLogger", "toil_realtime: the real-time log server replaced by one that never starts"),
+    Internal("toil.realtimeLogger", "RealtimeLogger", "toil_realtime: subclassed with no level"),
+    Internal("toil.realtimeLogger", "SocketServer", "toil_waits: the log server's class, polled promptly"),
+    Internal("toil.leader", "Leader.__init__", "toil_waits: the batch system's wait wrapped per leader"),
+    Internal("toil.leader", "JobUpdatedMessage", "toil_waits: messages at hand end the wait"),
+    Internal("toil.leader", "Leader._messages", "toil_waits: the leader's message queue", instance=True),
+    Internal("toil.leader", "Leader._waiting_jobs", "toil_waits: retried jobs' backoff heap", instance=True),
+    Internal("toil.leader", "Leader.serviceManager", "toil_waits: services that could still end", instance=True),
+    Internal("toil.leader", "Leader.getNumberOfJobsIssued", "toil_waits: nothing issued, nothing to wait for"),
+    Internal("toil.serviceManager", "throttle", "toil_waits: the service manager's throttle, woken at shutdown"),
+    Internal("toil.serviceManager", "ServiceManager.shutdown", "toil_waits: shutdown wakes its waits"),
+    Internal("toil.serviceManager", "ServiceManager.get_job_count", "toil_waits: services still to end"),
+    Internal("toil.statsAndLogging", "time", "toil_waits: the stats thread's sleep, woken at shutdown"),
+    Internal("toil.statsAndLogging", "StatsAndLogging.shutdown", "toil_waits: shutdown wakes its sleep"),
+    Internal("toil.common", "Toil.resumeJobStore", "supervisor: the kill flag written into a run's job store"),
+    Internal("toil.jobStores.fileJobStore", "FileJobStore", "supervisor: loaded before the kill-flag writer's chroot"),
+    Internal("toil.cwl.cwltoil", "main", "engines.cwl: the CWL leader, in our process"),
+    Internal("toil.wdl.wdltoil", "main", "engines.wdl: the WDL leader, in our process"),
+    Internal("toil.lib.trs", "parse_trs_spec", "trs: TRS ids parsed as toil-cwl-runner parses them"),
+)  # fmt: skip
+
+
+def missing(internals: tuple[Internal, ...] = INTERNALS) -> list[str]:
+    """The entries this Toil install lacks, each as "module:name (who relies on it)"."""
+    absent: list[str] = []
+    for entry in internals:
+        try:
+            found: object = importlib.import_module(entry.module)
+            *path, last = entry.name.split(".")
+            for part in path:
+                found = getattr(found, part)
+            if entry.instance:
+                ok = f"self.{last}" in inspect.getsource(found)  # type: ignore[arg-type]
+            else:
+                ok = hasattr(found, last)
+        except (ImportError, AttributeError, OSError, TypeError):
+            ok = False
+        if not ok:
+            absent.append(f"{entry.module}:{entry.name} ({entry.user})")
+    return absent
