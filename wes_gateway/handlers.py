@@ -76,7 +76,7 @@ def _timestamp(name: str, text: str | None) -> str | None:
         raise BadRequest(f"{name}: {text!r} is not an RFC 3339 date-time such as 2026-12-01T09:30:00Z") from None
     if moment.tzinfo is None:
         raise BadRequest(f"{name}: {text!r} needs a time zone (Z or an offset such as +01:00)")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return store.stamp(moment)
 
 
 # Where create_app keeps the spec's limit on `tag` filters (tag_filter_limit).

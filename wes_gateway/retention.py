@@ -28,7 +28,7 @@ def parse_duration(text: str) -> timedelta:
 
 
 def _cutoff(age: timedelta) -> str:
-    return (datetime.now(UTC) - age).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return store.stamp(datetime.now(UTC) - age)
 
 
 def sweep_job_stores(settings: Settings) -> int:

@@ -649,11 +649,8 @@ class Supervisor:
 
 
 def _seconds_since(stamp: str) -> float:
-    try:
-        then = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return 0.0
-    return max(0.0, (datetime.now(UTC) - then).total_seconds())
+    then = store.parse_stamp(stamp)
+    return 0.0 if then is None else max(0.0, (datetime.now(UTC) - then).total_seconds())
 
 
 def _engine_of(run: store.Run) -> Engine | None:

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import shlex
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -36,7 +36,8 @@ def task_id_for(job_id: str) -> str:
 
 
 def _iso(stamp: str) -> str:
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S").strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Toil's log times are the host's UTC clock without a zone.
+    return store.stamp(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC))
 
 
 def _parse_fields(raw: bytes) -> list[str]:

@@ -105,10 +105,8 @@ def _gantt(tasks: list[store.Task], started: str | None, ended: str | None) -> d
     def seconds(stamp: str | None) -> float | None:
         if not stamp:
             return None
-        try:
-            return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
-        except ValueError:
-            return None
+        moment = store.parse_stamp(stamp)
+        return None if moment is None else moment.timestamp()
 
     now = datetime.now(UTC).timestamp()
     origin = seconds(started) or min((seconds(t.start_time) or now for t in tasks), default=now)
