@@ -211,3 +211,51 @@ def test_forms_parse(tmp_path: Path) -> None:
         trs.parse("trs://elsewhere.org/a/b", settings)
     with pytest.raises(BadRequest, match="trs_roots"):
         trs.parse("#workflow/a/b:1", load_settings({}, data_dir=tmp_path, trs_roots=[]))
+
+
+@pytest.fixture(scope="module")
+def curated(
+    tmp_path_factory: pytest.TempPathFactory, engine_env: dict[str, str], registry: TrsServer
+) -> Iterator[Server]:
+    env = {
+        **engine_env,
+        "WES_GATEWAY_TRS_ROOTS": registry.root,
+        "WES_GATEWAY_ALLOWED_WORKFLOWS": f"{CWL_ID}:v1, https://git.example.org/pipelines/",
+    }
+    with running_server(tmp_path_factory.mktemp("trs-curated"), env) as server:
+        yield server
+
+
+def test_allowed_workflows_runs_only_what_it_lists(curated: Server, registry: TrsServer) -> None:
+    listed = f"{CWL_ID}:v1,https://git.example.org/pipelines/"
+    assert curated.get("/service-info").json()["tags"]["allowed_workflows"] == listed
+    run_id = run_id_of(cwl(curated, trs_uri(registry, CWL_ID, "v1"), "curated"))
+    before = run_dirs(curated)
+    refused = {
+        f"{CWL_ID}:v2": "",  # another version of an allowed id
+        CWL_ID: "; name one of its allowed versions",
+        f"{WDL_ID}:1.0": "",  # another id
+        "https://example.org/workflows/echo.cwl": "",  # a URL outside the prefixes
+        "https://git.example.org/other/echo.cwl": "",
+    }
+    for url, more in refused.items():
+        assert_error(cwl(curated, url), 403, f"workflow_url {url!r} is not among", f"(allowed_workflows: {CWL_ID}:v1, ")
+        if more:
+            assert_error(cwl(curated, url), 403, more)
+    # An attached workflow is not among them either.
+    attached = curated.post(
+        "/runs",
+        files=[
+            ("workflow_url", (None, "say.cwl")),
+            ("workflow_type", (None, "CWL")),
+            ("workflow_type_version", (None, "v1.2")),
+            ("workflow_params", (None, json.dumps({"message": "x"}))),
+            ("workflow_attachment", ("say.cwl", (SAY_CWL % "x").encode())),
+        ],
+    )
+    assert_error(attached, 403, "allowed_workflows")
+    # Under an allowed prefix, the workflow_url is held to the other settings as before.
+    assert cwl(curated, "https://git.example.org/pipelines/echo.cwl").status_code != 403
+    assert run_dirs(curated) == before
+    assert curated.wait(run_id, timeout=400) == "COMPLETE", curated.get(f"/runs/{run_id}").text
+    assert cwl_output(curated, run_id) == "v1 curated\n"

@@ -182,6 +182,12 @@ class Settings(BaseModel):
         description="GA4GH TRS v2 API base URLs that a workflow_url may name (trs://, Dockstore ids and pages, "
         "TRS descriptor URLs); each is itself the permission to reach that server, loopback included.",
     )
+    allowed_workflows: list[str] = Field(
+        default_factory=list,
+        description="The only workflows runs may be of (comma-separated): TRS ids, with :VERSION to allow that "
+        "version only (#workflow/github.com/org/repo, #workflow/github.com/org/repo:v1.2), or URL prefixes "
+        "of a workflow_url (entries with ://). Anything else, attachments included, is a 403. Empty: any.",
+    )
     trs_timeout: float = Field(
         20.0, gt=0, le=300, description="Seconds a submission may spend fetching a workflow from a TRS server."
     )
@@ -297,6 +303,7 @@ class Settings(BaseModel):
         "admin_users",
         "allowed_url_prefixes",
         "trs_roots",
+        "allowed_workflows",
         "allowed_batch_systems",
         "allowed_partitions",
         "allowed_registries",

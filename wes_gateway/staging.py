@@ -500,6 +500,7 @@ def stage(form: Mapping[str, str], attachments: Iterable[Attachment], settings: 
         write_attachments(final.attachments, attachments, settings)
         # A TRS workflow is fetched whole into the attachments now (trs.py says why now).
         reference = trs.parse(request.workflow_url, settings)
+        trs.check_allowed(request.workflow_url, reference, settings)
         pin = trs.fetch(reference, request.workflow_type, final.attachments, settings) if reference else None
         if pin is not None:
             location, fragment = str(final.attachments / pin.primary), ""

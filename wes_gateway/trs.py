@@ -48,7 +48,7 @@ import requests
 from toil.lib.trs import parse_trs_spec
 
 from .config import Settings
-from .errors import BadRequest, Unavailable
+from .errors import BadRequest, Forbidden, Unavailable
 from .paths import RunPaths
 
 FORMS = (
@@ -135,6 +135,32 @@ def parse(url: str, settings: Settings) -> Reference | None:
     if len(parts) < 3 or parts[1] != "versions" or not parts[0] or not parts[2]:
         raise BadRequest(f"workflow_url {url!r} is not a TRS URL of the form {FORMS[-1]}")
     return Reference(root, unquote(parts[0]), unquote(parts[2]))
+
+
+def check_allowed(url: str, reference: Reference | None, settings: Settings) -> None:
+    """A curated deployment (``allowed_workflows``) runs only the TRS ids (any version, or the
+    one named) and the workflow_url prefixes it lists; checked before anything is fetched."""
+    entries = settings.allowed_workflows
+    if not entries:
+        return
+    if any("://" in entry and url.startswith(entry) for entry in entries):
+        return
+    if reference is not None:
+        for entry in entries:
+            if "://" in entry:
+                continue
+            tool_id, version = parse_trs_spec(entry)
+            if tool_id == reference.tool_id and (version is None or version == reference.version):
+                return
+    raise Forbidden(
+        f"workflow_url {url!r} is not among the workflows this service runs "
+        f"(allowed_workflows: {', '.join(entries)})"
+        + (
+            "; name one of its allowed versions (ID:VERSION)"
+            if reference is not None and reference.version is None
+            else ""
+        )
+    )
 
 
 class _Fetch:
@@ -382,4 +408,7 @@ def system_logs(paths: RunPaths) -> list[str]:
 
 
 def service_info_tags(settings: Settings) -> dict[str, str]:
-    return {"trs_roots": ",".join(_roots(settings)), "trs_workflow_url_forms": " ".join(FORMS)}
+    tags = {"trs_roots": ",".join(_roots(settings)), "trs_workflow_url_forms": " ".join(FORMS)}
+    if settings.allowed_workflows:  # absent: any workflow
+        tags["allowed_workflows"] = ",".join(settings.allowed_workflows)
+    return tags
