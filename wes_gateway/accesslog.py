@@ -14,9 +14,9 @@ import uuid
 from typing import Any
 
 from . import metrics
+from .identity import ACCESS_RECORD
 
 log = logging.getLogger("wes_gateway.access")
-SCOPE_KEY = "wes_gateway.access"
 
 
 class AccessLog:
@@ -42,7 +42,7 @@ class AccessLog:
         headers = dict(scope.get("headers") or [])
         request_id = printable(headers.get(b"x-request-id", b"").decode("latin-1")[:128]) or uuid.uuid4().hex
         record: dict[str, Any] = {"user": "-", "status": 0, "bytes": 0}
-        scope[SCOPE_KEY] = record  # the auth middleware fills in the user
+        scope[ACCESS_RECORD] = record  # the auth middleware fills in the user
 
         async def send_logged(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":

@@ -31,21 +31,19 @@ import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from .accesslog import SCOPE_KEY
+from . import identity
 from .config import Settings
 from .errors import send_error
+from .identity import ADMIN_HEADER, USER_HEADER, User
 
 log = logging.getLogger(__name__)
 
-USER_HEADER = b"x-wes-gateway-user"
 # The run browser's login form keeps a token or JWT here (HttpOnly, SameSite=Strict).
 UI_COOKIE = "wes_gateway_ui"
-ADMIN_HEADER = b"x-wes-gateway-admin"
 ASYMMETRIC = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 PUBLIC_SUFFIXES = ("/openapi.json", "/openapi.yaml", "/health")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -63,16 +61,6 @@ def normalise_path(path: str) -> str:
 
 class ConfigError(ValueError):
     pass
-
-
-@dataclass(frozen=True)
-class User:
-    name: str
-    admin: bool = False
-
-    def sees(self, owner: str) -> bool:
-        """Whether this caller may see a run of ``owner``: their own, or any as an admin."""
-        return self.admin or owner == self.name
 
 
 class Unauthorized(Exception):
@@ -547,17 +535,8 @@ class AuthMiddleware:
                 log.info("401 for %s %s from %s: %s", scope["method"], scope["path"], peer, exc.msg)
                 await send_error(send, 401, exc.msg, [(b"www-authenticate", self.auth.challenge().encode())])
                 return
-        if SCOPE_KEY in scope:
-            scope[SCOPE_KEY]["user"] = user.name
-        raw.append((USER_HEADER, user.name.encode("utf-8")))
-        raw.append((ADMIN_HEADER, b"1" if user.admin else b"0"))
+        identity.record(scope, user, raw)
         await self.app({**scope, "headers": raw}, receive, send)
-
-
-def current_user(headers: Any) -> User:
-    """The caller, as the middleware recorded it (handlers call this with flask.request.headers)."""
-    name = headers.get(USER_HEADER.decode(), "")
-    return User(name, admin=headers.get(ADMIN_HEADER.decode(), "0") == "1")
 
 
 def _roles(claim: object) -> list[str]:

@@ -19,9 +19,9 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from . import store
-from .auth import current_user
 from .config import Settings
 from .errors import send_error
+from .identity import current_user
 from .paths import RunPaths
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,9 @@ from . import (
     uploads,
     wakeup,
 )
-from .auth import User, current_user
 from .config import current_settings
 from .errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, TooManyRequests, Unavailable
+from .identity import User, current_user
 from .models import Log, RunId, RunListResponse, RunLog, RunRequest, RunStatus, RunSummary, TaskListResponse, TaskLog
 from .paths import RunPaths, supervisor_beat
 from .urls import external_base, external_url

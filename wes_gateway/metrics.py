@@ -178,8 +178,8 @@ class MetricsEndpoint:
             return
         import asyncio
 
-        from .auth import current_user
         from .errors import send_error
+        from .identity import current_user
 
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope.get("headers", [])}
         if not (self._local(scope, headers) or current_user(headers).admin):

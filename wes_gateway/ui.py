@@ -14,9 +14,9 @@ from urllib.parse import urlencode, urlsplit
 import flask
 
 from . import outputs, service_info, store
-from .auth import User, current_user
 from .config import current_settings
 from .errors import BadRequest
+from .identity import User, current_user
 from .paths import RunPaths
 from .urls import API_BASE, external_base
 
