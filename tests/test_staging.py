@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from wes_gateway import staging
+from wes_gateway import inputpolicy, staging
 from wes_gateway.config import load_settings
 from wes_gateway.errors import BadRequest, PayloadTooLarge
 from wes_gateway.policy import engine_argv
@@ -26,13 +26,13 @@ def settings(tmp_path: Path, **overrides: object):
     ],
 )
 def test_safe_names_are_verbatim(name: str, expected: str) -> None:
-    assert str(staging.safe_relative_name(name)) == expected
+    assert str(inputpolicy.safe_relative_name(name)) == expected
 
 
 @pytest.mark.parametrize("name", ["", "../a", "a/../../b", "/abs", "\\abs", "a\0b", ".", "C:/x"])
 def test_unsafe_names(name: str) -> None:
     with pytest.raises(BadRequest):
-        staging.safe_relative_name(name)
+        inputpolicy.safe_relative_name(name)
 
 
 def test_parse_request_normalises(tmp_path: Path) -> None:
@@ -117,7 +117,7 @@ def test_default_prefix_admits_public_https_only(tmp_path: Path) -> None:
     s = settings(tmp_path)
     assert s.allowed_url_prefixes == ["https://"]
     assert s.trs_roots == ["https://dockstore.org/api/ga4gh/trs/v2"]
-    staging.check_prefixed("https://8.8.8.8/wf.cwl", "workflow_url", "x", s)
+    inputpolicy.check_prefixed("https://8.8.8.8/wf.cwl", "workflow_url", "x", s)
     for url, fragment in (
         ("https://127.0.0.1/wf.cwl", "private or loopback"),
         ("https://[::1]/wf.cwl", "private or loopback"),
@@ -127,10 +127,10 @@ def test_default_prefix_admits_public_https_only(tmp_path: Path) -> None:
         ("http://8.8.8.8/wf.cwl", "not under an allowed URL prefix"),
     ):
         with pytest.raises(BadRequest, match=fragment):
-            staging.check_prefixed(url, "workflow_url", url, s)
+            inputpolicy.check_prefixed(url, "workflow_url", url, s)
     named = settings(tmp_path, allowed_url_prefixes=["https://127.0.0.1/"])
-    staging.check_prefixed("https://127.0.0.1/wf.cwl", "workflow_url", "x", named)
+    inputpolicy.check_prefixed("https://127.0.0.1/wf.cwl", "workflow_url", "x", named)
     with pytest.raises(BadRequest, match="none are configured"):
-        staging.check_prefixed(
+        inputpolicy.check_prefixed(
             "https://8.8.8.8/wf.cwl", "workflow_url", "x", settings(tmp_path, allowed_url_prefixes=[])
         )

@@ -51,6 +51,7 @@ import requests
 
 from .config import Settings
 from .errors import BadRequest, PayloadTooLarge, Unavailable
+from .inputpolicy import check_prefixed
 from .paths import RunPaths
 
 SCHEME = "drs://"
@@ -104,7 +105,6 @@ def usable(settings: Settings) -> bool:
 
 def parse(uri: str, settings: Settings) -> Target:
     """The server and object a DRS URI names, under the input policy; nothing is fetched."""
-    from .staging import check_prefixed
 
     resolvers = _resolvers(settings)
     rest = uri[len(SCHEME) :]
@@ -187,7 +187,6 @@ class Resolver:
     ) -> tuple[int, Any]:
         """GET ``url`` following redirects by hand: the token only to the server's own API, every
         other URL (an access URL, a redirect away from the API) under allowed_url_prefixes."""
-        from .staging import check_prefixed
 
         session = requests.Session()
         session.trust_env = False  # no ~/.netrc credentials sent anywhere

@@ -49,6 +49,7 @@ from toil.lib.trs import parse_trs_spec
 
 from .config import Settings
 from .errors import BadRequest, Forbidden, Unavailable
+from .inputpolicy import check_prefixed, safe_relative_name
 from .paths import RunPaths
 
 FORMS = (
@@ -179,7 +180,6 @@ class _Fetch:
         is held to the input policy as any http input is."""
         if url.startswith(self.reference.root + "/"):
             return
-        from .staging import check_prefixed
 
         check_prefixed(url, "workflow_url", f"the TRS server's redirect to {url!r}", self.settings)
 
@@ -341,7 +341,6 @@ def _one_by_one(fetch: _Fetch, version_url: str, plain: str, primary: str, paths
 
 def fetch(reference: Reference, workflow_type: str, target: Path, settings: Settings) -> Pin:
     """Fetch the version's files into ``target`` (the run's attachments), within the bounds."""
-    from .staging import safe_relative_name
 
     kind, plain = TYPES[workflow_type]
     session = _Fetch(reference, settings)
