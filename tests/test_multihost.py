@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Server, start_server, stop_server
+from conftest import ROOT, Server, start_server, stop_server, wait_until
 from postgres import Postgres
-from test_durability import slow_echo, wait_for
+from test_durability import slow_echo
 
 from wes_gateway import store
 
@@ -74,7 +74,7 @@ def launcher_pid(shared: Path, run_id: str) -> int:
 def kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 10, f"pid {pid} to die")
+    wait_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 10, f"pid {pid} to die")
 
 
 def _zombie(pid: int) -> bool:
@@ -154,7 +154,7 @@ def test_another_host_resumes_once_the_heartbeat_lapses(
     host_a, env_b, tmp = hosts
     run_id = slow_echo(host_a, "one set of outputs", seconds=15)
     host_a.wait(run_id, {"RUNNING"}, timeout=120)
-    wait_for(lambda: (shared / "runs" / run_id / "jobstore").exists(), 60, "the job store")
+    wait_until(lambda: (shared / "runs" / run_id / "jobstore").exists(), 60, "the job store")
     log_b = tmp / "host-b.log"
     b = start_supervisor(env_b, log_b, own_pid_namespace=True)
     try:
@@ -202,7 +202,7 @@ def test_a_frozen_host_that_thaws_finds_itself_fenced_out(
     host_a, env_b, tmp = hosts
     run_id = slow_echo(host_a, "fenced", seconds=15)
     host_a.wait(run_id, {"RUNNING"}, timeout=120)
-    wait_for(lambda: (shared / "runs" / run_id / "jobstore").exists(), 60, "the job store")
+    wait_until(lambda: (shared / "runs" / run_id / "jobstore").exists(), 60, "the job store")
     log_b = tmp / "host-b.log"
     b = start_supervisor(env_b, log_b, own_pid_namespace=True)
     launcher = launcher_pid(shared, run_id)
@@ -211,12 +211,12 @@ def test_a_frozen_host_that_thaws_finds_itself_fenced_out(
         # Host A stops dead (a VM paused, a partition): its supervisor, leader and tools.
         for pid in frozen:
             os.kill(pid, signal.SIGSTOP)
-        wait_for(lambda: run_row(postgres, run_id).host_id == "host-b", 60, "host B to take the run over")
+        wait_until(lambda: run_row(postgres, run_id).host_id == "host-b", 60, "host B to take the run over")
         # Then A thaws: its leader's next heartbeat finds a successor's token and stops it.
         for pid in frozen:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-        wait_for(lambda: not Path(f"/proc/{launcher}").exists() or _zombie(launcher), 30, "A's leader to stop")
+        wait_until(lambda: not Path(f"/proc/{launcher}").exists() or _zombie(launcher), 30, "A's leader to stop")
         assert host_a.wait(run_id, timeout=240) == "COMPLETE", host_a.get(f"/runs/{run_id}").text
         stderr = (shared / "runs" / run_id / "stderr.log").read_text(errors="replace")
         assert "stopping this leader: another leader owns this run" in stderr
