@@ -60,6 +60,10 @@ def store_view(settings: Settings) -> Path | None:
         return None
     if engine(settings) != "podman" or sandbox.run_identity(settings) is None:
         return settings.image_store
+    return _view_path(settings)
+
+
+def _view_path(settings: Settings) -> Path:
     return settings.data_dir.resolve() / "image-view"
 
 
@@ -77,7 +81,7 @@ def provide_store_view(settings: Settings) -> None:
 
 
 def release_store_view(settings: Settings) -> None:
-    view = settings.data_dir.resolve() / "image-view"
+    view = _view_path(settings)
     if os.path.ismount(view):
         subprocess.run(["umount", "-l", str(view)], check=False, capture_output=True, timeout=60)
 
