@@ -408,9 +408,10 @@ class Supervisor:
             # itself out, and a leader started here now owns the run.
             log.info("run %s: leader on host %s stopped beating; taking the run over", run_id, run.host_id)
         batch.cancel_leftovers(self.settings, run_id, os.environ)
-        if paths.read_result() is None and self._refused_for_planted_names(run_id, paths):
+        finished = paths.read_result() is not None
+        if not finished and self._refused_for_planted_names(run_id, paths):
             return
-        if paths.read_result() is not None:
+        if finished:
             self._finish(run, engine, paths, None, cancelled=run.cancel_requested)
             return
         if run.cancel_requested:
