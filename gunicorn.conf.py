@@ -26,8 +26,8 @@ bind = [address.strip() for address in load_settings().bind.split(",") if addres
 # A unix socket is born without access for others (chmod 0660 follows in when_ready).
 umask = 0o007
 workers = int(os.environ.get("WES_GATEWAY_WORKERS", str(min(2 * multiprocessing.cpu_count() + 1, 8))))
-worker_class = os.environ.get("WES_GATEWAY_WORKER_CLASS", "wes_gateway.serving.UvicornWorker")
-wsgi_app = os.environ.get("WES_GATEWAY_APP", "wes_gateway.asgi:app")
+worker_class = os.environ.get("WES_GATEWAY_WORKER_CLASS", "wes_gateway.web.serving.UvicornWorker")
+wsgi_app = os.environ.get("WES_GATEWAY_APP", "wes_gateway.web.asgi:app")
 # Large uploads over slow links: be patient with requests, quick to restart on HUP.
 timeout = int(os.environ.get("WES_GATEWAY_TIMEOUT", "300"))
 graceful_timeout = int(os.environ.get("WES_GATEWAY_GRACEFUL_TIMEOUT", "30"))
@@ -54,12 +54,12 @@ run_supervisor = os.environ.get("WES_GATEWAY_SUPERVISOR", "embedded") == "embedd
 def on_starting(server):
     # Refuse to start without the run sandbox and batch system the settings ask for, before
     # anything listens.
-    from wes_gateway.batch import BatchSystemUnusable
-    from wes_gateway.containers import ContainersUnusable
-    from wes_gateway.limits import LimitsUnavailable
-    from wes_gateway.sandbox import SandboxUnavailable
-    from wes_gateway.supervisor import preflight
-    from wes_gateway.volumes import VolumesUnavailable
+    from wes_gateway.host.batch import BatchSystemUnusable
+    from wes_gateway.host.containers import ContainersUnusable
+    from wes_gateway.host.limits import LimitsUnavailable
+    from wes_gateway.host.sandbox import SandboxUnavailable
+    from wes_gateway.host.volumes import VolumesUnavailable
+    from wes_gateway.runs.supervisor import preflight
 
     try:
         preflight(load_settings())
@@ -67,7 +67,7 @@ def on_starting(server):
         server.log.error("wes-gateway cannot start: %s", exc)
         sys.exit(1)
     # A previous instance's proof of life would stand for this one's supervisor until it beats.
-    from wes_gateway.paths import supervisor_beat
+    from wes_gateway.files.paths import supervisor_beat
 
     supervisor_beat(load_settings()).unlink(missing_ok=True)
     # Counters start again with the service: a directory of a previous run is emptied.
@@ -91,7 +91,7 @@ def on_starting(server):
 
 def when_ready(server):
     # Judge what was bound, not what the settings said (GUNICORN_CMD_ARGS can change it).
-    from wes_gateway.auth import exposed_listeners
+    from wes_gateway.web.auth import exposed_listeners
 
     settings = load_settings()
     exposed = exposed_listeners(settings, [listener.sock.getsockname() for listener in server.LISTENERS])
@@ -124,7 +124,7 @@ def when_ready(server):
 def _start_supervisor(server):
     # Its proof of life starts now: a supervisor that hangs before its first beat (in its
     # start-up checks, say) turns /health to 503 after a lease, as one that stops beating does.
-    from wes_gateway.paths import supervisor_beat
+    from wes_gateway.files.paths import supervisor_beat
 
     supervisor_beat(load_settings()).touch()
     server.wes_supervisor = subprocess.Popen(

@@ -14,9 +14,9 @@ from common import QUIET, cores, fmt, host_port, load, start_server, stop_server
 from seed import seed_runs
 
 WORKER_CLASSES = {
-    "uvicorn": ("wes_gateway.serving.UvicornWorker", "wes_gateway.asgi:app", "bench.bare_app:app"),
-    "gunicorn-asgi": ("asgi", "wes_gateway.asgi:app", "bench.bare_app:app"),
-    "a2wsgi+gthread": ("gthread", "wes_gateway.wsgi:application", "bench.bare_app:wsgi_app"),
+    "uvicorn": ("wes_gateway.web.serving.UvicornWorker", "wes_gateway.web.asgi:app", "bench.bare_app:app"),
+    "gunicorn-asgi": ("asgi", "wes_gateway.web.asgi:app", "bench.bare_app:app"),
+    "a2wsgi+gthread": ("gthread", "wes_gateway.web.wsgi:application", "bench.bare_app:wsgi_app"),
 }
 
 

@@ -193,9 +193,9 @@ def direct_engine(workdir: Path, image_store: Path) -> tuple[dict[str, str], lis
     """What a direct `toil-cwl-runner` needs to run containers as the gateway's runs do: the
     same Podman configuration and `docker` shim (containers.prepare, outside any sandbox), as
     a PATH entry in an environment, and Toil's container options."""
-    from wes_gateway import containers
     from wes_gateway.config import load_settings
-    from wes_gateway.paths import RunPaths
+    from wes_gateway.files.paths import RunPaths
+    from wes_gateway.host import containers
 
     settings = load_settings({}, data_dir=workdir, container_engine="podman", image_store=image_store)
     paths = RunPaths(root=workdir / "direct-engine")

@@ -73,8 +73,8 @@ def sandbox_cost(tmp: Path, count: int = 20) -> float:
     import os
 
     from wes_gateway.config import load_settings
-    from wes_gateway.paths import RunPaths
-    from wes_gateway.sandbox import Sandbox, hand_over, plan, run_identity
+    from wes_gateway.files.paths import RunPaths
+    from wes_gateway.host.sandbox import Sandbox, hand_over, plan, run_identity
 
     settings = load_settings({}, data_dir=tmp / "sandbox-bench")
     identity = run_identity(settings)

@@ -15,9 +15,10 @@ from pathlib import Path
 from common import QUIET, cores, fmt, host_port, load, start_server, stop_server
 from seed import seed_runs
 
-from wes_gateway import store, tasks
+from wes_gateway import store
 from wes_gateway.engines import engine_for
-from wes_gateway.paths import RunPaths
+from wes_gateway.files.paths import RunPaths
+from wes_gateway.runs import tasks
 
 
 def bus_lines(first: int, count: int) -> list[str]:

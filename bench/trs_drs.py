@@ -172,7 +172,7 @@ def gateway(data_dir: Path, extra_env: dict[str, str]) -> Iterator[str]:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(10)
         log.close()
-        # The runs' filesystems (wes_gateway.volumes) stay mounted after the server stops.
+        # The runs' filesystems (wes_gateway.host.volumes) stay mounted after the server stops.
         for line in Path("/proc/self/mounts").read_text().splitlines():
             point = line.split()[1]
             if point.startswith(f"{data_dir}/"):

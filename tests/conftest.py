@@ -271,7 +271,7 @@ def loopback_http(body: bytes, delay: float = 0.0) -> Iterator[str]:
 
 
 def leftover_processes(run_id: str, groups: set[int] | None = None) -> list[int]:
-    from wes_gateway.procs import processes_of_run
+    from wes_gateway.host.procs import processes_of_run
 
     return processes_of_run(run_id, groups)
 
@@ -286,7 +286,7 @@ def lasting_processes(run_id: str, groups: set[int] | None = None, grace: float 
 
 
 def run_groups(run_id: str, groups: set[int] | None = None) -> set[int]:
-    from wes_gateway.procs import run_process_groups
+    from wes_gateway.host.procs import run_process_groups
 
     return run_process_groups(run_id, groups)
 
@@ -294,7 +294,7 @@ def run_groups(run_id: str, groups: set[int] | None = None) -> set[int]:
 def leader_group(data_dir: Path, run_id: str) -> set[int]:
     """The group of the run's leader once it has started: forked from the forkserver, it and
     what it forks (the worker zygote) carry no marker. Its launcher called setsid."""
-    from wes_gateway.paths import RunPaths
+    from wes_gateway.files.paths import RunPaths
 
     try:
         return {int(json.loads(RunPaths(root=data_dir / "runs" / run_id).leader_file.read_text())["pid"])}
@@ -322,7 +322,7 @@ def wait_for_tool(run_id: str, token: bytes, data_dir: Path, timeout: float = 12
 
 
 def pid_gone(pid: int) -> bool:
-    from wes_gateway.procs import pid_alive
+    from wes_gateway.host.procs import pid_alive
 
     return not pid_alive(pid)
 
@@ -404,7 +404,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, engine_env: dict[str, str])
 
 @pytest.fixture(scope="session", autouse=True)
 def _run_volumes_unmounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The run filesystems (wes_gateway.volumes) that the session's gateways mounted stay
+    """The run filesystems (wes_gateway.host.volumes) that the session's gateways mounted stay
     mounted after their servers stop, as they would in service: unmounted at the end."""
     yield
     unmount_runs(tmp_path_factory.getbasetemp())

@@ -17,7 +17,7 @@ import pytest
 import requests
 from conftest import Server, loopback_http, start_server, stop_server, unix_request
 
-from wes_gateway.paths import RunPaths
+from wes_gateway.files.paths import RunPaths
 
 D = Path(__file__).parent / "data"
 SECRET = "sekrit-do-not-leak-8d1f"
@@ -412,9 +412,9 @@ def test_server_secrets_reach_no_run(secure: Server) -> None:
 
 
 def test_no_auth_off_loopback_is_refused(tmp_path: Path) -> None:
-    from wes_gateway.app import create_app
-    from wes_gateway.auth import ConfigError
     from wes_gateway.config import load_settings
+    from wes_gateway.web.app import create_app
+    from wes_gateway.web.auth import ConfigError
 
     with pytest.raises(ConfigError, match="loopback"):
         create_app(load_settings({}, data_dir=tmp_path, bind="0.0.0.0:8080"))

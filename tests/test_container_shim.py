@@ -1,4 +1,4 @@
-"""The run's `docker` shim reads each call as Podman would (wes_gateway.container_shim.classify):
+"""The run's `docker` shim reads each call as Podman would (wes_gateway.host.container_shim.classify):
 what it passes on, and what it refuses and why. Pure functions, no Podman; the same calls made
 by a real step against real Podman are in tests/test_containers.py."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from wes_gateway import container_shim
-from wes_gateway.container_shim import Refused, classify
+from wes_gateway.host import container_shim
+from wes_gateway.host.container_shim import Refused, classify
 
 ALLOWED = ["127.0.0.1:1"]
 

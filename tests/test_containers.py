@@ -184,7 +184,7 @@ def test_without_the_sandbox_a_container_reaches_the_service(tmp_path: Path, ima
 
 
 def _ancestry(pid: int) -> bytes:
-    from wes_gateway.procs import parent_pid
+    from wes_gateway.host.procs import parent_pid
 
     names = b""
     for _ in range(12):

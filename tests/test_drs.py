@@ -19,9 +19,9 @@ from conftest import Server, running_server
 from drs_server import BYTES, TOKEN, DrsServer, drs_server, sha256
 from test_bad_input import assert_error, run_dirs
 
-from wes_gateway import drs
 from wes_gateway.config import load_settings
 from wes_gateway.errors import BadRequest
+from wes_gateway.intake import drs
 
 CAT_CWL = b"""cwlVersion: v1.2
 class: CommandLineTool

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wes_gateway import containers, provenance
-from wes_gateway.paths import RunPaths
+from wes_gateway.files.paths import RunPaths
+from wes_gateway.host import containers
+from wes_gateway.web import provenance
 
 FORGED_ID = "f" * 64
 STORE_ID = "a" * 64

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from wes_gateway import handlers
-from wes_gateway.app import create_app
 from wes_gateway.config import load_settings
+from wes_gateway.web import handlers
+from wes_gateway.web.app import create_app
 
 
 def test_a_response_outside_the_contract_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

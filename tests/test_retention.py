@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from wes_gateway import retention, store
+from wes_gateway import store
 from wes_gateway.config import load_settings
+from wes_gateway.runs import retention
 
 
 def finished_run(settings, state: str, end_time: str) -> str:

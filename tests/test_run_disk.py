@@ -37,8 +37,8 @@ outputs: []
 
 
 def _volumes_available() -> str:
-    from wes_gateway import volumes
     from wes_gateway.config import load_settings
+    from wes_gateway.host import volumes
 
     return volumes.problem(load_settings({}))
 
@@ -95,8 +95,8 @@ def test_the_reserve_keeps_the_services_records_writable(
 ) -> None:
     """A reserve larger than the free space: no upload is taken (507, an ErrorResponse with
     Retry-After, nothing left in staging), and the books start no run."""
-    from wes_gateway import volumes
     from wes_gateway.config import load_settings
+    from wes_gateway.host import volumes
 
     server = _server(tmp_path_factory, engine_env, WES_GATEWAY_DISK_RESERVE="1P")
     try:

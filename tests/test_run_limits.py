@@ -45,8 +45,8 @@ outputs: []
 def _limits_available() -> str:
     import os
 
-    from wes_gateway import limits
     from wes_gateway.config import load_settings
+    from wes_gateway.host import limits
 
     if os.geteuid() != 0:
         return "needs root for cgroups"

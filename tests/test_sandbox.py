@@ -276,9 +276,9 @@ def probe_with_containers(tmp: Path, env: dict[str, str]) -> dict[str, str]:
 
 
 def test_runs_from_before_the_control_directory_are_still_adopted(tmp_path: Path) -> None:
-    from wes_gateway import procs
-    from wes_gateway.paths import RunPaths
-    from wes_gateway.supervisor import live_leader
+    from wes_gateway.files.paths import RunPaths
+    from wes_gateway.host import procs
+    from wes_gateway.runs.supervisor import live_leader
 
     paths = RunPaths(root=tmp_path / "run")
     paths.root.mkdir()

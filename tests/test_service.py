@@ -11,8 +11,9 @@ import pytest
 import requests
 from conftest import DATA, Server, record_run, start_server, stop_server
 
-from wes_gateway import service_info, store
+from wes_gateway import store
 from wes_gateway.config import load_settings
+from wes_gateway.web import service_info
 
 
 def seed(data_dir: Path, count: int) -> list[str]:
@@ -115,7 +116,7 @@ def test_wsgi_entry_point_keeps_validation(tmp_path: Path) -> None:
         tmp_path,
         {"WES_GATEWAY_SUPERVISOR": "off"},
         workers=1,
-        app="wes_gateway.wsgi:application",
+        app="wes_gateway.web.wsgi:application",
         worker_class="gthread",
     )
     try:

@@ -1,5 +1,5 @@
 """A finished run gives back its mount (issue 37): its directory is copied out of its
-loop-mounted image when it ends (wes_gateway.volumes.settle), so that the mounts, and with
+loop-mounted image when it ends (wes_gateway.host.volumes.settle), so that the mounts, and with
 them the cost of every later sandbox, do not grow with the runs a service has kept; its
 outputs are served as before, across a restart and after `wes-gateway runs unmount`, and
 images that an earlier version left for finished runs are settled in the background.
@@ -30,8 +30,8 @@ RUNS = int(os.environ.get("WES_GATEWAY_TEST_SETTLED_RUNS", "120"))
 
 
 def _volumes_available() -> str:
-    from wes_gateway import volumes
     from wes_gateway.config import load_settings
+    from wes_gateway.host import volumes
 
     return volumes.problem(load_settings({}))
 
@@ -211,7 +211,7 @@ def test_finished_runs_an_earlier_version_left_mounted_are_settled(
     """A data directory of the version before: finished runs' directories are images, and a
     reboot took their mounts away (what is beneath is what was there before the run). The
     supervisor mounts none of them at start; they are served, and settled, in the background."""
-    from wes_gateway import volumes
+    from wes_gateway.host import volumes
 
     data_dir = tmp_path_factory.mktemp("legacy")
     env = {**engine_env, **DISK}
@@ -253,7 +253,7 @@ def test_the_copy_takes_only_directories_and_regular_files(tmp_path: Path) -> No
     """What a run leaves is the run's to shape: the copy follows and keeps no link, FIFO or
     device, drops setuid and setgid, keeps a hard link one file and a hole a hole (so that the
     copy takes no more room than the run did), and leaves the scratch behind."""
-    from wes_gateway import volumes
+    from wes_gateway.host import volumes
 
     run = tmp_path / "run"
     (run / "outputs" / "deep").mkdir(parents=True)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from wes_gateway import inputpolicy, staging
 from wes_gateway.config import load_settings
 from wes_gateway.errors import BadRequest, PayloadTooLarge
-from wes_gateway.policy import engine_argv
+from wes_gateway.intake import inputpolicy, staging
+from wes_gateway.intake.engine_params import engine_argv
 
 
 def settings(tmp_path: Path, **overrides: object):

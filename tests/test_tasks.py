@@ -117,9 +117,10 @@ def test_a_malformed_bus_line_does_not_stop_the_task_records(tmp_path: Path) -> 
     The store and the run directory are real; no leader is needed to write a file."""
     from conftest import record_run
 
-    from wes_gateway import store, tasks
+    from wes_gateway import store
     from wes_gateway.engines import engine_for
-    from wes_gateway.paths import RunPaths
+    from wes_gateway.files.paths import RunPaths
+    from wes_gateway.runs import tasks
 
     store.open_database(f"sqlite:///{tmp_path / 'wes.sqlite3'}")
     store.upgrade(store.database.obj)

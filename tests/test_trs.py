@@ -21,9 +21,9 @@ from conftest import Server, running_server
 from test_bad_input import assert_error, run_dirs
 from trs_server import CWL_ID, GREET_WDL, HANGING_ID, MAIN_CWL, SAY_CWL, WDL_ID, TrsServer, trs_server
 
-from wes_gateway import trs
 from wes_gateway.config import load_settings
 from wes_gateway.errors import BadRequest
+from wes_gateway.intake import trs
 
 TIMEOUT = 3
 

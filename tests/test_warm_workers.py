@@ -32,7 +32,7 @@ from conftest import (
 )
 
 from wes_gateway.engines.toil_workers import SHIM
-from wes_gateway.procs import parent_pid
+from wes_gateway.host.procs import parent_pid
 
 D = Path(__file__).parent / "data"
 

@@ -86,7 +86,7 @@ def test_outputs_name_no_file_outside_the_run(tmp_path: Path) -> None:
     # A WDL String output is shown as a File when it names one of the run's files. One that
     # climbs out with '..', or through a link the run planted, names nothing of the host.
     from wes_gateway.engines.wdl import WdlEngine
-    from wes_gateway.paths import RunPaths
+    from wes_gateway.files.paths import RunPaths
 
     paths = RunPaths(root=tmp_path / "run")
     (paths.root / "attachments").mkdir(parents=True)

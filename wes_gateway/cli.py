@@ -7,12 +7,12 @@ import sys
 
 import peewee
 
-from . import store
-from .config import load_settings
+from wes_gateway import store
+from wes_gateway.config import load_settings
 
 
 def _supervise(args: argparse.Namespace) -> int:
-    from .supervisor import serve
+    from wes_gateway.runs.supervisor import serve
 
     serve(load_settings(), stop_on_parent_exit=args.exit_with_parent)
     return 0
@@ -30,7 +30,7 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
 
 
 def _runs_purge(args: argparse.Namespace) -> int:
-    from .retention import parse_duration, purge_runs
+    from wes_gateway.runs.retention import parse_duration, purge_runs
 
     settings = load_settings()
     try:
@@ -60,13 +60,12 @@ def _open_current() -> tuple[peewee.Database, int]:
 
 
 def _token_create(args: argparse.Namespace) -> int:
-    from .auth import hash_token, new_token
 
     db, status = _open_current()
     if status:
         return status
-    token = new_token()
-    row = store.create_token(args.user, hash_token(token), args.label)
+    token = store.new_token()
+    row = store.create_token(args.user, store.hash_token(token), args.label)
     print(f"token {row.id} for {args.user} (shown once; only its hash is stored):")
     print(token)
     return 0
@@ -94,7 +93,7 @@ def _token_revoke(args: argparse.Namespace) -> int:
 
 
 def _runs_unmount(_args: argparse.Namespace) -> int:
-    from . import containers, volumes
+    from wes_gateway.host import containers, volumes
 
     settings = load_settings()
     print(f"unmounted {volumes.unmount_all(settings)} run filesystems")

@@ -4,9 +4,9 @@ A language is one module with an Engine (see base.Engine) and one line in ENGINE
 
 from __future__ import annotations
 
-from .base import Engine, LeaderSpec, toil_argv
-from .cwl import CwlEngine
-from .wdl import WdlEngine
+from wes_gateway.engines.base import Engine, LeaderSpec, toil_argv
+from wes_gateway.engines.cwl import CwlEngine
+from wes_gateway.engines.wdl import WdlEngine
 
 ENGINES: dict[str, Engine] = {engine.workflow_type: engine for engine in (CwlEngine(), WdlEngine())}
 
@@ -26,8 +26,15 @@ def warm_validation() -> None:
             log.warning("could not warm the %s validation", engine.workflow_type, exc_info=True)
 
 
+def toil_version() -> str:
+    """The installed Toil's version: the one engine every language runs on."""
+    from importlib.metadata import version
+
+    return version("toil")
+
+
 def engine_for(workflow_type: str) -> Engine | None:
     return ENGINES.get(workflow_type.upper())
 
 
-__all__ = ["ENGINES", "Engine", "LeaderSpec", "engine_for", "toil_argv", "warm_validation"]
+__all__ = ["ENGINES", "Engine", "LeaderSpec", "engine_for", "toil_argv", "toil_version", "warm_validation"]

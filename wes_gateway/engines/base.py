@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .. import batch
-from ..config import Settings
-from ..errors import BadRequest
-from ..paths import RunPaths
-from ..sandbox import SandboxSpec
+from wes_gateway.config import Settings
+from wes_gateway.errors import BadRequest
+from wes_gateway.files.paths import RunPaths
+from wes_gateway.host import batch
+from wes_gateway.host.sandbox import SandboxSpec
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import containers
-from ..config import Settings
-from ..errors import BadRequest
-from ..paths import RunPaths
-from .base import Admission, load_scratch_document, warm_by_checking
+from wes_gateway.config import Settings
+from wes_gateway.engines.base import Admission, load_scratch_document, warm_by_checking
+from wes_gateway.errors import BadRequest
+from wes_gateway.files.paths import RunPaths
+from wes_gateway.host import containers
 
 log = logging.getLogger(__name__)
 

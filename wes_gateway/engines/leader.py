@@ -20,11 +20,12 @@ import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from .. import limits, procs, store
-from ..paths import RunPaths
-from ..sandbox import Sandbox, become
-from . import ENGINES, engine_for, toil_realtime, toil_waits, toil_workers
-from .base import LeaderSpec, exit_code_of
+from wes_gateway import store
+from wes_gateway.engines import ENGINES, engine_for, toil_realtime, toil_waits, toil_workers
+from wes_gateway.engines.base import LeaderSpec, exit_code_of
+from wes_gateway.files.paths import RunPaths
+from wes_gateway.host import limits, procs
+from wes_gateway.host.sandbox import Sandbox, become
 
 
 def _warm_engines() -> None:

@@ -44,8 +44,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import limits
-from .base import exit_code_of
+from wes_gateway.engines.base import exit_code_of
+from wes_gateway.host import limits
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .. import containers
-from ..config import Settings
-from ..errors import BadRequest
-from ..paths import RunPaths
-from .base import Admission, load_scratch_document, warm_by_checking
+from wes_gateway.config import Settings
+from wes_gateway.engines.base import Admission, load_scratch_document, warm_by_checking
+from wes_gateway.errors import BadRequest
+from wes_gateway.files.paths import RunPaths
+from wes_gateway.host import containers
 
 # Toil's interpreter runs these; draft-2 parses in miniwdl but Toil does not execute it.
 VERSIONS = ["1.0", "1.1"]
