@@ -1,4 +1,4 @@
-# The two commands: `make run` and `make test`. Both create .venv when it is missing.
+# The two commands: `make run` and `make test` (`make check` is the fast tier). All create .venv when it is missing.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 CONFORMANCE_STAMP := $(VENV)/.installed-conformance
 
-.PHONY: run test lint conformance install clean system-deps
+.PHONY: run test check lint conformance install clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +40,15 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(TEST_STAMP) system-deps lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# The fast tier: lint, types and the in-process tests (tests/fast: no Gunicorn, no Toil
+# leader), in under a minute. Run it after every edit.
+check: $(TEST_STAMP) lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/fast
+
+# Both tiers: the fast one, then end to end (tests/e2e: real Gunicorn, supervisor, Toil,
+# Podman, PostgreSQL, Apache, Slurm). Run it before you stop.
+test: $(TEST_STAMP) system-deps check
+	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
 # The CWL v1.2 conformance suite through the gateway with toil-wes-cwl-runner.
 # TAGS=required (default) or TAGS=all; CWL_SUITE=../shared/cwl-v1.2 by default.

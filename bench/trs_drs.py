@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlparse
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 from drs_server import BYTES, drs_server  # noqa: E402  (standard library only)
 

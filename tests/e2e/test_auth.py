@@ -19,7 +19,7 @@ from conftest import Server, loopback_http, start_server, stop_server, unix_requ
 
 from wes_gateway.files.paths import RunPaths
 
-D = Path(__file__).parent / "data"
+D = Path(__file__).parent.parent / "data"
 SECRET = "sekrit-do-not-leak-8d1f"
 PROXY_SECRET = "apache-only-3f9a0c"
 ECHO = {

@@ -13,7 +13,7 @@ from conftest import Server, start_server, stop_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-D = Path(__file__).parent / "data"
+D = Path(__file__).parent.parent / "data"
 FIELDS = [
     "workflow_url",
     "workflow_type",

@@ -140,7 +140,7 @@ def test_active_run_limit_holds_under_simultaneous_submissions(tmp_path: Path) -
         {"WES_GATEWAY_SUPERVISOR": "off", "WES_GATEWAY_MAX_ACTIVE_RUNS_PER_USER": str(limit)},
         workers=4,
     )
-    echo = (Path(__file__).parent / "data" / "echo.cwl").read_bytes()
+    echo = (Path(__file__).parent.parent / "data" / "echo.cwl").read_bytes()
     try:
 
         def submit(i: int) -> int:

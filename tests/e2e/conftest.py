@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(__file__).resolve().parent / "data"
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parent.parent / "data"
 API = "/ga4gh/wes/v1"
 TERMINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"}
 
@@ -385,7 +385,7 @@ def container_env(store: Path | None) -> dict[str, str]:
     through the test-only singularity stand-in (tests/bin), which runs task commands on the host."""
     if store is not None:
         return {"WES_GATEWAY_CONTAINER_ENGINE": "podman", "WES_GATEWAY_IMAGE_STORE": str(store)}
-    return {"WES_GATEWAY_CONTAINER_ENGINE": "none", "WES_GATEWAY_EXTRA_PATH": str(ROOT / "tests" / "bin")}
+    return {"WES_GATEWAY_CONTAINER_ENGINE": "none", "WES_GATEWAY_EXTRA_PATH": str(ROOT / "tests" / "e2e" / "bin")}
 
 
 @pytest.fixture(scope="session")

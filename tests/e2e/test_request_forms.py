@@ -11,7 +11,7 @@ import pytest
 from conftest import Server, loopback_http, running_server
 from test_bad_input import assert_error, run_dirs
 
-ECHO = (Path(__file__).parent / "data" / "echo.cwl").read_bytes()
+ECHO = (Path(__file__).parent.parent / "data" / "echo.cwl").read_bytes()
 FIELDS = {"workflow_url": "echo.cwl", "workflow_type": "CWL", "workflow_type_version": "v1.2"}
 
 

@@ -34,7 +34,7 @@ from conftest import (
 from wes_gateway.engines.toil_workers import SHIM
 from wes_gateway.host.procs import parent_pid
 
-D = Path(__file__).parent / "data"
+D = Path(__file__).parent.parent / "data"
 
 
 @pytest.fixture(scope="module")

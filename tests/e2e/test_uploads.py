@@ -14,7 +14,7 @@ import pytest
 import requests
 from conftest import Server, peak_rss, start_server, stop_server, worker_pid
 
-D = Path(__file__).parent / "data"
+D = Path(__file__).parent.parent / "data"
 MIB = 1024 * 1024
 FIELDS = {
     "workflow_url": "echo.cwl",

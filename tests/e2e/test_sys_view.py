@@ -35,7 +35,7 @@ def test_a_run_sees_no_run_id_in_sys(tmp_path: Path, engine_env: dict[str, str])
     if engine_env.get("WES_GATEWAY_CONTAINER_ENGINE") != "podman":
         pytest.skip("/sys is shown to runs only for Podman")
     with running_server(tmp_path / "data", engine_env) as server:
-        other = server.submit_cwl(Path(__file__).parent / "data" / "echo.cwl", {"message": "the other's"})
+        other = server.submit_cwl(Path(__file__).parent.parent / "data" / "echo.cwl", {"message": "the other's"})
         assert server.wait(other) == "COMPLETE"
         run_id = server.submit_script(LOOK_PY)
         assert server.wait(run_id) == "COMPLETE", server.system_logs(run_id)

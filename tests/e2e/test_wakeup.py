@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import start_server, stop_server
 
-D = Path(__file__).parent / "data"
+D = Path(__file__).parent.parent / "data"
 
 
 def test_a_submission_wakes_the_supervisor(tmp_path: Path) -> None:

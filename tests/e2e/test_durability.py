@@ -24,7 +24,7 @@ from conftest import (
 
 from wes_gateway import store
 
-D = Path(__file__).parent / "data"
+D = Path(__file__).parent.parent / "data"
 FAST = {"WES_GATEWAY_LEASE_SECONDS": "4", "WES_GATEWAY_POLL_INTERVAL": "0.2"}
 
 

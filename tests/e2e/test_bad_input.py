@@ -8,7 +8,7 @@ import pytest
 import requests
 from conftest import Server, start_server, stop_server
 
-ECHO = (Path(__file__).parent / "data" / "echo.cwl").read_bytes()
+ECHO = (Path(__file__).parent.parent / "data" / "echo.cwl").read_bytes()
 GOOD = {
     "workflow_url": "echo.cwl",
     "workflow_type": "CWL",

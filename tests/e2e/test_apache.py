@@ -19,7 +19,7 @@ import pytest
 import requests
 from conftest import ROOT, Server, free_port, start_server, stop_server
 
-D = Path(__file__).parent / "data"
+D = Path(__file__).parent.parent / "data"
 APACHE = Path("/usr/sbin/apache2")
 MODULES = Path("/usr/lib/apache2/modules")
 USERS = {"alice": "alice-pw", "bob": "bob-pw"}

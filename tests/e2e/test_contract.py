@@ -12,7 +12,7 @@ import pytest
 import requests
 from conftest import ROOT, Server
 
-D = Path(__file__).parent / "data"
+D = Path(__file__).parent.parent / "data"
 OFFICIAL = ROOT.parent / "shared" / "reference" / "openapi.yaml"
 CHECKS = "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import requests
 from conftest import Server
 
-D = Path(__file__).parent / "data"
+D = Path(__file__).parent.parent / "data"
 
 
 def cwl(server: Server, workflow: str, files: list[str], params: dict, extra: dict | None = None) -> str:

@@ -40,7 +40,7 @@ def slurm_env(cluster: slurm.Slurm, shared: Path, **extra: str) -> dict[str, str
         "WES_GATEWAY_SHARED_DIR": str(shared),
         # Containers on Slurm nodes are not covered here: WDL goes through the test-only stand-in.
         "WES_GATEWAY_CONTAINER_ENGINE": "none",
-        "WES_GATEWAY_EXTRA_PATH": str(ROOT / "tests" / "bin"),
+        "WES_GATEWAY_EXTRA_PATH": str(ROOT / "tests" / "e2e" / "bin"),
         "WES_GATEWAY_CANCEL_GRACE_SECONDS": str(GRACE),
         # The leader keeps root inside a user namespace, so that its Slurm jobs (run outside
         # any sandbox) can use this machine's Python under /root; test_jobs_run_as_run_user

@@ -7,7 +7,7 @@ from pathlib import Path
 import requests
 from conftest import Server, cmdline, lasting_processes, pid_gone, wait_for_tool
 
-W = Path(__file__).parent / "data" / "wdl"
+W = Path(__file__).parent.parent / "data" / "wdl"
 
 
 def submit(

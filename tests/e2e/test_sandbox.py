@@ -23,7 +23,7 @@ import pytest
 import requests
 from conftest import ROOT, Server, start_server, stop_server
 
-D = Path(__file__).parent / "data"
+D = Path(__file__).parent.parent / "data"
 SECRET = "sandbox-secret-5b2e"
 
 

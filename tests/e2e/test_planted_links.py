@@ -31,7 +31,7 @@ from conftest import (
     wait_until,
 )
 
-D = Path(__file__).parent / "data"
+D = Path(__file__).parent.parent / "data"
 
 PLANT_CWL = """cwlVersion: v1.2
 class: CommandLineTool

@@ -12,7 +12,7 @@ from test_durability import assert_storm_completes, slow_echo, submit_storm
 
 from wes_gateway import store
 
-D = Path(__file__).parent / "data"
+D = Path(__file__).parent.parent / "data"
 
 
 @pytest.fixture(scope="module")

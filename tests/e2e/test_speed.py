@@ -15,7 +15,7 @@ import requests
 from conftest import Server, kill_all_leaders, start_server, stop_server
 from test_tasks import all_tasks, cwl
 
-D = Path(__file__).parent / "data"
+D = Path(__file__).parent.parent / "data"
 THREE = ["three_step.cwl", "upper.cwl", "rev.cwl", "count.cwl"]
 FAIL = ["fail_second.cwl", "upper.cwl", "fail_file.cwl"]
 
@@ -149,7 +149,7 @@ def test_a_retried_job_waits_out_its_backoff_without_spinning(tmp_path: Path) ->
 
     bin_dir = Path(sys.executable).parent
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "TOIL_HISTORY": "False", "LANG": "C.UTF-8"}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     measured = {}
     for mode in ("off", "on"):
         work = tmp_path / mode
