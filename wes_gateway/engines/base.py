@@ -56,6 +56,8 @@ class Admission(Protocol):
 class Engine(Protocol):
     workflow_type: str
     program: str  # the Toil command a leader stands for, as shown in RunLog.cmd
+    # The language as a Workflow RO-Crate names it: its identifier, name and home page.
+    crate_language: tuple[str, str, str]
 
     def warm(self) -> None:
         """Import the language's Toil front end and load a tiny document, in the forkserver,

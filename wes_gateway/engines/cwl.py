@@ -48,6 +48,11 @@ _SEGMENT = re.compile(r"^([^.]+)\.(.+?\.(?:cwl|yml|yaml|json)(?:#[^.]*)?)(?:\.(.
 class CwlEngine:
     workflow_type = "CWL"
     program = "toil-cwl-runner"
+    crate_language = (
+        "https://w3id.org/workflowhub/workflow-ro-crate#cwl",
+        "Common Workflow Language",
+        "https://www.commonwl.org/",
+    )
 
     def warm(self) -> None:
         import toil.cwl.cwltoil  # noqa: F401

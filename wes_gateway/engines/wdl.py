@@ -51,6 +51,11 @@ _TASK_JOB = "kind-WDLTaskJob/"
 class WdlEngine:
     workflow_type = "WDL"
     program = "toil-wdl-runner"
+    crate_language = (
+        "https://w3id.org/workflowhub/workflow-ro-crate#wdl",
+        "Workflow Description Language",
+        "https://openwdl.org/",
+    )
 
     def warm(self) -> None:
         import toil.wdl.wdltoil  # noqa: F401

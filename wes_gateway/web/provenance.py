@@ -5,7 +5,7 @@ sha256, the run's times, state, engine and version, and one action per task.
 
 The crate is made when it is asked for, from the store and the run directory, so it is the
 same after a restart. The output checksums are worked out by the supervisor as the run
-completes (``record_checksums``, within a byte budget) and kept in the run's control
+completes (``files.checksums``, within a byte budget) and kept in the run's control
 directory (the service's own), keyed by each file's size and modification time: a request
 never hashes, so a run's terabyte of outputs cannot hold a web worker before its first byte.
 """
@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 from wes_gateway import store
+from wes_gateway.engines import ENGINES, engine_for
 from wes_gateway.files import outputs
 from wes_gateway.files.checksums import checksums
 from wes_gateway.files.outputs import Opened
@@ -29,18 +30,6 @@ PROFILES = {
     "workflow": "https://w3id.org/ro/wfrun/workflow/0.5",
     "provenance": "https://w3id.org/ro/wfrun/provenance/0.5",
     "wfcrate": "https://w3id.org/workflowhub/workflow-ro-crate/1.0",
-}
-LANGUAGES = {
-    "CWL": (
-        "https://w3id.org/workflowhub/workflow-ro-crate#cwl",
-        "Common Workflow Language",
-        "https://www.commonwl.org/",
-    ),
-    "WDL": (
-        "https://w3id.org/workflowhub/workflow-ro-crate#wdl",
-        "Workflow Description Language",
-        "https://openwdl.org/",
-    ),
 }
 _STATUS = {store.COMPLETE: "CompletedActionStatus", store.CANCELED: "FailedActionStatus"}
 
@@ -56,7 +45,8 @@ def build(run: store.Run, run_tasks: list[store.Task], paths: RunPaths, engine_v
     crate.root_dataset["license"] = "https://spdx.org/licenses/CC-BY-4.0"
     for profile, identifier in PROFILES.items():
         crate.add(ContextEntity(crate, identifier, properties={"@type": ["CreativeWork", "Profile"], "name": profile}))
-    language_id, language_name, language_url = LANGUAGES.get(run.workflow_type, LANGUAGES["CWL"])
+    engine = engine_for(run.workflow_type) or ENGINES["CWL"]
+    language_id, language_name, language_url = engine.crate_language
     language = crate.add(
         ContextEntity(
             crate,
