@@ -6,11 +6,14 @@ a process of its own, forked from a forkserver that has Toil preloaded. Every ac
 carries a lease in the store that its supervising thread renews; a run whose lease lapsed
 (its supervisor died) is taken over: its leader is adopted if it still lives, or resumed
 with Toil's --restart on the persisted job store.
+
+This module holds the claim loop, the slots, the runs' identities and the take-over of a
+lapsed run; starting a leader is in ``starting``, watching it in ``watching``, its end in
+``finishing``, and the leader process's environment and handle in ``leaders``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -18,129 +21,26 @@ import multiprocessing
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
-from multiprocessing.connection import Connection
-from pathlib import Path
 
 from wes_gateway import metrics, store
 from wes_gateway.config import Settings
-from wes_gateway.engines import Engine, LeaderSpec, engine_for, toil_argv
-from wes_gateway.files import checksums
 from wes_gateway.files.paths import RunPaths, supervisor_beat
 from wes_gateway.host import batch, containers, limits, procs, sandbox, volumes
 from wes_gateway.logsetup import setup_logging
-from wes_gateway.runs import retention, tasks, wakeup
+from wes_gateway.runs import retention, wakeup
+from wes_gateway.runs.finishing import finish
+from wes_gateway.runs.leaders import Leader, live_leader, noop, scrub_environment
+from wes_gateway.runs.starting import engine_of, refused_for_planted_names, start
+from wes_gateway.runs.watching import watch
+
+__all__ = ["Supervisor", "live_leader", "preflight", "serve"]
 
 log = logging.getLogger(__name__)
-
-# The variables a leader inherits from the supervisor; everything else is dropped so that
-# the gateway's secrets never reach a job store.
-ENV_ALLOWLIST = ("LANG", "LC_ALL", "TZ", "USER", "LOGNAME")
-
-
-def scrub_environment(settings: Settings) -> None:
-    # prometheus-client finds its directory in the environment whenever a sample is first made.
-    names = (*ENV_ALLOWLIST, *batch.client_env_names(settings), metrics.ENV, "PATH", "HOME", "TMPDIR")
-    keep = {key: os.environ[key] for key in names if key in os.environ}
-    os.environ.clear()
-    os.environ.update(keep)
-
-
-def leader_env(settings: Settings, run_id: str, paths: RunPaths, dropped: bool = False) -> dict[str, str]:
-    bin_dir = str(Path(sys.executable).parent)
-    path = [*containers.path_dirs(paths, settings), *settings.extra_path, bin_dir, "/usr/local/bin", "/usr/bin", "/bin"]
-    env = {key: os.environ[key] for key in ENV_ALLOWLIST if key in os.environ}
-    env.update(
-        {
-            "PATH": os.pathsep.join(path),
-            "HOME": str(paths.home),
-            "TMPDIR": str(paths.tmp),
-            "LANG": env.get("LANG", "C.UTF-8"),
-            # Concurrent leaders otherwise fight over ~/.toil/history.sqlite.
-            "TOIL_HISTORY": "False",
-            "SINGULARITY_CACHEDIR": str(paths.root / "image-cache"),
-            "MINIWDL__SINGULARITY__IMAGE_CACHE": str(paths.root / "image-cache"),
-            procs.MARKER: run_id,
-        }
-    )
-    env.update(batch.leader_env(settings, run_id, os.environ))
-    if dropped:
-        # Who the leader is once it has dropped root (getpass and friends read these first).
-        env["USER"] = env["LOGNAME"] = settings.run_user
-    return env
-
-
-def live_leader(paths: RunPaths) -> int | None:
-    """The pid of this run's leader if that very process (not a reuse of its pid) still runs."""
-    for path in paths.leader_files:
-        recorded = paths.read_json(path)
-        try:
-            pid, start = int(recorded["pid"]), int(recorded["start"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        return pid if procs.pid_alive(pid) and procs.start_time(pid) == start else None
-    return None
-
-
-def _write_kill_flag(run_root: str, run_as: tuple[int, int] | None) -> None:
-    # In a process of its own, forked from the forkserver (Toil is loaded there). The job store
-    # is the run's to change: a link planted in it must not make a root process write outside
-    # it, so with a run user this process shuts itself in the run directory (chroot) and drops
-    # to that user first.
-    from toil.common import Toil
-    from toil.jobStores.fileJobStore import FileJobStore  # noqa: F401  (loaded before the chroot)
-
-    locator = f"file:{run_root}/jobstore"
-    if run_as is not None:
-        os.chroot(run_root)
-        os.chdir("/")
-        locator = "file:/jobstore"
-    sandbox.become(run_as)
-    try:
-        Toil.resumeJobStore(locator).write_kill_flag(kill=True)
-    except Exception as exc:  # the leader may not have initialised its job store yet
-        print(f"kill flag: {type(exc).__name__}: {exc}", file=sys.stderr)
-        sys.stderr.flush()
-        os._exit(1)
-
-
-class Leader:
-    """A handle on one leader process, whether we started it or adopted it."""
-
-    def __init__(self, pid: int, process: multiprocessing.process.BaseProcess | None) -> None:
-        self.pid = pid
-        self.process = process
-
-    def wait(self, timeout: float) -> bool:
-        """True once the leader has exited."""
-        if self.process is not None:
-            self.process.join(timeout)
-            return self.process.exitcode is not None
-        deadline = time.monotonic() + timeout
-        while procs.pid_alive(self.pid):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(min(0.2, timeout))
-        return True
-
-    @property
-    def exitcode(self) -> int | None:
-        return None if self.process is None else self.process.exitcode
-
-    def signal_group(self, signum: int) -> None:
-        try:
-            os.killpg(self.pid, signum)
-        except OSError:
-            try:
-                os.kill(self.pid, signum)
-            except OSError:
-                pass
 
 
 class Supervisor:
@@ -181,7 +81,7 @@ class Supervisor:
         threading.Thread(target=self._settle_finished, name="settle", daemon=True).start()
         containers.provide_store_view(self.settings)
         # Start the forkserver now, so Toil's import cost is paid before the first run.
-        self.context.Process(target=_noop).start()
+        self.context.Process(target=noop).start()
         next_sweep = 0.0
         while not self.stop_event.is_set():
             try:
@@ -239,7 +139,7 @@ class Supervisor:
             self.next_disk_warning = time.monotonic() + 60
         return False
 
-    def _identity(self, run_id: str, paths: RunPaths) -> sandbox.RunIdentity | None:
+    def identity_for(self, run_id: str, paths: RunPaths) -> sandbox.RunIdentity | None:
         """Who the run's leader is: run_user, or a uid of the run's own from run_uids, kept in
         its control directory so that a restart or an adoption finds the same one."""
         uids = self.settings.run_uid_range
@@ -260,10 +160,6 @@ class Supervisor:
                 self.uids[run_id] = recorded
             return dataclasses.replace(self.identity, uid=self.uids[run_id])
 
-    @staticmethod
-    def _run_as(identity: sandbox.RunIdentity | None) -> tuple[int, int] | None:
-        return None if identity is None else (identity.uid, identity.gid)
-
     def _guard(self, run_id: str, step: Callable[[str], None]) -> None:
         try:
             step(run_id)
@@ -279,121 +175,15 @@ class Supervisor:
 
     # ------------------------------------------------------------ one run
 
-    def _start(self, run_id: str, restart: bool = False) -> None:
-        run = store.get_run(run_id)
-        if run is None:
-            return
-        if run.cancel_requested or run.state == store.CANCELING:
-            store.transition(run_id, store.CANCELED)
-            return
-        engine = _engine_of(run)
-        if engine is None:
-            return
-        paths = RunPaths.of(self.settings, run_id)
-        volumes.provide(self.settings, paths, run_id)
-        if self._refused_for_planted_names(run_id, paths):
-            return
-        identity = self._identity(run_id, paths)
-        # A sandbox whose leader never is root cannot give containers a /proc of their own.
-        # Jobs a cluster runs elsewhere are in no sandbox, even when the leader is.
-        sandboxed = self.settings.run_sandbox != "none" and self.settings.batch_system == "single_machine"
-        containers.prepare(paths, self.settings, sandboxed, own_pid_namespace=not sandboxed or bool(identity))
-        sandbox.hand_over(paths, identity)
-        group = limits.group_of(self.settings, run_id)
-        if group is not None:
-            group.create(self.settings.effective_run_memory_limit, self.settings.run_max_processes)
-        argv = toil_argv(
-            run.workflow_path,
-            paths,
-            self.settings,
-            engine.language_args(paths, self.settings),
-            run.engine_args,
-            restart,
-        )
-        spec = LeaderSpec(
-            run_id=run_id,
-            workflow_type=run.workflow_type,
-            argv=argv,
-            env=leader_env(self.settings, run_id, paths, dropped=self.identity is not None),
-            root=str(paths.root),
-            sandbox=self._sandbox_of(paths),
-            run_as=self._run_as(identity),
-            token=uuid.uuid4().hex,
-            heartbeat_seconds=self.settings.lease_seconds / 3,
-            fence_seconds=self.settings.lease_seconds * 2 / 3,
-            prompt_shutdown=self.settings.toil_prompt_shutdown,
-            warm_workers=self.settings.toil_warm_workers,
-            cgroup_procs=group.procs_files if group is not None else (),
-            rlimits=limits.rlimits_for(self.settings) if group is None else (0, 0),
-        )
-        paths.result.unlink(missing_ok=True)
-        paths.leader_file.unlink(missing_ok=True)
-        # From here this leader, and no earlier one on any host, owns the run.
-        store.leader_started(run_id, spec.token, self.host_id)
-        receiver, sender = self.context.Pipe(duplex=False)
-        process = self.context.Process(target=_run_leader, args=(spec, receiver), name=f"leader-{run_id}")
-        process.start()
-        receiver.close()
-        sender.send(self.settings.effective_database_url)
-        sender.close()
-        assert process.pid is not None
-        fields: dict[str, object] = {"leader_pid": process.pid, "cmd": [engine.program, *argv]}
-        if run.start_time is None:
-            fields["start_time"] = store.utc_now()
-        log.info("run %s: leader pid %d started%s", run_id, process.pid, " (restart)" if restart else "")
-        metrics.get().leader_starts.labels("restart" if restart else "start").inc()
-        if store.transition(run_id, store.RUNNING, **fields):
-            if not restart:
-                metrics.get().queue_wait.observe(_seconds_since(run.submitted_at))
-        else:
-            # Cancelled while we were starting it: record the pid so the cancel can find it.
-            store.update_run(run_id, **fields)
-        self._watch(run, engine, Leader(process.pid, process), paths, spec.token)
-
-    def _refused_for_planted_names(self, run_id: str, paths: RunPaths) -> bool:
-        """End a run that put a link or a file where one of its directories was (found when it
-        is started again: its leader is gone, nothing of it runs). Root would otherwise bind,
-        create in or hand over what the link names; the run is not resumed, and the planted
-        names are taken away so that nothing later (delete, retention) meets them."""
-        planted = paths.replaced()
-        if not planted:
-            return False
-        names = ", ".join(planted)
-        log.warning("run %s: not started: it replaced %s of its own directory with a link or file", run_id, names)
-        paths.remove_replaced(planted)
-        group = limits.group_of(self.settings, run_id)
-        if group is not None:
-            with contextlib.suppress(OSError):
-                group.remove()  # an earlier life's, now empty
-        store.append_system_log(
-            run_id,
-            f"{store.utc_now()} not started again: the run replaced its own {names} with a link or a file, "
-            "which the service does not follow",
-        )
-        if not store.transition(run_id, store.EXECUTOR_ERROR):
-            store.transition(run_id, store.CANCELED)  # a cancel was asked for meanwhile
-        return True
-
-    def _sandbox_of(self, paths: RunPaths) -> sandbox.SandboxSpec | None:
-        if self.settings.run_sandbox == "none":
-            return None
-        services = [*batch.sandbox_paths(self.settings, os.environ), *containers.sandbox_paths(self.settings)]
-        return sandbox.plan(
-            self.settings,
-            paths,
-            paths.read_inputs(),
-            self.hidden_files,
-            self.identity,
-            services,
-            fresh_proc=containers.engine(self.settings) == "podman",
-        )
+    def _start(self, run_id: str) -> None:
+        start(self, run_id)
 
     def _recover(self, run_id: str) -> None:
         """Take over a run whose supervisor died: adopt, finish, resume or fail it."""
         run = store.get_run(run_id)
         if run is None or run.state in store.TERMINAL:
             return
-        engine = _engine_of(run)
+        engine = engine_of(run)
         if engine is None:
             return
         paths = RunPaths.of(self.settings, run_id)
@@ -402,7 +192,7 @@ class Supervisor:
             if pid is not None:
                 log.info("run %s: adopting live leader pid %d", run_id, pid)
                 metrics.get().leader_starts.labels("adopt").inc()
-                self._watch(run, engine, Leader(pid, None), paths, run.leader_token or "")
+                watch(self, run, engine, Leader(pid, None), paths, run.leader_token or "")
                 return
             # Its leader is gone; what it started must not race a successor on the same job store.
             procs.kill_run_processes(run_id, {run.leader_pid} if run.leader_pid else None)
@@ -412,155 +202,35 @@ class Supervisor:
             log.info("run %s: leader on host %s stopped beating; taking the run over", run_id, run.host_id)
         batch.cancel_leftovers(self.settings, run_id, os.environ)
         finished = paths.read_result() is not None
-        if not finished and self._refused_for_planted_names(run_id, paths):
+        if not finished and refused_for_planted_names(self.settings, run_id, paths):
             return
         if finished:
-            self._finish(run, engine, paths, None, cancelled=run.cancel_requested)
+            finish(self, run, engine, paths, None, cancelled=run.cancel_requested)
             return
         if run.cancel_requested:
             store.transition(run_id, store.CANCELED)
             return
         if run.state == store.INITIALIZING and not paths.jobstore.exists():
             log.info("run %s: leader never started; starting it now", run_id)
-            self._start(run_id)
+            start(self, run_id)
             return
         if paths.jobstore_began:
             store.append_system_log(run_id, f"{store.utc_now()} leader lost; resumed with --restart")
-            self._start(run_id, restart=True)
+            start(self, run_id, restart=True)
             return
         if paths.jobstore.exists():
             # Lost while Toil was still setting its job store up: nothing of the workflow ran,
             # and --restart would refuse the half-made store. Start the run afresh.
             shutil.rmtree(paths.jobstore, ignore_errors=True)
             store.append_system_log(run_id, f"{store.utc_now()} leader lost before its workflow began; started again")
-            self._start(run_id)
+            start(self, run_id)
             return
         store.append_system_log(run_id, "leader lost and its job store is gone; cannot resume")
         store.transition(run_id, store.SYSTEM_ERROR)
 
-    def _ingest_tasks(self, run: store.Run, engine: Engine, paths: RunPaths, known_logs: set[str]) -> None:
-        try:
-            tasks.ingest(run.run_id, engine, run.workflow_path, paths, known_logs, self.settings.image_store)
-        except Exception:
-            # Task records are best effort; they must never take the run down with them.
-            log.exception("run %s: reading task records failed", run.run_id)
-
-    def _watch(self, run: store.Run, engine: Engine, leader: Leader, paths: RunPaths, token: str) -> None:
-        settings = self.settings
-        run_id = run.run_id
-        renew_every = settings.lease_seconds / 3
-        next_renew = 0.0
-        cancelled = False
-        known_logs = tasks.known_log_names(run_id)
-        group = limits.group_of(settings, run_id)
-        over_limit = ""
-        identity = self._identity(run_id, paths)
-        # A uid of the run's own, held by rlimits: what to count and, at the limit, kill.
-        rlimited = identity.uid if identity and limits.rlimits_for(settings)[1] and group is None else 0
-        next_count = 0.0
-        ran_out = False  # whether its own filesystem was seen full (what fills it may be gone at the end)
-        groups: set[int] = {leader.pid}  # the leader called setsid: its group is its pid
-        while True:
-            if leader.wait(settings.poll_interval):
-                break
-            # Remember every group the run ever had: a tool can outlive its worker.
-            groups |= procs.run_process_groups(run_id, groups)
-            self._ingest_tasks(run, engine, paths, known_logs)
-            if self.stop_event.is_set():
-                # Shutting down: the leader lives on; whoever holds the next lease adopts it.
-                return
-            now = time.monotonic()
-            if now >= next_renew:
-                renewed = store.renew_lease(run_id, self.worker_id, settings.lease_seconds)
-                metrics.get().lease_renewals.labels("renewed" if renewed else "refused").inc()
-                if not renewed:
-                    current = store.get_run(run_id)
-                    if current is None or current.claimed_by != self.worker_id:
-                        log.warning("run %s: lease lost to another supervisor; letting go", run_id)
-                        return
-                next_renew = now + renew_every
-            if not cancelled and store.cancel_requested(run_id):
-                cancelled = True
-                groups |= procs.run_process_groups(run_id, groups)
-                self._cancel(run_id, leader, paths)
-                break
-            ran_out = ran_out or volumes.filled(paths)
-            # A cgroup's counter costs a read; a uid's tasks a look at every process: every 2 s.
-            if group is not None or (rlimited and time.monotonic() >= next_count):
-                next_count = time.monotonic() + 2.0
-                if self._at_process_limit(group, rlimited):
-                    # A run at its process limit is stuck or a fork bomb: it ends now, once.
-                    over_limit = (
-                        f"the run reached its process limit (run_max_processes = {settings.run_max_processes}) "
-                        "and was stopped"
-                    )
-                    log.warning("run %s: %s", run_id, over_limit)
-                    if group is not None:
-                        group.kill_all()
-                    else:
-                        limits.kill_uid(rlimited)
-                    leader.signal_group(signal.SIGKILL)
-                    leader.wait(settings.cancel_grace_seconds)
-                    break
-        self._ingest_tasks(run, engine, paths, known_logs)
-        if token and not store.leader_owns(run_id, token):
-            log.warning("run %s: its leader was fenced out by a successor; letting go", run_id)
-            return
-        self._finish(
-            run,
-            engine,
-            paths,
-            leader.exitcode,
-            cancelled=cancelled or store.cancel_requested(run_id),
-            groups=groups,
-            over_limit=over_limit,
-            ran_out=ran_out,
-        )
-
-    def _at_process_limit(self, group: limits.RunGroup | None, uid: int) -> bool:
-        """Whether the run holds its process limit: its group's count of refusals, or (held
-        by rlimits) the tasks of its own uid."""
-        if group is not None:
-            return group.process_limit_hits() > 0
-        return bool(uid) and limits.tasks_of_uid(uid)[0] >= self.settings.run_max_processes - 1
-
-    def _cancel(self, run_id: str, leader: Leader, paths: RunPaths) -> None:
-        grace = self.settings.cancel_grace_seconds
-        log.info("run %s: cancelling leader pid %d", run_id, leader.pid)
-        self._write_kill_flag(paths, run_id)
-        if not leader.wait(grace):
-            log.info("run %s: leader still up after kill flag; SIGTERM", run_id)
-            leader.signal_group(signal.SIGTERM)
-            if not leader.wait(grace):
-                log.info("run %s: leader still up after SIGTERM; SIGKILL", run_id)
-                leader.signal_group(signal.SIGKILL)
-                leader.wait(grace)
-
-    def _write_kill_flag(self, paths: RunPaths, run_id: str) -> None:
-        """Ask the leader to stop through its job store, as `toil kill` does for remote leaders."""
-        if not paths.jobstore.exists():
-            return
-        run_as = self._run_as(self._identity(run_id, paths))
-        writer = self.context.Process(target=_write_kill_flag, args=(str(paths.root), run_as))
-        writer.start()
-        writer.join(30)
-        if writer.exitcode == 0:
-            log.info("run %s: kill flag written", run_id)
-        else:  # the leader may not have initialised its job store yet
-            log.info("run %s: kill flag not written (exit status %s)", run_id, writer.exitcode)
-            if writer.exitcode is None:
-                writer.kill()
-
-    def _settle(self, paths: RunPaths, run_id: str, keep_jobstore: bool) -> None:
-        try:
-            volumes.settle(self.settings, paths, run_id, keep_jobstore)
-        except Exception:
-            # Its mount stays, and is served; _settle_finished tries again.
-            log.exception("run %s: not settled; its filesystem stays mounted for now", run_id)
-
     def _settle_finished(self) -> None:
         """Settle finished runs that still have an image, a few at a time: those an earlier
-        version left mounted, and any whose settle failed or that ended elsewhere than _finish."""
+        version left mounted, and any whose settle failed or that ended elsewhere than finishing.finish."""
         while not self.stop_event.is_set():
             try:
                 left = volumes.settle_finished(self.settings)
@@ -569,101 +239,6 @@ class Supervisor:
                 left = 0
             self.stop_event.wait(0.5 if left else 10)
 
-    def _finish(
-        self,
-        run: store.Run,
-        engine: Engine,
-        paths: RunPaths,
-        exitcode: int | None,
-        cancelled: bool,
-        groups: set[int] | None = None,
-        over_limit: str = "",
-        ran_out: bool = False,
-    ) -> None:
-        run_id = run.run_id
-        procs.kill_run_processes(run_id, groups)
-        group = limits.group_of(self.settings, run_id)
-        identity = self._identity(run_id, paths)
-        if group is None and identity is not None and self.settings.run_uid_range is not None:
-            limits.kill_uid(identity.uid)  # everything of a run's own uid is the run's
-        oom_kills = 0
-        if group is not None:
-            group.kill_all()
-            memory, processes = group.peaks()
-            log.info("run %s: at most %d MB of memory and %d processes at once", run_id, memory >> 20, processes)
-            oom_kills = group.oom_kills()
-            if oom_kills:
-                limit = self.settings.effective_run_memory_limit
-                store.append_system_log(
-                    run_id,
-                    f"the run reached its memory limit (run_memory_limit = {limit} bytes): the kernel "
-                    f"killed {oom_kills} of its processes",
-                )
-            group.remove()
-        batch.cancel_leftovers(self.settings, run_id, os.environ)
-        recorded = paths.read_result()
-        code = recorded if recorded is not None else exitcode
-        started = (store.get_run(run_id) or run).start_time or store.utc_now()
-
-        def end(state: str, **fields: object) -> None:
-            if store.transition(run_id, state, **fields):
-                metrics.get().run_duration.labels(state).observe(_seconds_since(started))
-
-        if cancelled:
-            self._settle(paths, run_id, keep_jobstore=True)
-            end(store.CANCELED, exit_code=code)
-            return
-        if not over_limit and code != 0 and (ran_out or volumes.ran_out(paths)):
-            # Its own filesystem, and no other, is full: the run's doing, not the service's.
-            over_limit = f"the run filled its disk space (run_disk_limit = {self.settings.run_disk_limit})"
-        # Before its end is recorded: a finished run holds no mount (retention removes a
-        # complete run's job store anyway).
-        self._settle(paths, run_id, keep_jobstore=bool(over_limit) or code != 0)
-        if over_limit:
-            store.append_system_log(run_id, over_limit)
-            end(store.EXECUTOR_ERROR, exit_code=code)
-            return
-        if code == 0:
-            # Hashed here, within what could be served, so that no request for the RO-Crate does.
-            try:
-                hashed = checksums.record_checksums(
-                    paths, self.settings.max_served_file_bytes, self.settings.max_served_run_bytes
-                )
-                log.info("run %s: %d output bytes hashed for its RO-Crate", run_id, hashed)
-            except OSError:
-                log.exception("run %s: output checksums not recorded; its RO-Crate will lack them", run_id)
-            end(store.COMPLETE, exit_code=0, outputs=engine.present_outputs(paths.read_outputs(), paths))
-        elif recorded is not None:
-            # What the run's container shims said (an image it could not have), named for the user.
-            for problem in containers.problems(paths):
-                store.append_system_log(run_id, problem)
-            end(store.EXECUTOR_ERROR, exit_code=code)
-        else:
-            detail = f"exit status {exitcode}" if exitcode is not None else "unknown exit status"
-            message = f"leader died without a result ({detail})"
-            if exitcode is not None and exitcode < 0:
-                name = next((each.name for each in signal.Signals if each == -exitcode), "?")
-                message = f"the leader was killed by signal {-exitcode} ({name}) before it had a result"
-            store.append_system_log(run_id, message)
-            if oom_kills and exitcode in (None, -signal.SIGKILL):
-                # The kernel killed it at the run's own memory limit (tasks go first: limits.py).
-                end(store.EXECUTOR_ERROR, exit_code=exitcode)
-                return
-            store.transition(run_id, store.SYSTEM_ERROR, exit_code=exitcode)
-
-
-def _seconds_since(stamp: str) -> float:
-    then = store.parse_stamp(stamp)
-    return 0.0 if then is None else max(0.0, (datetime.now(UTC) - then).total_seconds())
-
-
-def _engine_of(run: store.Run) -> Engine | None:
-    engine = engine_for(run.workflow_type)
-    if engine is None:
-        store.append_system_log(run.run_id, f"no engine for workflow type {run.workflow_type}")
-        store.transition(run.run_id, store.SYSTEM_ERROR)
-    return engine
-
 
 def _work_listener() -> object | None:
     try:
@@ -671,18 +246,6 @@ def _work_listener() -> object | None:
     except Exception as exc:  # the poll still finds the work
         log.warning("cannot LISTEN for new runs (%s); polling only", exc)
         return None
-
-
-def _noop() -> None:
-    pass
-
-
-def _run_leader(spec: LeaderSpec, channel: Connection) -> None:
-    # Referenced by name across the forkserver, so the supervisor itself never imports Toil:
-    # the module is already loaded (and its parsers warmed) in the forkserver.
-    from wes_gateway.engines.leader import run_leader
-
-    run_leader(spec, channel)
 
 
 def preflight(settings: Settings) -> None:
