@@ -295,6 +295,17 @@ class Resolver:
             self._budget = self.settings.max_attachment_bytes - used
         return self._budget
 
+    def _new_directory(self) -> Path:
+        """A directory of its own for one fetched object (two objects may share a name)."""
+        index = 0
+        while True:
+            directory = self.attachments / ".drs" / str(index)
+            try:
+                directory.mkdir(parents=True)
+                return directory
+            except FileExistsError:
+                index += 1
+
     def _fetch(self, target: Target) -> Fetched:
         object_url = f"{target.base}/objects/{quote(target.object_id, safe='')}"
         document = self._json(target, object_url, "the object")
@@ -307,15 +318,7 @@ class Resolver:
             )
         url, headers = self._access(target, document)
         name = _safe_name(str(document.get("name") or "")) or _safe_name(target.object_id) or "object"
-        index = 0
-        while True:
-            directory = self.attachments / ".drs" / str(index)
-            try:
-                directory.mkdir(parents=True)
-                break
-            except FileExistsError:
-                index += 1
-        destination = directory / name
+        destination = self._new_directory() / name
         limit = min(self.settings.max_attachment_file_bytes, self._remaining_bytes())
         sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
 
