@@ -181,6 +181,12 @@ def run_leader(spec: LeaderSpec, channel: Connection | None = None) -> None:
         if box is None:  # nothing else ends what the fenced leader started
             os.killpg(0, signal.SIGKILL)
         os._exit(75)
+    _end_as(status, paths)
+
+
+def _end_as(status: int, paths: RunPaths) -> None:
+    """End the launcher as the leader ended (wait status ``status``), its result written if it
+    exited."""
     if os.WIFEXITED(status):
         _write_result(paths, os.WEXITSTATUS(status))
         os._exit(os.WEXITSTATUS(status))

@@ -4,8 +4,9 @@ Toil's Python API has no stable surface for what our leaders change (how a job i
 how long the leader waits, its real-time log server), so ``toil_workers``, ``toil_waits`` and
 ``toil_realtime`` patch Toil's own classes and module globals. setup.cfg keeps Toil to the
 series these were written against; ``missing()`` says which names a Toil install lacks, so
-that moving that bound fails with the name that broke (tests/test_toil_internals.py), not deep
-in a run's log.
+that moving that bound fails with the name that broke (tests/fast/test_toil_internals.py), not
+deep in a run's log. Beyond names we patch: what our code reads off Toil's objects, and the
+names Toil writes into files we parse (its message bus topics, its job kinds).
 """
 
 from __future__ import annotations
@@ -29,9 +30,13 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("toil.common", "RealtimeLogger", "toil_realtime: the real-time log server replaced by one that never starts"),
     Internal("toil.realtimeLogger", "RealtimeLogger", "toil_realtime: subclassed with no level"),
     Internal("toil.realtimeLogger", "SocketServer", "toil_waits: the log server's class, polled promptly"),
+    Internal("toil.version", "baseVersion", "toil_waits: patched only on the Toil series it was measured on"),
     Internal("toil.leader", "Leader.__init__", "toil_waits: the batch system's wait wrapped per leader"),
     Internal("toil.leader", "JobUpdatedMessage", "toil_waits: messages at hand end the wait"),
+    Internal("toil.leader", "Leader.batchSystem", "toil_waits: the leader's batch system, whose wait is wrapped", instance=True),
+    Internal("toil.batchSystems.singleMachine", "SingleMachineBatchSystem.getUpdatedBatchJob", "toil_waits: the wait wrapped"),
     Internal("toil.leader", "Leader._messages", "toil_waits: the leader's message queue", instance=True),
+    Internal("toil.bus", "MessageInbox.count", "toil_waits: messages at hand counted"),
     Internal("toil.leader", "Leader._waiting_jobs", "toil_waits: retried jobs' backoff heap", instance=True),
     Internal("toil.leader", "Leader.serviceManager", "toil_waits: services that could still end", instance=True),
     Internal("toil.leader", "Leader.getNumberOfJobsIssued", "toil_waits: nothing issued, nothing to wait for"),
@@ -41,9 +46,16 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("toil.statsAndLogging", "time", "toil_waits: the stats thread's sleep, woken at shutdown"),
     Internal("toil.statsAndLogging", "StatsAndLogging.shutdown", "toil_waits: shutdown wakes its sleep"),
     Internal("toil.common", "Toil.resumeJobStore", "supervisor: the kill flag written into a run's job store"),
+    Internal("toil.jobStores.abstractJobStore", "AbstractJobStore.write_kill_flag", "supervisor: the kill flag itself"),
     Internal("toil.jobStores.fileJobStore", "FileJobStore", "supervisor: loaded before the kill-flag writer's chroot"),
+    Internal("toil.bus", "JobIssuedMessage", "runs.tasks: the topic toil.bus.JobIssuedMessage in --writeMessages"),
+    Internal("toil.bus", "JobCompletedMessage", "runs.tasks: the topic toil.bus.JobCompletedMessage in --writeMessages"),
+    Internal("toil.bus", "JobFailedMessage", "runs.tasks: the topic toil.bus.JobFailedMessage in --writeMessages"),
+    Internal("toil.bus", "ExternalBatchIdMessage", "runs.tasks: the topic toil.bus.ExternalBatchIdMessage in --writeMessages"),
     Internal("toil.cwl.cwltoil", "main", "engines.cwl: the CWL leader, in our process"),
+    Internal("toil.cwl.cwltoil", "CWLJob", "engines.cwl: a job id of kind-CWLJob/ is a step (a task)"),
     Internal("toil.wdl.wdltoil", "main", "engines.wdl: the WDL leader, in our process"),
+    Internal("toil.wdl.wdltoil", "WDLTaskJob", "engines.wdl: a job id of kind-WDLTaskJob/ is a task"),
     Internal("toil.lib.trs", "parse_trs_spec", "trs: TRS ids parsed as toil-cwl-runner parses them"),
 )  # fmt: skip
 
