@@ -102,21 +102,6 @@ def build(settings: Settings, counts: dict[str, int]) -> ServiceInfo:
 
 
 def state_counts(owner: str | None = None) -> dict[str, int]:
-    counts = {
-        state: 0
-        for state in (
-            "UNKNOWN",
-            "QUEUED",
-            "INITIALIZING",
-            "RUNNING",
-            "PAUSED",
-            "COMPLETE",
-            "EXECUTOR_ERROR",
-            "SYSTEM_ERROR",
-            "CANCELED",
-            "CANCELING",
-            "PREEMPTED",
-        )
-    }
+    counts = {state.value: 0 for state in store.State}
     counts.update(store.state_counts(owner))
     return counts

@@ -27,14 +27,14 @@ bp = flask.Blueprint(
 )
 
 STATE_CLASS = {
-    "QUEUED": "waiting",
-    "INITIALIZING": "waiting",
-    "RUNNING": "running",
-    "CANCELING": "waiting",
-    "COMPLETE": "ok",
-    "EXECUTOR_ERROR": "failed",
-    "SYSTEM_ERROR": "failed",
-    "CANCELED": "canceled",
+    store.State.QUEUED: "waiting",
+    store.State.INITIALIZING: "waiting",
+    store.State.RUNNING: "running",
+    store.State.CANCELING: "waiting",
+    store.State.COMPLETE: "ok",
+    store.State.EXECUTOR_ERROR: "failed",
+    store.State.SYSTEM_ERROR: "failed",
+    store.State.CANCELED: "canceled",
 }
 LOG_TAIL = 64 * 1024
 PAGE = 50
