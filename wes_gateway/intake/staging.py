@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from wes_gateway import store
@@ -24,21 +24,12 @@ from wes_gateway.errors import ApiError, BadRequest, PayloadTooLarge
 from wes_gateway.files.paths import RunPaths, staging_dir
 from wes_gateway.intake import drs, trs
 from wes_gateway.intake.engine_params import engine_argv
+from wes_gateway.intake.form import Attachment, RunForm
 from wes_gateway.intake.inputpolicy import check_prefixed, check_remote, safe_relative_name
 from wes_gateway.intake.request import RunRequest
 
 REMOTE_SCHEMES = ("http", "https")
 COPY_CHUNK = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Attachment:
-    """One workflow_attachment part: a stream to copy, or a file already spooled to disk
-    (``uploads.UploadMiddleware``), which is linked into place."""
-
-    filename: str
-    stream: IO[bytes] | None = None
-    path: Path | None = None
 
 
 def _json_object(form: Mapping[str, str], field: str) -> dict[str, Any]:
@@ -93,27 +84,6 @@ def _required(form: Mapping[str, str], field: str) -> str:
 # Unknown query parameters are ignored (WES clients may be newer), but an unknown form field
 # is most likely a misspelt one ("workflow_param"), and running without it would mislead.
 FORM_FIELDS = frozenset(RunRequest.model_fields)
-
-
-JSON_FIELDS = ("workflow_params", "tags", "workflow_engine_parameters")
-
-
-def form_of_json(body: Any) -> dict[str, str]:
-    """A JSON RunRequest body (the json-run-request extension) as the form it stands for: its
-    objects as JSON text, so that one parser checks both."""
-    if not isinstance(body, dict):
-        raise BadRequest("a JSON POST /runs body must be a RunRequest object")
-    form: dict[str, str] = {}
-    for key, value in body.items():
-        if value is None:
-            continue
-        if key in JSON_FIELDS and isinstance(value, (dict, list, int, float, bool)):
-            form[key] = json.dumps(value)  # a non-object is refused by parse_request, by name
-        elif isinstance(value, str):
-            form[key] = value
-        else:
-            raise BadRequest(f"{key} must be a string, not {type(value).__name__}")
-    return form
 
 
 def parse_request(form: Mapping[str, str]) -> RunRequest:
@@ -350,11 +320,13 @@ class Staged:
     paths: RunPaths
 
 
-def stage(form: Mapping[str, str], attachments: Iterable[Attachment], settings: Settings, owner: str) -> Staged:
+def stage(form: RunForm, settings: Settings, owner: str) -> Staged:
     """Check and write a submission. Its files are written under ``runs/.staging/<id>``, which
     ``runs/<id>`` points at while the checks run, so every path is resolved to its final place
     at once; only a submission that passed is moved to ``runs/<id>`` itself."""
-    request = parse_request(form)
+    if form.problem is not None:
+        raise BadRequest(form.problem)
+    request = parse_request(form.fields)
     user_args = engine_argv(request.workflow_engine_parameters, settings)
     engine = engine_for(request.workflow_type)
     assert engine is not None  # parse_request checked it
@@ -365,7 +337,7 @@ def stage(form: Mapping[str, str], attachments: Iterable[Attachment], settings: 
     staged.mkdir()
     try:
         final.root.symlink_to(staged, target_is_directory=True)
-        write_attachments(final.attachments, attachments, settings)
+        write_attachments(final.attachments, form.attachments, settings)
         # A TRS workflow is fetched whole into the attachments now (trs.py says why now).
         reference = trs.parse(request.workflow_url, settings)
         trs.check_allowed(request.workflow_url, reference, settings)

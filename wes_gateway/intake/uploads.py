@@ -7,15 +7,17 @@ memory. This ASGI middleware sits before Connexion on POST /runs and
 - answers 413 before reading anything when ``Content-Length`` is over the limits;
 - parses the multipart body as it streams (chunked or not), writing each file part to a
   spool file under ``runs/.staging/`` and stopping at the first limit it crosses (413);
-- hands Connexion a small body of the same fields, with each file part empty, and the spool
-  files in the scope, where the handler finds them (``spooled``).
+- leaves the form, parsed (``form.RunForm``: the fields' text and the spooled attachments),
+  in Connexion's context, which hands it to the handler; and hands Connexion a small copy of
+  the body, each file part empty, to hold to the contract (openapi/wes.yaml).
 
 The spool is removed when the response is done, whatever happened.
 
 A file part named as a RunRequest field (``workflow_params`` as a file, as the Dockstore
 CLI's generated client sends it) is that field's text: read as UTF-8 within the fields'
 bound, not spooled as an attachment. An ``application/json`` body (the json-run-request
-extension) is read here too, within the same bound, so that no worker holds more.
+extension) is read here too, within the same bound, so that no worker holds more, and
+parsed into the same ``RunForm``.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ from wes_gateway.config import Settings
 from wes_gateway.errors import send_error
 from wes_gateway.files.paths import staging_dir
 from wes_gateway.host import volumes
+from wes_gateway.intake.form import CONTEXT_KEY, Attachment, RunForm
 from wes_gateway.intake.request import RunRequest
 
-SCOPE_KEY = "wes_gateway.intake.uploads"
 # Room for the text fields and the multipart framing, on top of the attachments.
 FORM_FIELD_BYTES = 16 * 1024 * 1024
 _FRAMING_PER_PART = 1024
@@ -168,6 +170,16 @@ class _Form:
         if self._part is not None and self._part.handle is not None:
             self._part.handle.close()
 
+    def run_form(self) -> RunForm:
+        """The form as the handler takes it: each field's text (the first, if sent twice; a
+        browser's form sends each once) and the spooled attachments."""
+        fields: dict[str, str] = {}
+        for part in self.parts:
+            if part.file is None:
+                fields.setdefault(part.name, bytes(part.value).decode("utf-8"))
+        attachments = tuple(Attachment(filename=spooled.filename, path=spooled.path) for spooled in self.files)
+        return RunForm(fields=fields, attachments=attachments)
+
     def small_body(self, boundary: bytes) -> bytes:
         """The same form for Connexion to validate, with every file part empty."""
         chunks: list[bytes] = []
@@ -191,15 +203,30 @@ def _quote(text: str) -> str:
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
+Scope = dict[str, Any]
+
+
+def _with_form(scope: Scope, form: RunForm, body_length: int) -> Scope:
+    """The scope passed on: the form in Connexion's context (the handler's ``context_``), and
+    the length of the body replayed to Connexion."""
+    extensions = {**scope.get("extensions", {})}
+    extensions["connexion_context"] = {**extensions.get("connexion_context", {}), CONTEXT_KEY: form}
+    headers = [(k, v) for k, v in scope.get("headers", []) if k not in (b"content-length", b"transfer-encoding")]
+    headers.append((b"content-length", str(body_length).encode()))
+    return {**scope, "headers": headers, "extensions": extensions}
+
+
 class UploadMiddleware:
-    def __init__(self, app: Any, settings: Settings, api_base: str) -> None:
+    """POST /runs (``applies``, the route map's word) read, bounded and parsed once."""
+
+    def __init__(self, app: Any, settings: Settings, applies: Callable[[Scope], bool]) -> None:
         self.app = app
         self.settings = settings
-        self.path = api_base + "/runs"
+        self.applies = applies
         self.limit = settings.max_attachment_bytes + FORM_FIELD_BYTES
 
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != self.path:
+    async def __call__(self, scope: Scope, receive: Receive, send: Any) -> None:
+        if scope["type"] != "http" or not self.applies(scope):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
@@ -224,35 +251,32 @@ class UploadMiddleware:
         if short:
             await send_error(send, 507, short, [(b"retry-after", b"300")])
             return
-        staging = staging_dir(self.settings)
-        spool = staging / f"upload-{secrets.token_hex(8)}"
+        spool = staging_dir(self.settings) / f"upload-{secrets.token_hex(8)}"
         spool.mkdir(mode=0o700)
         try:
-            try:
-                form = await self._read(receive, boundary, spool)
-            except UploadRefused as exc:
-                shutil.rmtree(spool, ignore_errors=True)  # before answering: nothing half-written stays
-                await send_error(send, exc.status, exc.msg)
-                return
-            body = form.small_body(boundary)
-            replay = _replay(body)
-            new_headers = [
-                (k, v) for k, v in scope.get("headers", []) if k not in (b"content-length", b"transfer-encoding")
-            ]
-            new_headers.append((b"content-length", str(len(body)).encode()))
-
-            async def send_after_cleanup(message: dict[str, Any]) -> None:
-                # The handler has linked what it kept by the time it answers: clear the spool
-                # before the client hears back, so that nothing of it outlives the response.
-                if message["type"] == "http.response.start":
-                    shutil.rmtree(spool, ignore_errors=True)
-                await send(message)
-
-            await self.app({**scope, "headers": new_headers, SCOPE_KEY: form.files}, replay, send_after_cleanup)
+            await self._multipart(scope, receive, send, boundary, spool)
         finally:
             shutil.rmtree(spool, ignore_errors=True)
 
-    async def _json(self, scope: dict[str, Any], receive: Receive, send: Any, length: bytes) -> None:
+    async def _multipart(self, scope: Scope, receive: Receive, send: Any, boundary: bytes, spool: Path) -> None:
+        try:
+            form = await self._read(receive, boundary, spool)
+        except UploadRefused as exc:
+            shutil.rmtree(spool, ignore_errors=True)  # before answering: nothing half-written stays
+            await send_error(send, exc.status, exc.msg)
+            return
+        body = form.small_body(boundary)
+
+        async def send_after_cleanup(message: dict[str, Any]) -> None:
+            # The handler has linked what it kept by the time it answers: clear the spool
+            # before the client hears back, so that nothing of it outlives the response.
+            if message["type"] == "http.response.start":
+                shutil.rmtree(spool, ignore_errors=True)
+            await send(message)
+
+        await self.app(_with_form(scope, form.run_form(), len(body)), _replay(body), send_after_cleanup)
+
+    async def _json(self, scope: Scope, receive: Receive, send: Any, length: bytes) -> None:
         """A JSON RunRequest, read whole within the form fields' bound, then replayed."""
         too_large = f"the JSON body is larger than this service accepts ({FORM_FIELD_BYTES} bytes)"
         if length.isdigit() and int(length) > FORM_FIELD_BYTES:
@@ -270,15 +294,11 @@ class UploadMiddleware:
             if not message.get("more_body", False):
                 break
         try:
-            json.loads(bytes(body).decode("utf-8"))
+            value = json.loads(bytes(body).decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             await send_error(send, 400, f"the JSON body is not UTF-8 JSON: {str(exc)[:200]}")
             return
-        new_headers = [
-            (k, v) for k, v in scope.get("headers", []) if k not in (b"content-length", b"transfer-encoding")
-        ]
-        new_headers.append((b"content-length", str(len(body)).encode()))
-        await self.app({**scope, "headers": new_headers}, _replay(bytes(body)), send)
+        await self.app(_with_form(scope, RunForm.of_json(value), len(body)), _replay(bytes(body)), send)
 
     async def _read(self, receive: Receive, boundary: bytes, spool: Path) -> _Form:
         form = _Form(self.settings, spool)
@@ -324,10 +344,3 @@ def _replay(body: bytes) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return receive
-
-
-def spooled(environ: dict[str, Any]) -> list[SpooledFile] | None:
-    """The attachments the middleware spooled for this request, if it did."""
-    scope = environ.get("asgi.scope") or {}
-    files = scope.get(SCOPE_KEY)
-    return files if isinstance(files, list) else None

@@ -15,24 +15,14 @@ from typing import Any
 
 from wes_gateway import metrics
 from wes_gateway.web.identity import ACCESS_RECORD
+from wes_gateway.web.routes import route_of
 
 log = logging.getLogger("wes_gateway.access")
 
 
 class AccessLog:
-    def __init__(
-        self, app: Any, routes: list[tuple[re.Pattern[str], list[str], str]] | None = None, base: str = ""
-    ) -> None:
+    def __init__(self, app: Any) -> None:
         self.app = app
-        self.routes = routes or []
-        self.base = base
-
-    def route(self, path: str) -> str:
-        """The route template a path belongs to (a metric label), or 'other'."""
-        for pattern, _methods, template in self.routes:
-            if pattern.fullmatch(path):
-                return template
-        return path if path in ("/metrics", "/", "") else "other"
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -59,14 +49,14 @@ class AccessLog:
             await self.app(scope, receive, send_logged)
         finally:
             elapsed = time.perf_counter() - started
-            route = self.route(scope["path"])
+            route = route_of(scope)
             measured = metrics.get()
-            measured.requests.labels(scope["method"], route, str(record["status"])).observe(elapsed)
-            if route == "/runs" and scope["method"] == "POST":
+            measured.requests.labels(scope["method"], route.label, str(record["status"])).observe(elapsed)
+            if route.operation_id == "RunWorkflow":
                 measured.submissions.labels(str(record["status"])).inc()
             peer = (scope.get("client") or ("-", 0))[0]
             query = scope.get("query_string", b"").decode("latin-1")
-            target = printable(scope["path"] + (f"?{query}" if query else ""))
+            target = printable(route.raw_path + (f"?{query}" if query else ""))
             log.info(
                 '%s %s "%s %s" %s %d %.1fms rid=%s',
                 peer,

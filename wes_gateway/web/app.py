@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
-from pathlib import Path
 from typing import Any
 
 import connexion
 import peewee
-import yaml
 from connexion.exceptions import ProblemException
 from connexion.jsonifier import Jsonifier
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
@@ -26,18 +25,17 @@ from wes_gateway.errors import ApiError, error_body, send_error
 from wes_gateway.host import volumes
 from wes_gateway.intake.uploads import UploadMiddleware
 from wes_gateway.logsetup import setup_logging
+from wes_gateway.web import routes
 from wes_gateway.web.accesslog import AccessLog
 from wes_gateway.web.auth import AuthMiddleware, check_settings
 from wes_gateway.web.events import EventStream
 from wes_gateway.web.handlers import TAG_FILTERS_KEY, tag_filter_limit
 from wes_gateway.web.metrics_endpoint import MetricsEndpoint
+from wes_gateway.web.routes import route_of
 from wes_gateway.web.streams import Downloads
 from wes_gateway.web.urls import API_BASE
 
 log = logging.getLogger(__name__)
-
-SPEC_DIR = Path(__file__).resolve().parents[2] / "openapi"
-SPEC_FILE = "wes.yaml"
 
 _REASONS = {
     400: "bad request",
@@ -75,14 +73,14 @@ def error_response(status: int, msg: str, headers: dict[str, str] | None = None)
 
 # WES documents no 400 for the task routes: a request there that names no page of tasks is
 # "not found" (a 404 that those routes do document).
-_TASK_ROUTE = re.compile(re.escape(API_BASE) + r"/runs/[^/]+/tasks(/[^/]+)?/?")
+_TASK_OPERATIONS = frozenset({"ListTasks", "GetTask"})
 
 
 def _problem(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     assert isinstance(exc, ProblemException)
     detail = str(exc.detail or exc.title or _REASONS.get(exc.status, "error"))
     status = exc.status
-    if status == 400 and _TASK_ROUTE.fullmatch(request.url.path):
+    if status == 400 and route_of(request.scope).operation_id in _TASK_OPERATIONS:
         status = 404
     # jsonschema appends the whole schema and instance; the first paragraph says it all.
     return error_response(status, detail.split("\n\n")[0], dict(exc.headers or {}))
@@ -140,70 +138,47 @@ class RequestGuard:
     """Refuse, as ErrorResponses, requests that Connexion itself would turn into 500s:
     a form POST without a usable multipart Content-Type (its form parser raises KeyError),
     and paths with control characters (Flask routes them where Connexion's router does not,
-    and the handler then runs without an operation context)."""
+    and the handler then runs without an operation context). Answers OPTIONS, and a method
+    the path does not take, from the route map."""
 
-    def __init__(self, app: Any, routes: list[tuple[re.Pattern[str], list[str]]] | None = None) -> None:
+    def __init__(self, app: Any) -> None:
         self.app = app
-        self.routes = routes or []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            if any(ord(ch) < 32 or ord(ch) == 127 for ch in scope["path"]):
-                await send_error(send, 404, "no such route")
-                return
-            allowed = self._methods(scope["path"])
-            if allowed is not None and (scope["method"] == "OPTIONS" or scope["method"] not in allowed):
-                allow = [(b"allow", ", ".join(allowed).encode())]
-                if scope["method"] == "OPTIONS":
-                    await send({"type": "http.response.start", "status": 204, "headers": allow})
-                    await send({"type": "http.response.body", "body": b""})
-                else:
-                    await send_error(
-                        send, 405, f"{scope['method']} is not allowed here; use {', '.join(allowed)}", allow
-                    )
-                return
-            if scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/runs"):
-                headers = dict(scope.get("headers") or [])
-                content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
-                multipart = content_type.startswith("multipart/form-data") and "boundary=" in content_type
-                # The json-run-request extension: a RunRequest object, no attachments.
-                if not multipart and content_type.split(";")[0].strip() != "application/json":
-                    await send_error(
-                        send,
-                        400,
-                        "POST /runs takes a multipart/form-data body (RunRequest fields and workflow_attachment "
-                        "files) or an application/json RunRequest object",
-                    )
-                    return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in scope["path"]):
+            await send_error(send, 404, "no such route")
+            return
+        route = route_of(scope)
+        allowed = route.methods
+        if allowed is not None and (scope["method"] == "OPTIONS" or route.operation is None):
+            allow = [(b"allow", ", ".join(allowed).encode())]
+            if scope["method"] == "OPTIONS":
+                await send({"type": "http.response.start", "status": 204, "headers": allow})
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                await send_error(send, 405, f"{scope['method']} is not allowed here; use {', '.join(allowed)}", allow)
+            return
+        if route.operation_id == "RunWorkflow" and not _run_body(scope):
+            await send_error(
+                send,
+                400,
+                "POST /runs takes a multipart/form-data body (RunRequest fields and workflow_attachment "
+                "files) or an application/json RunRequest object",
+            )
+            return
         await self.app(scope, receive, send)
 
-    def _methods(self, path: str) -> list[str] | None:
-        """The methods the spec gives the route at ``path`` (with HEAD and OPTIONS), or None."""
-        for pattern, methods in self.routes:
-            if pattern.fullmatch(path):
-                return methods
-        return None
 
-
-def spec_routes(spec: dict[str, Any], base: str) -> list[tuple[re.Pattern[str], list[str]]]:
-    """Each path of the spec as a pattern, with the methods an ``Allow`` header names for it."""
-    return [(pattern, methods) for pattern, methods, _ in route_templates(spec, base)]
-
-
-def route_templates(spec: dict[str, Any], base: str) -> list[tuple[re.Pattern[str], list[str], str]]:
-    """Each path of the spec as a pattern, its methods, and its template (what metrics are
-    labelled by: never the raw path, whose ids would make a label per run)."""
-    routes = []
-    for template, operations in spec.get("paths", {}).items():
-        pattern = re.escape(base + template)
-        # A parameter is one segment, but for a path inside a run's outputs.
-        pattern = re.sub(r"\\\{path\\\}", ".+", pattern)
-        pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", pattern)
-        methods = [m.upper() for m in ("get", "post", "put", "patch", "delete") if m in operations]
-        if "GET" in methods:
-            methods.append("HEAD")
-        routes.append((re.compile(pattern + "/?"), [*methods, "OPTIONS"], template))
-    return routes
+def _run_body(scope: dict[str, Any]) -> bool:
+    """Whether a POST /runs body is of a type the service reads: multipart with a boundary,
+    or the json-run-request extension's RunRequest object (no attachments)."""
+    headers = dict(scope.get("headers") or [])
+    content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
+    multipart = content_type.startswith("multipart/form-data") and "boundary=" in content_type
+    return multipart or content_type.split(";")[0].strip() == "application/json"
 
 
 def _bad_form(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
@@ -224,6 +199,10 @@ class NamedParameterValidator(ParameterValidator):
         return f"{param.get('name', param_name)}: {error}" if value is not None else str(error)
 
 
+def _is_submission(scope: dict[str, Any]) -> bool:
+    return route_of(scope).operation_id == "RunWorkflow"
+
+
 def create_app(settings: Settings | None = None, validate_responses: bool | None = None) -> connexion.FlaskApp:
     """Build the app. Opens (and if needed migrates) the store; starts no threads or processes."""
     settings = settings or load_settings()
@@ -236,29 +215,30 @@ def create_app(settings: Settings | None = None, validate_responses: bool | None
     db.close()
 
     # Compact JSON: Connexion's default indents every response, which costs bytes and time.
-    app = connexion.FlaskApp(__name__, specification_dir=str(SPEC_DIR), jsonifier=Jsonifier(json))
+    app = connexion.FlaskApp(__name__, specification_dir=str(routes.SPEC_DIR), jsonifier=Jsonifier(json))
     app.app.config[SETTINGS_KEY] = settings
     app.add_api(
-        SPEC_FILE,
+        # A copy of the one parsed spec: Connexion resolves its references in place.
+        copy.deepcopy(routes.spec()),
         resolver=OperationResolver(),
         # WES clients may send parameters this version does not know: ignored, not refused.
         strict_validation=False,
         validator_map={"parameter": NamedParameterValidator},
         validate_responses=settings.response_validation if validate_responses is None else validate_responses,
     )
-    spec = yaml.safe_load((SPEC_DIR / SPEC_FILE).read_text())
-    app.app.config[TAG_FILTERS_KEY] = tag_filter_limit(spec)
-    app.add_middleware(
-        AccessLog, position=MiddlewarePosition.BEFORE_EXCEPTION, routes=route_templates(spec, API_BASE), base=API_BASE
-    )
+    app.app.config[TAG_FILTERS_KEY] = tag_filter_limit(routes.spec())
+    # Outermost: every later middleware reads the request's route from the scope.
+    table = routes.RouteTable(settings, API_BASE)
+    app.add_middleware(routes.RouteMap, position=MiddlewarePosition.BEFORE_EXCEPTION, table=table)
+    app.add_middleware(AccessLog, position=MiddlewarePosition.BEFORE_EXCEPTION)
     app.add_middleware(NoSniff, position=MiddlewarePosition.BEFORE_EXCEPTION)
-    app.add_middleware(AuthMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE)
+    app.add_middleware(AuthMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings)
     app.add_middleware(MetricsEndpoint, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings)
-    app.add_middleware(RequestGuard, position=MiddlewarePosition.BEFORE_SWAGGER, routes=spec_routes(spec, API_BASE))
+    app.add_middleware(RequestGuard, position=MiddlewarePosition.BEFORE_SWAGGER)
     app.add_middleware(
-        UploadMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE
+        UploadMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, applies=_is_submission
     )
-    app.add_middleware(EventStream, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings, api_base=API_BASE)
+    app.add_middleware(EventStream, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings)
     # Watches for clients going away, and sends downloads (streams.Offload) from the event loop.
     app.add_middleware(Downloads, position=MiddlewarePosition.BEFORE_SWAGGER, send_timeout=settings.send_timeout)
     from wes_gateway.web.ui import bp as ui_pages

@@ -19,53 +19,34 @@ incoming request first, so no client can set them.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hmac
 import ipaddress
 import json
 import logging
-import posixpath
-import secrets
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 from wes_gateway.config import Settings
 from wes_gateway.errors import send_error
 from wes_gateway.web import identity
+from wes_gateway.web.credentials import Htpasswd, JwtVerifier, Unauthorized, basic_credentials
 from wes_gateway.web.identity import ADMIN_HEADER, USER_HEADER, User
+from wes_gateway.web.routes import route_of
+
+__all__ = ["UI_COOKIE", "Authenticator", "AuthMiddleware", "ConfigError", "Unauthorized", "check_settings"]
 
 log = logging.getLogger(__name__)
 
 # The run browser's login form keeps a token or JWT here (HttpOnly, SameSite=Strict).
 UI_COOKIE = "wes_gateway_ui"
-ASYMMETRIC = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
-PUBLIC_SUFFIXES = ("/openapi.json", "/openapi.yaml", "/health")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-def normalise_path(path: str) -> str:
-    """Repeated slashes folded and dot segments resolved, a trailing slash kept."""
-    if "//" not in path and "/." not in path:
-        return path
-    folded = posixpath.normpath("/" + path.lstrip("/"))
-    if path.endswith("/") and folded != "/":
-        folded += "/"
-    return folded
 
 
 class ConfigError(ValueError):
     pass
-
-
-class Unauthorized(Exception):
-    def __init__(self, msg: str) -> None:
-        super().__init__(msg)
-        self.msg = msg
 
 
 class Throttled(Unauthorized):
@@ -92,10 +73,6 @@ class NeedsFetching(Exception):
         self.token = token
 
 
-# Successful Basic checks are remembered this long (a keyed digest), so that a client
-# polling a run does not pay bcrypt on every request.
-CACHE_SECONDS = 60.0
-CACHE_ENTRIES = 10_000
 # Basic checks running at once per worker; the rest queue, and other requests go on.
 VERIFY_THREADS = 2
 
@@ -126,17 +103,6 @@ class FailureLimiter:
 
 def failure_key(name: str, peer: str) -> str:
     return json.dumps([name, peer])
-
-
-def basic_credentials(credentials: str) -> tuple[str, str]:
-    try:
-        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise Unauthorized("malformed Basic credentials") from None
-    name, colon, password = decoded.partition(":")
-    if not colon or not name:
-        raise Unauthorized("malformed Basic credentials")
-    return name, password
 
 
 def is_loopback_bind(bind: str) -> bool:
@@ -177,158 +143,6 @@ def exposed_listeners(settings: Settings, addresses: list[str | tuple[Any, ...]]
         if isinstance(address, tuple) and not is_loopback_bind(f"[{address[0]}]:{address[1]}"):
             exposed.append(f"{address[0]}:{address[1]}")
     return exposed
-
-
-# ---------------------------------------------------------------- the individual checks
-
-
-class Htpasswd:
-    """An htpasswd-style file, re-read when it changes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.mtime = -1.0
-        self.entries: dict[str, str] = {}
-        self.lock = threading.Lock()
-        self.cache: dict[bytes, float] = {}
-        self.cache_key = secrets.token_bytes(32)
-        self.dummy = ""
-
-    def _load(self) -> None:
-        mtime = self.path.stat().st_mtime
-        if mtime == self.mtime:
-            return
-        entries = {}
-        for line in self.path.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#") and ":" in line:
-                user, hashed = line.split(":", 1)
-                entries[user] = hashed
-        self.entries, self.mtime = entries, mtime
-        self.cache.clear()
-        self.dummy = _dummy_like(next(iter(entries.values()), ""))
-
-    def _key(self, user: str, password: str) -> bytes:
-        # A keyed digest, so that the cache never holds anything a password can be read from.
-        return hmac.digest(
-            self.cache_key, f"{self.mtime}\0{user}\0{password}".encode("utf-8", "surrogatepass"), "sha256"
-        )
-
-    def cached(self, user: str, password: str) -> bool:
-        """Whether this very user and password verified within CACHE_SECONDS (cheap)."""
-        with self.lock:
-            self._load()
-            expiry = self.cache.get(self._key(user, password))
-        return expiry is not None and expiry > time.monotonic()
-
-    def verify(self, user: str, password: str) -> bool:
-        """The slow check (bcrypt or argon2): run it in a thread, not in the event loop."""
-        with self.lock:
-            self._load()
-            hashed = self.entries.get(user)
-            dummy = self.dummy
-        # An unknown user costs what a known one does, so that timing tells no user names.
-        ok = self._check(user, hashed or dummy, password) and hashed is not None
-        if ok:
-            with self.lock:
-                if len(self.cache) >= CACHE_ENTRIES:
-                    self.cache.clear()
-                self.cache[self._key(user, password)] = time.monotonic() + CACHE_SECONDS
-        return ok
-
-    def _check(self, user: str, hashed: str, password: str) -> bool:
-        if hashed.startswith(("$2y$", "$2b$", "$2a$")):
-            import bcrypt
-
-            try:
-                return bcrypt.checkpw(password.encode("utf-8", "surrogatepass"), ("$2b$" + hashed[4:]).encode())
-            except ValueError:  # over 72 bytes, which bcrypt cannot hash: it can never match
-                return False
-        if hashed.startswith("$argon2"):
-            from argon2 import PasswordHasher
-            from argon2.exceptions import Argon2Error
-
-            try:
-                return PasswordHasher().verify(hashed, password)
-            except Argon2Error:
-                return False
-        log.warning("htpasswd: user %s has an unsupported hash (use bcrypt or argon2)", user)
-        return False
-
-
-def _dummy_like(example: str) -> str:
-    """A hash of a random secret, of the same kind and cost as the file's own."""
-    secret = secrets.token_hex(16)
-    if example.startswith("$argon2"):
-        from argon2 import PasswordHasher
-
-        return PasswordHasher().hash(secret)
-    import bcrypt
-
-    parts = example.split("$")
-    rounds = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else 12
-    return bcrypt.hashpw(secret.encode(), bcrypt.gensalt(rounds)).decode()
-
-
-class JwtVerifier:
-    def __init__(self, settings: Settings) -> None:
-        import jwt
-
-        self.settings = settings
-        self.jwk_client = None
-        self.static_keys: list[Any] = []
-        if settings.jwt_public_key:
-            self.static_keys = [Path(settings.jwt_public_key).read_text()]
-        elif settings.jwt_jwks.startswith(("http://", "https://")):
-            # Keys and the set are cached (the set for 5 min; an unknown kid fetches it anew).
-            self.jwk_client = jwt.PyJWKClient(settings.jwt_jwks, cache_keys=True, timeout=10)
-        else:
-            keys = jwt.PyJWKSet.from_dict(json.loads(Path(settings.jwt_jwks).read_text()))
-            self.static_keys = [key for key in keys.keys]
-
-    def verify(self, token: str) -> User:
-        import jwt
-
-        settings = self.settings
-        try:
-            header = jwt.get_unverified_header(token)
-            if header.get("alg") not in ASYMMETRIC:
-                raise Unauthorized("JWT algorithm not accepted; use an asymmetric one")
-            if self.jwk_client is not None:
-                candidates = [self.jwk_client.get_signing_key_from_jwt(token)]
-            else:
-                kid = header.get("kid")
-                candidates = [k for k in self.static_keys if kid is None or getattr(k, "key_id", None) in (None, kid)]
-            options = {"require": ["exp", "iss", "aud"] if settings.jwt_audience else ["exp"]}
-            last: Exception | None = None
-            for key in candidates:
-                try:
-                    claims = jwt.decode(
-                        token,
-                        key=getattr(key, "key", key),
-                        algorithms=ASYMMETRIC,
-                        audience=settings.jwt_audience or None,
-                        issuer=settings.jwt_issuer or None,
-                        options=cast(Any, options),
-                        leeway=30,
-                    )
-                    break
-                except (jwt.InvalidSignatureError, jwt.InvalidKeyError, ValueError, TypeError) as exc:
-                    # ValueError/TypeError: the header's algorithm does not fit this key's type.
-                    last = exc
-            else:
-                raise Unauthorized(f"JWT rejected: {last or 'no matching key'}")
-        except jwt.PyJWTError as exc:
-            raise Unauthorized(f"JWT rejected: {exc}") from None
-        except (ValueError, TypeError, KeyError) as exc:
-            raise Unauthorized(f"JWT rejected: {type(exc).__name__}") from None
-        name = str(claims.get(settings.jwt_user_claim) or "")
-        if not name:
-            raise Unauthorized(f"JWT has no {settings.jwt_user_claim} claim")
-        return User(
-            name,
-            admin=settings.admin_role in _roles(claims.get(settings.jwt_admin_claim)) or name in settings.admin_users,
-        )
 
 
 class Authenticator:
@@ -422,25 +236,11 @@ class Authenticator:
 class AuthMiddleware:
     """ASGI middleware: authenticate, then pass the user on in internal headers."""
 
-    def __init__(self, app: Any, settings: Settings, api_base: str) -> None:
+    def __init__(self, app: Any, settings: Settings) -> None:
         self.app = app
         self.settings = settings
-        self.api_base = api_base
         self.auth = Authenticator(settings)
         self.pool = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="basic-auth")
-
-    def _public(self, path: str) -> bool:
-        """An exact allowlist: everything else needs credentials, whatever its spelling."""
-        rest = path[len(self.api_base) :] if path.startswith(self.api_base + "/") else None
-        if rest is None:
-            # /metrics decides for itself (loopback or admin), so it sees anonymous callers;
-            # the run browser's stylesheet and script are the same for everyone.
-            if path.rstrip("/") == "/ui/login":
-                return True
-            return path in ("", "/", "/metrics") or (path.startswith("/ui/static/") and ".." not in path)
-        if rest in PUBLIC_SUFFIXES or rest == "/ui" or rest.startswith("/ui/"):
-            return True
-        return rest.rstrip("/") == "/service-info" and not self.settings.auth_service_info
 
     def _with_ui_cookie(self, headers: dict[bytes, bytes]) -> dict[bytes, bytes]:
         """The login form's cookie as a bearer credential, where no other credential came.
@@ -453,9 +253,9 @@ class AuthMiddleware:
                 return {**headers, b"authorization": b"Bearer " + value.encode("latin-1")}
         return headers
 
-    def _wants_login(self, path: str) -> bool:
+    def _wants_login(self, area: str) -> bool:
         modes = set(self.settings.auth_modes)
-        return (path == "/ui" or path.startswith("/ui/")) and "basic" not in modes and bool({"token", "jwt"} & modes)
+        return area == "ui" and "basic" not in modes and bool({"token", "jwt"} & modes)
 
     def _cross_site(self, peer: str, headers: dict[bytes, bytes]) -> str | None:
         """Why a state-changing request looks sent by another site's page, if it does: a form
@@ -472,15 +272,26 @@ class AuthMiddleware:
         netloc = urlsplit(origin.decode("latin-1")).netloc.encode("latin-1") if origin != b"null" else b""
         return None if netloc and netloc in hosts else f"Origin {origin.decode('latin-1')!r} is another site"
 
+    async def _authenticate(self, peer: str, headers: dict[bytes, bytes]) -> User:
+        """The caller, with the slow checks (a password hash, a JWKS fetch) off the event loop."""
+        try:
+            return self.auth.authenticate(peer, headers)
+        except NeedsVerifying as pending:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.pool, self.auth.verify_basic, peer, pending.name, pending.password)
+        except NeedsFetching as pending:
+            assert self.auth.jwt is not None
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.pool, self.auth.jwt.verify, pending.token)
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # One spelling of every path, for this check and for the router alike: '//ga4gh/...'
-        # must not slip past an allowlist that '/ga4gh/...' is held to.
-        path = normalise_path(scope["path"])
-        if path != scope["path"]:
-            scope = {**scope, "path": path, "raw_path": path.encode("utf-8", "surrogateescape")}
+        # The path is already in its one spelling (routes.RouteMap), for this check and for
+        # the router alike.
+        route = route_of(scope)
+        path = route.path
         headers = dict(scope.get("headers", []))
         # The shared secret goes no further than this check: not to handlers, not to logs.
         hidden = (USER_HEADER, ADMIN_HEADER, self.auth.secret_header)
@@ -493,48 +304,26 @@ class AuthMiddleware:
                 log.info("403 for %s %s from %s: %s", scope["method"], path, peer, reason)
                 await send_error(send, 403, f"cross-site request refused: {reason}")
                 return
-        headers = self._with_ui_cookie(headers)
         try:
-            try:
-                user = self.auth.authenticate(peer, headers)
-            except NeedsVerifying as pending:
-                loop = asyncio.get_running_loop()
-                user = await loop.run_in_executor(
-                    self.pool, self.auth.verify_basic, peer, pending.name, pending.password
-                )
-            except NeedsFetching as pending:
-                assert self.auth.jwt is not None
-                loop = asyncio.get_running_loop()
-                user = await loop.run_in_executor(self.pool, self.auth.jwt.verify, pending.token)
+            user = await self._authenticate(peer, self._with_ui_cookie(headers))
         except Throttled as exc:
-            log.info("429 for %s %s from %s: %s", scope["method"], scope["path"], peer, exc.msg)
+            log.info("429 for %s %s from %s: %s", scope["method"], path, peer, exc.msg)
             await send_error(send, 429, exc.msg, [(b"retry-after", str(exc.retry_after).encode())])
             return
         except Unauthorized as exc:
-            if self._public(scope["path"]):
+            if route.public:
                 user = User("")
-            elif self._wants_login(scope["path"]):
+            elif self._wants_login(route.area):
                 # A browser with no credentials the modes can take from it: the login form.
                 # Relative, so that it holds under any proxy prefix.
-                rest = scope["path"][len("/ui/") :] if scope["path"].startswith("/ui/") else None
+                rest = path[len("/ui/") :] if path.startswith("/ui/") else None
                 login = "ui/login" if rest is None else "../" * rest.count("/") + "login"
                 await send({"type": "http.response.start", "status": 303, "headers": [(b"location", login.encode())]})
                 await send({"type": "http.response.body", "body": b""})
                 return
             else:
-                log.info("401 for %s %s from %s: %s", scope["method"], scope["path"], peer, exc.msg)
+                log.info("401 for %s %s from %s: %s", scope["method"], path, peer, exc.msg)
                 await send_error(send, 401, exc.msg, [(b"www-authenticate", self.auth.challenge().encode())])
                 return
         identity.record(scope, user, raw)
         await self.app({**scope, "headers": raw}, receive, send)
-
-
-def _roles(claim: object) -> list[str]:
-    """The roles a JWT claim names, in the two documented shapes: a list of strings, or one
-    string of space-separated roles (OAuth's scope style). Any other shape (an object such as
-    {"wes-admin": false}, a number, a list of objects) names no role."""
-    if isinstance(claim, str):
-        return claim.split()
-    if isinstance(claim, list):
-        return [role for role in claim if isinstance(role, str)]
-    return []

@@ -23,6 +23,7 @@ from wes_gateway.config import Settings
 from wes_gateway.errors import send_error
 from wes_gateway.files.paths import RunPaths
 from wes_gateway.web.identity import current_user
+from wes_gateway.web.routes import route_of
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +53,20 @@ def frame(kind: str, data: dict[str, Any], cursor: Cursor) -> bytes:
 
 
 class EventStream:
-    def __init__(self, app: Any, settings: Settings, api_base: str) -> None:
+    def __init__(self, app: Any, settings: Settings) -> None:
         self.app = app
         self.settings = settings
-        self.route = re.compile("^" + re.escape(api_base) + r"/runs/([^/]+)/events/?$")
         # The store is synchronous: its brief calls go to two threads of their own, so that
         # hundreds of listeners never queue ahead of the worker's ordinary requests.
         self.pool = ThreadPoolExecutor(2, thread_name_prefix="events")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        found = self.route.match(scope["path"]) if scope["type"] == "http" else None
-        if found is None or scope["method"] not in ("GET", "HEAD"):
+        route = route_of(scope) if scope["type"] == "http" else None
+        if route is None or route.operation_id != "get_run_events":
             await self.app(scope, receive, send)
             return
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope.get("headers", [])}
-        run_id = found.group(1)
+        run_id = route.params["run_id"]
         caller = current_user(headers)
         run = await self._call(store.get_run, run_id)
         if run is None or not caller.sees(run.owner):

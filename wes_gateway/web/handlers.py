@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -17,7 +17,8 @@ from wes_gateway.config import current_settings
 from wes_gateway.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, TooManyRequests, Unavailable
 from wes_gateway.files import outputs
 from wes_gateway.files.paths import RunPaths, supervisor_beat
-from wes_gateway.intake import staging, trs, uploads
+from wes_gateway.intake import staging, trs
+from wes_gateway.intake.form import run_form_of
 from wes_gateway.runs import retention, tasks, wakeup
 from wes_gateway.web import downloads, provenance, service_info, streams
 from wes_gateway.web.identity import User, current_user
@@ -149,22 +150,12 @@ def list_runs(
     return RunListResponse(runs=runs, next_page_token=next_token, total_runs=total).to_json()
 
 
-def run_workflow(**_fields: Any) -> Json:
-    # Connexion has validated the form; read it from Flask to keep attachment names verbatim.
-    request = flask.request
-    form = {key: request.form.get(key, "") for key in request.form}
-    files = uploads.spooled(request.environ)
-    if request.is_json:  # the json-run-request extension: a RunRequest object, no attachments
-        form = staging.form_of_json(request.get_json(silent=True))
-        attachments: list[staging.Attachment] = []
-    elif files is not None:
-        # Streamed to disk by the upload middleware (the parts Flask sees are empty).
-        attachments = [staging.Attachment(filename=file.filename, path=file.path) for file in files]
-    else:
-        attachments = [
-            staging.Attachment(filename=storage.filename or "", stream=storage.stream)
-            for storage in request.files.getlist("workflow_attachment")
-        ]
+def run_workflow(context_: Mapping[str, Any]) -> Json:
+    # The form as the upload middleware parsed it (form.RunForm); Connexion has held its copy
+    # of the body to the contract, and binds nothing else here.
+    form = run_form_of(context_)
+    if form is None:  # the upload middleware reads every POST /runs: this is a wiring fault
+        raise ApiError("the submission was not read by the upload middleware")
     settings = current_settings()
     caller = _caller()
     limit = settings.max_active_runs_per_user
@@ -175,7 +166,7 @@ def run_workflow(**_fields: Any) -> Json:
     # Early, so an over-limit user does not upload for nothing; create_run enforces it.
     if limit and store.active_runs(caller.name) >= limit:
         raise too_many
-    staged = staging.stage(form, attachments, settings, owner=caller.name)
+    staged = staging.stage(form, settings, owner=caller.name)
     try:
         store.create_run(staged.new_run, max_active=limit)
     except BaseException as exc:

@@ -15,6 +15,7 @@ from wes_gateway.errors import send_error
 from wes_gateway.host.sandbox import SandboxUnavailable, run_identity
 from wes_gateway.metrics import ENV
 from wes_gateway.web.identity import current_user
+from wes_gateway.web.routes import route_of
 
 
 class _RunsByState:
@@ -106,7 +107,7 @@ class MetricsEndpoint:
         return owner is not None and owner not in self.run_uids
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"].rstrip("/") != "/metrics":
+        if scope["type"] != "http" or route_of(scope).area != "metrics":
             await self.app(scope, receive, send)
             return
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope.get("headers", [])}
