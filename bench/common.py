@@ -1,4 +1,6 @@
-"""Shared pieces for the benchmarks: servers on free ports, a keep-alive load generator."""
+"""Shared pieces for the benchmarks: gateways on free ports (harness/, as the tests start
+them), a keep-alive load generator. Needs the project installed (`make install`), not the
+test extra."""
 
 from __future__ import annotations
 
@@ -16,18 +18,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout, for harness/
 
-from conftest import Server, start_server, unmount_runs  # noqa: E402,F401  (re-exported)
-from conftest import stop_server as _stop_server  # noqa: E402
+from harness.gateway import ROOT, Server, start_server, unmount_runs  # noqa: E402,F401  (re-exported)
+from harness.gateway import stop_server as _stop_server  # noqa: E402
 
 
 def stop_server(server: Server) -> None:
     """Stop a bench's gateway and unmount its runs' filesystems (its data directory goes next)."""
     _stop_server(server)
     unmount_runs(server.data_dir)
+
+
+def spread(values: list[float]) -> str:
+    """Seconds, their least, greatest and each."""
+    return f"min {min(values):.2f} max {max(values):.2f} (all: {', '.join(f'{x:.2f}' for x in values)})"
 
 
 # A server that only answers: no supervisor (seeded runs stay as they are) and no response

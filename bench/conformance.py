@@ -48,7 +48,7 @@ def main() -> None:
             report(gateway)
         if "direct" not in sides:
             return
-        from conftest import IMAGE_STORE, images_unavailable
+        from harness.gateway import IMAGE_STORE, images_unavailable
 
         if images_unavailable():
             engine_env, container_args = {}, ["--no-container"]

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, cores, direct_engine, start_server, stop_server, submit_cwl
+from common import ROOT, Server, cores, direct_engine, spread, start_server, stop_server, submit_cwl
 
 TOOL = ROOT / "tests" / "data" / "echo.cwl"
 TOOL_IN_IMAGE = ROOT / "tests" / "data" / "echo_in_image.cwl"
@@ -54,17 +54,12 @@ def direct(
     return time.perf_counter() - start
 
 
-def through_gateway(server, i: int, tool: Path = TOOL) -> float:
-    import requests
-
+def through_gateway(server: Server, i: int, tool: Path = TOOL) -> float:
     start = time.perf_counter()
     run_id = submit_cwl(server, {tool.name: tool.read_bytes()}, {"message": f"bench {i}"})
-    while True:
-        state = requests.get(f"{server.api}/runs/{run_id}/status", timeout=10).json()["state"]
-        if state in ("COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"):
-            assert state == "COMPLETE", state
-            return time.perf_counter() - start
-        time.sleep(0.05)
+    state = server.wait(run_id, timeout=600, interval=0.05)
+    assert state == "COMPLETE", state
+    return time.perf_counter() - start
 
 
 def sandbox_cost(tmp: Path, count: int = 20) -> float:
@@ -100,7 +95,7 @@ def sandbox_cost(tmp: Path, count: int = 20) -> float:
 
 def container_case(tmp: Path, repeat: int) -> None:
     """The one-step tool in a container, through the gateway and directly, same engine."""
-    from conftest import IMAGE_STORE, container_env, images_unavailable
+    from harness.gateway import IMAGE_STORE, container_env, images_unavailable
 
     why = images_unavailable()
     if why:
@@ -159,9 +154,6 @@ def main() -> None:
         direct(tmp, -1)  # warm-up: the page cache holds Toil and cwltool, as it does for the gateway
         direct_times = [direct(tmp, i) for i in range(args.repeat)]
     g, n, d = statistics.median(gateway), statistics.median(unsandboxed), statistics.median(direct_times)
-
-    def spread(values: list[float]) -> str:
-        return f"min {min(values):.2f} max {max(values):.2f} (all: {', '.join(f'{x:.2f}' for x in values)})"
 
     print(f"cores={cores()} repeat={args.repeat} (one warm-up run on each side, not counted)")
     print(f"gateway (bwrap sandbox) POST->COMPLETE median {g:.2f}s  {spread(gateway)}")

@@ -13,16 +13,13 @@ import argparse
 import http.client
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import host_port, start_server, stop_server
+
 API = "/ga4gh/wes/v1"
 TOOL = b"""cwlVersion: v1.2
 class: CommandLineTool
@@ -38,26 +35,6 @@ stdout: out.txt
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start(data: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WES_GATEWAY_")}
-    env.update({"WES_GATEWAY_DATA_DIR": str(data), "WES_GATEWAY_BIND": f"127.0.0.1:{port}"})
-    data.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py"],
-        cwd=ROOT,
-        env=env,
-        stdout=(data / "gunicorn.log").open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
 def request(port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
@@ -66,20 +43,6 @@ def request(port: int, method: str, path: str, body: bytes = b"", headers: dict[
         return response.read() if response.status == 200 else b""
     finally:
         conn.close()
-
-
-def wait_healthy(process: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit("gunicorn exited early (see gunicorn.log in the data directory)")
-        try:
-            if request(port, "GET", "/health"):
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("gunicorn did not answer /health")
 
 
 def parents() -> dict[int, int]:
@@ -209,6 +172,48 @@ def multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, s
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
+def post_one(port: int, owner: int, web: list[int], i: int) -> tuple[float, float, str]:
+    """One POST /runs on a new connection that ``owner`` (a web worker) accepted: its latency,
+    the worker's CPU time for it, the run id."""
+    body, content_type = multipart(
+        {
+            "workflow_url": "echo.cwl",
+            "workflow_type": "CWL",
+            "workflow_type_version": "v1.2",
+            "workflow_params": json.dumps({"message": f"hello {i}"}),
+        },
+        {"echo.cwl": TOOL},
+    )
+    conn = connect_to(port, owner, web[1:])
+    cpu_before = cpu_seconds(owner)
+    started = time.perf_counter()
+    conn.request("POST", API + "/runs", body=body, headers={"Content-Type": content_type})
+    response = conn.getresponse()
+    answer = response.read()
+    latency = time.perf_counter() - started
+    cpu = cpu_seconds(owner) - cpu_before
+    conn.close()
+    if response.status != 200:
+        raise SystemExit(f"POST /runs {response.status}: {answer[:300]!r}")
+    return latency, cpu, str(json.loads(answer)["run_id"])
+
+
+def post_all(port: int, web: list[int], posts: int) -> tuple[list[float], list[float], list[str], set[int]]:
+    """``posts`` POSTs, each to the next web worker (``web``: the master, then its workers):
+    latencies, CPU times, run ids and the workers that served them."""
+    latencies, cpu, run_ids, used = [], [], [], set()
+    for i in range(posts):
+        # A new user's connection, to each worker in turn: every worker's first POST is
+        # among the first few (the kernel alone may hand most connections to one).
+        owner = web[1 + i % (len(web) - 1)]
+        latency, seconds, run_id = post_one(port, owner, web, i)
+        latencies.append(latency)
+        cpu.append(seconds)
+        run_ids.append(run_id)
+        used.add(owner)
+    return latencies, cpu, run_ids, used
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--posts", type=int, default=20)
@@ -217,40 +222,14 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="wes-first-posts-") as tmp:
         data = args.data_dir or Path(tmp) / "data"
-        port = free_port()
-        process = start(data, port)
+        # As `make run` starts it: none of the tests' settings, the gateway's own worker count.
+        server = start_server(data, workers=None, defaults={}, ready_within=120)
+        process, port = server.process, host_port(server)[1]
         try:
-            wait_healthy(process, port)
             time.sleep(args.settle)
             web = [process.pid, *workers(process.pid)]
             ready = (pss_mib(web), pss_mib(tree(process.pid)))
-            latencies, cpu, run_ids, used = [], [], [], set()
-            for i in range(args.posts):
-                body, content_type = multipart(
-                    {
-                        "workflow_url": "echo.cwl",
-                        "workflow_type": "CWL",
-                        "workflow_type_version": "v1.2",
-                        "workflow_params": json.dumps({"message": f"hello {i}"}),
-                    },
-                    {"echo.cwl": TOOL},
-                )
-                # A new user's connection, to each worker in turn: every worker's first POST is
-                # among the first few (the kernel alone may hand most connections to one).
-                owner = web[1 + i % (len(web) - 1)]
-                conn = connect_to(port, owner, web[1:])
-                cpu_before = cpu_seconds(owner)
-                started = time.perf_counter()
-                conn.request("POST", API + "/runs", body=body, headers={"Content-Type": content_type})
-                response = conn.getresponse()
-                answer = response.read()
-                latencies.append(time.perf_counter() - started)
-                cpu.append(cpu_seconds(owner) - cpu_before)
-                conn.close()
-                if response.status != 200:
-                    raise SystemExit(f"POST /runs {response.status}: {answer[:300]!r}")
-                run_ids.append(json.loads(answer)["run_id"])
-                used.add(owner)
+            latencies, cpu, run_ids, used = post_all(port, web, args.posts)
             posted = (pss_mib(web), pss_mib(tree(process.pid)))
             deadline = time.monotonic() + 600
             states: dict[str, str] = {}
@@ -280,15 +259,7 @@ def main() -> None:
             for label, (web_mib, all_mib) in (("ready", ready), ("after the POSTs", posted), ("after the runs", done)):
                 print(f"PSS {label:16s}: web (master + workers) {web_mib:7.1f} MiB   all processes {all_mib:7.1f} MiB")
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
-            for point in [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]:
-                if point.startswith(f"{data}/"):
-                    subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+            stop_server(server)  # and the runs' filesystems unmounted
 
 
 if __name__ == "__main__":

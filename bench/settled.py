@@ -22,105 +22,36 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from common import ROOT, Server, start_server, stop_server
+from seed import seed_runs
 
-import requests  # noqa: E402
-from seed import seed_runs  # noqa: E402
+from harness.measure import mount_count, sandbox_start
 
 TOOL = ROOT / "tests" / "data" / "echo.cwl"
-BWRAP = ["bwrap", "--unshare-pid", "--unshare-user", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "true"]
 SETTLED = "trusted.wes-gateway.settled"
+# The gateway's own defaults but for these (its access log off, no containers).
+ENV = {
+    "WES_GATEWAY_POLL_INTERVAL": "0.2",
+    "WES_GATEWAY_RUN_DISK": "loop",
+    "WES_GATEWAY_RUN_DISK_LIMIT": "4G",
+    "WES_GATEWAY_CONTAINER_ENGINE": "none",
+    "WES_GATEWAY_ACCESS_LOG": "/dev/null",
+}
 
 
-def sandbox_start(times: int = 15, rounds: int = 3) -> float:
-    medians = []
-    for _ in range(rounds):
-        taken = []
-        for _ in range(times):
-            began = time.perf_counter()
-            subprocess.run(BWRAP, check=True)
-            taken.append(time.perf_counter() - began)
-        medians.append(statistics.median(taken))
-    return min(medians)
-
-
-def mounts() -> int:
-    return len(Path("/proc/self/mounts").read_text().splitlines())
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def start(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("WES_GATEWAY_")}
-    env.update(
-        {
-            "WES_GATEWAY_DATA_DIR": str(data_dir),
-            "WES_GATEWAY_BIND": f"127.0.0.1:{port}",
-            "WES_GATEWAY_WORKERS": "2",
-            "WES_GATEWAY_POLL_INTERVAL": "0.2",
-            "WES_GATEWAY_RUN_DISK": "loop",
-            "WES_GATEWAY_RUN_DISK_LIMIT": "4G",
-            "WES_GATEWAY_CONTAINER_ENGINE": "none",
-            "WES_GATEWAY_ACCESS_LOG": "/dev/null",
-        }
-    )
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")],
-        cwd=ROOT,
-        env=env,
-        stdout=(data_dir / "gunicorn.log").open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}/ga4gh/wes/v1"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{base}/health", timeout=5).status_code == 200:
-                return process, base
-        except requests.RequestException:
-            time.sleep(0.2)
-    raise RuntimeError("the gateway did not answer")
-
-
-def post_to_complete(base: str) -> float:
+def post_to_complete(server: Server) -> float:
     began = time.perf_counter()
-    response = requests.post(
-        f"{base}/runs",
-        data={
-            "workflow_url": TOOL.name,
-            "workflow_type": "CWL",
-            "workflow_type_version": "v1.2",
-            "workflow_params": json.dumps({"message": "bench"}),
-        },
-        files=[("workflow_attachment", (TOOL.name, TOOL.read_bytes()))],
-        timeout=60,
-    )
-    response.raise_for_status()
-    run_id = response.json()["run_id"]
-    while True:
-        state = requests.get(f"{base}/runs/{run_id}/status", timeout=10).json()["state"]
-        if state == "COMPLETE":
-            return time.perf_counter() - began
-        if state in ("EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"):
-            raise RuntimeError(f"run {run_id} ended {state}")
-        time.sleep(0.05)
+    run_id = server.submit_cwl(TOOL, {"message": "bench"})
+    state = server.wait(run_id, timeout=600, interval=0.05)
+    if state != "COMPLETE":
+        raise RuntimeError(f"run {run_id} ended {state}")
+    return time.perf_counter() - began
 
 
 def seed_directories(data_dir: Path, run_ids: list[str], old: bool) -> None:
@@ -159,12 +90,12 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(count) for count in args.counts.split(",")]
     data_dir = Path(tempfile.mkdtemp(prefix="bench-settled-"))
-    process = None
+    server = None
     rows = []
     try:
         seed_runs(data_dir, 0)  # the store, before the gateway opens it
-        process, base = start(data_dir)
-        post_to_complete(base)  # warm: the forkserver, the first leader
+        server = start_server(data_dir, ENV, workers=2, defaults={})
+        post_to_complete(server)  # warm: the forkserver, the first leader
         seeded = 0
         for count in counts:
             if count > seeded:
@@ -172,8 +103,8 @@ def main() -> None:
                 seeded = count
             time.sleep(2)  # the seeding's writes settle
             sandbox = sandbox_start()
-            e2e = statistics.median(post_to_complete(base) for _ in range(args.posts))
-            rows.append((count, mounts(), sandbox, e2e))
+            e2e = statistics.median(post_to_complete(server) for _ in range(args.posts))
+            rows.append((count, mount_count(), sandbox, e2e))
             print(
                 f"{count:>6} finished runs  {rows[-1][1]:>6} mounts  sandbox start {sandbox * 1000:7.1f} ms"
                 f"  POST->COMPLETE {e2e:6.2f} s",
@@ -185,13 +116,8 @@ def main() -> None:
             f" ({'mounted images' if args.old else 'settled directories'})"
         )
     finally:
-        if process is not None:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(60)
-        points = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-        for point in points:
-            if point.startswith(f"{data_dir}/"):
-                subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+        if server is not None:
+            stop_server(server)  # and the runs' filesystems unmounted
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

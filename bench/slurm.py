@@ -15,14 +15,16 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import requests
-from common import cores, start_server, stop_server
+from common import ROOT, cores, start_server, stop_server
 
-# The tests' cluster fixture, from tests/ (on sys.path once common is imported).
+# The tests' private cluster (tests/e2e/slurm_cluster.py: harness and the standard library only).
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 slurm = importlib.import_module("slurm_cluster")
 
 STAMP_TOOL = """\

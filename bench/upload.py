@@ -15,7 +15,8 @@ from pathlib import Path
 
 import requests
 from common import ROOT, cores, start_server, stop_server
-from conftest import peak_rss, worker_pid
+
+from harness.gateway import peak_rss, worker_pid
 
 MB = 1000 * 1000
 ECHO = (ROOT / "tests" / "data" / "echo.cwl").read_bytes()

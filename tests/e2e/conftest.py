@@ -1,29 +1,74 @@
-"""Fixtures that start the real thing: Gunicorn on a free loopback port, the supervisor, Toil."""
+"""Fixtures that start the real thing: Gunicorn on a free loopback port, the supervisor, Toil.
+The gateway itself is harness/ (which the benchmarks use too); the fixtures wrap it, and the
+names the tests import from here stay importable from here."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
-ROOT = Path(__file__).resolve().parents[2]
-DATA = Path(__file__).resolve().parent.parent / "data"
-API = "/ga4gh/wes/v1"
-TERMINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"}
+# harness/ sits at the top of the checkout, beside bench/ (whose common.py puts the same on its path).
+sys.path.append(str(Path(__file__).resolve().parents[2]))
+
+from harness.gateway import (  # noqa: E402
+    API,
+    DATA,
+    IMAGE_STORE,
+    ROOT,
+    SCRIPT_CWL,
+    TERMINAL,
+    Server,
+    container_env,
+    free_port,
+    images_unavailable,
+    kill_all_leaders,
+    peak_rss,
+    running_server,
+    start_server,
+    stop_server,
+    unmount_runs,
+    wait_until,
+    worker_pid,
+)
+from harness.loopback import serve_bytes as loopback_http  # noqa: E402
+
+__all__ = [
+    "API",
+    "DATA",
+    "IMAGE_STORE",
+    "ROOT",
+    "SCRIPT_CWL",
+    "TERMINAL",
+    "Server",
+    "cmdline",
+    "container_env",
+    "free_port",
+    "images_unavailable",
+    "kill_all_leaders",
+    "lasting_processes",
+    "leader_group",
+    "leftover_processes",
+    "loopback_http",
+    "peak_rss",
+    "pid_gone",
+    "record_run",
+    "run_groups",
+    "running_server",
+    "start_server",
+    "stop_server",
+    "unix_request",
+    "unmount_runs",
+    "wait_for_tool",
+    "wait_until",
+    "worker_pid",
+]
 
 
 def record_run(owner: str = "", tags: dict[str, str] | None = None, workflow_url: str = "x.cwl", **fields: Any) -> str:
@@ -48,109 +93,6 @@ def record_run(owner: str = "", tags: dict[str, str] | None = None, workflow_url
     return run_id
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-# A step that runs a Python script (an attachment) on the host's python3, inside the run's
-# sandbox, and whose standard output is its report.
-SCRIPT_CWL = """cwlVersion: v1.2
-class: CommandLineTool
-baseCommand: python3
-inputs:
-  script: {type: File, inputBinding: {position: 1}}
-outputs:
-  report: {type: stdout}
-stdout: report.json
-"""
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    """Until ``predicate()`` holds, at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-@dataclass
-class Server:
-    base: str
-    data_dir: Path
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def api(self) -> str:
-        return self.base + API
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return requests.get(self.api + path, timeout=30, **kwargs)
-
-    def post(self, path: str, **kwargs: Any) -> requests.Response:
-        return requests.post(self.api + path, timeout=120, **kwargs)
-
-    def submit(self, attachments: dict[str, bytes | Path] | None = None, **fields: Any) -> requests.Response:
-        data = {key: (json.dumps(value) if isinstance(value, (dict, list)) else value) for key, value in fields.items()}
-        files = []
-        for name, content in (attachments or {}).items():
-            body = content.read_bytes() if isinstance(content, Path) else content
-            files.append(("workflow_attachment", (name, body)))
-        return self.post("/runs", data=data, files=files or None)
-
-    def submit_ok(self, attachments: dict[str, bytes | Path] | None = None, **fields: Any) -> str:
-        response = self.submit(attachments, **fields)
-        assert response.status_code == 200, response.text
-        return str(response.json()["run_id"])
-
-    def submit_cwl(self, tool: Path | tuple[str, str], params: dict[str, Any]) -> str:
-        """A CWL v1.2 tool, a file or (name, text), as its only attachment; the run id."""
-        name, body = (tool.name, tool.read_bytes()) if isinstance(tool, Path) else (tool[0], tool[1].encode())
-        return self.submit_ok(
-            {name: body}, workflow_url=name, workflow_type="CWL", workflow_type_version="v1.2", workflow_params=params
-        )
-
-    def submit_script(self, script: str) -> str:
-        """A Python script run as a CWL step with no container (SCRIPT_CWL); the run id. What it
-        prints is its ``report`` output (``report``)."""
-        return self.submit_ok(
-            {"script.cwl": SCRIPT_CWL.encode(), "script.py": script.encode()},
-            workflow_url="script.cwl",
-            workflow_type="CWL",
-            workflow_type_version="v1.2",
-            workflow_params={"script": {"class": "File", "location": "script.py"}},
-        )
-
-    def report(self, run_id: str) -> Any:
-        """The JSON a SCRIPT_CWL step printed."""
-        return json.loads(Path(self.get(f"/runs/{run_id}").json()["outputs"]["report"]["path"]).read_text())
-
-    def wait(self, run_id: str, states: set[str] = TERMINAL, timeout: float = 180) -> str:
-        deadline = time.monotonic() + timeout
-        state = ""
-        while time.monotonic() < deadline:
-            state = self.get(f"/runs/{run_id}/status").json()["state"]
-            if state in states:
-                return state
-            time.sleep(0.3)
-        raise AssertionError(f"run {run_id} still {state} after {timeout}s\n{self.log_tail()}")
-
-    def system_logs(self, run_id: str) -> str:
-        """The run's ``system_logs``, one line each."""
-        return "\n".join(self.get(f"/runs/{run_id}").json()["run_log"]["system_logs"] or [])
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
 def unix_request(socket_path: Path, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     """GET over a unix socket, as Apache's mod_proxy does for a unix: backend."""
     import http.client
@@ -166,108 +108,6 @@ def unix_request(socket_path: Path, path: str, headers: dict[str, str] | None = 
     conn.request("GET", path, headers=headers or {})
     response = conn.getresponse()
     return response.status, json.loads(response.read() or b"{}")
-
-
-def start_server(
-    data_dir: Path,
-    extra_env: dict[str, str] | None = None,
-    workers: int = 2,
-    app: str | None = None,
-    worker_class: str | None = None,
-    unix_socket: Path | None = None,
-) -> Server:
-    """Gunicorn on a free loopback port (and, if asked, a unix socket as well)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WES_GATEWAY_")}
-    env.update(
-        {
-            "WES_GATEWAY_DATA_DIR": str(data_dir),
-            "WES_GATEWAY_BIND": (f"unix:{unix_socket}," if unix_socket else "") + f"127.0.0.1:{port}",
-            "WES_GATEWAY_WORKERS": str(workers),
-            "WES_GATEWAY_RESPONSE_VALIDATION": "true",
-            "WES_GATEWAY_POLL_INTERVAL": "0.2",
-            "WES_GATEWAY_CANCEL_GRACE_SECONDS": "3",
-            "WES_GATEWAY_MAX_CONCURRENT_RUNS": "4",
-            "WES_GATEWAY_RUN_MAX_CORES": "2",
-            # Toil gives a CWL job 3 GiB of disk by default; four such runs fit in the books of a small disk.
-            "WES_GATEWAY_RUN_DISK_LIMIT": "8G",
-        }
-    )
-    if app:
-        env["WES_GATEWAY_APP"] = app
-    if worker_class:
-        env["WES_GATEWAY_WORKER_CLASS"] = worker_class
-    env.update(extra_env or {})
-    log_path = data_dir / "gunicorn.log"
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")],
-        cwd=ROOT,
-        env=env,
-        stdout=log_path.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    server = Server(base=f"http://127.0.0.1:{port}", data_dir=data_dir, process=process, log_path=log_path, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited early:\n{server.log_tail()}")
-        try:
-            if requests.get(server.api + "/health", timeout=5).status_code == 200:
-                return server
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    stop_server(server)
-    raise RuntimeError(f"gunicorn did not answer:\n{server.log_tail()}")
-
-
-def stop_server(server: Server) -> None:
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.process.pid, signal.SIGKILL)
-            server.process.wait(10)
-
-
-@contextlib.contextmanager
-def running_server(data_dir: Path, extra_env: dict[str, str]) -> Iterator[Server]:
-    """A gateway for a test module: stopped, and its leaders killed, at the end."""
-    server = start_server(data_dir, extra_env)
-    try:
-        yield server
-    finally:
-        stop_server(server)
-        kill_all_leaders(server.data_dir)
-
-
-@contextlib.contextmanager
-def loopback_http(body: bytes, delay: float = 0.0) -> Iterator[str]:
-    """A loopback HTTP service answering every GET with ``body`` (after ``delay`` seconds);
-    its base URL."""
-    import http.server
-    import threading
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            time.sleep(delay)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
 
 
 def leftover_processes(run_id: str, groups: set[int] | None = None) -> list[int]:
@@ -327,49 +167,6 @@ def pid_gone(pid: int) -> bool:
     return not pid_alive(pid)
 
 
-def kill_all_leaders(*roots: Path) -> None:
-    """Kill what is left of the runs kept under ``roots`` (data or shared directories): only
-    those, so that another test session on the same machine keeps its own runs."""
-    needle = b"WES_GATEWAY_RUN_ID="
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/environ", "rb") as handle:
-                    environ = handle.read()
-            except OSError:
-                continue
-            if needle not in environ:
-                continue
-            run_id = environ.split(needle, 1)[1].split(b"\0", 1)[0].decode(errors="replace")
-            if not run_id or not any((Path(root) / "runs" / run_id).exists() for root in roots):
-                continue
-            try:
-                os.killpg(os.getpgid(int(entry.name)), signal.SIGKILL)
-            except OSError:
-                pass
-
-
-# The tests' images, built by scripts/build-images once and kept between test sessions.
-IMAGE_STORE = Path(os.environ.get("WES_GATEWAY_TEST_IMAGE_STORE", "/var/cache/wes-gateway/test-images"))
-
-
-@functools.cache
-def images_unavailable() -> str:
-    """Why the tests' image store cannot be built here, or '' once it is there (asked once per
-    session: the engine_env and image_store fixtures, and the scripts, all ask)."""
-    if os.geteuid() != 0:
-        return "building the test images (debootstrap, podman as the run user) needs root"
-    missing = [tool for tool in ("podman", "runc", "debootstrap") if shutil.which(tool) is None]
-    if missing:
-        return f"not installed: {', '.join(missing)} (scripts/system-deps)"
-    built = subprocess.run(
-        [str(ROOT / "scripts" / "build-images"), str(IMAGE_STORE)], capture_output=True, text=True, timeout=900
-    )
-    if built.returncode != 0:
-        return f"scripts/build-images failed: {built.stderr[-2000:]}"
-    return ""
-
-
 @pytest.fixture(scope="session")
 def image_store() -> Path:
     """The read-only image store of the tests' stand-in images (debian:stable-slim, python:3-slim,
@@ -380,14 +177,6 @@ def image_store() -> Path:
     return IMAGE_STORE
 
 
-def container_env(store: Path | None) -> dict[str, str]:
-    """Real Podman with the tests' images where they can be had; else no engine, and WDL
-    through the test-only singularity stand-in (tests/bin), which runs task commands on the host."""
-    if store is not None:
-        return {"WES_GATEWAY_CONTAINER_ENGINE": "podman", "WES_GATEWAY_IMAGE_STORE": str(store)}
-    return {"WES_GATEWAY_CONTAINER_ENGINE": "none", "WES_GATEWAY_EXTRA_PATH": str(ROOT / "tests" / "e2e" / "bin")}
-
-
 @pytest.fixture(scope="session")
 def engine_env() -> dict[str, str]:
     """The container settings of the tests' gateways (container_env)."""
@@ -396,10 +185,8 @@ def engine_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, engine_env: dict[str, str]) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("wes"), engine_env)
-    yield running
-    stop_server(running)
-    kill_all_leaders(running.data_dir)
+    with running_server(tmp_path_factory.mktemp("wes"), engine_env) as running:
+        yield running
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -410,14 +197,6 @@ def _run_volumes_unmounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     unmount_runs(tmp_path_factory.getbasetemp())
 
 
-def unmount_runs(under: Path) -> None:
-    """Unmount every filesystem mounted below ``under`` (a gateway's data directory, say)."""
-    mounted = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-    for point in mounted:
-        if point.startswith(f"{under}/"):
-            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
-
-
 @pytest.fixture
 def data() -> Path:
     return DATA
@@ -425,7 +204,7 @@ def data() -> Path:
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Any]:
-    """A private PostgreSQL server for the module's tests (tests/postgres.py)."""
+    """A private PostgreSQL server for the module's tests (tests/e2e/postgres.py)."""
     from postgres import start_postgres
 
     try:
@@ -447,26 +226,3 @@ def shared() -> Iterator[Path]:
     os.chmod(path, 0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def worker_pid(server: Server) -> int:
-    """A web worker of the server (the first found; start it with workers=1 to be sure)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
-            command = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat[1]) == server.process.pid and b"supervise" not in command:
-            return int(entry.name)
-    raise AssertionError("no web worker")
-
-
-def peak_rss(pid: int) -> int:
-    """Peak resident memory of a process so far (VmHWM), in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")

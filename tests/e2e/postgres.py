@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import free_port
+from harness.gateway import free_port
 
 
 @dataclass

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import free_port
+from harness.gateway import free_port
 
 _CONF = """\
 ClusterName=wes-test

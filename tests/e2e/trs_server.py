@@ -5,7 +5,6 @@ one tool whose every endpoint hangs until the server stops."""
 from __future__ import annotations
 
 import contextlib
-import http.server
 import io
 import json
 import threading
@@ -13,6 +12,8 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
+
+from harness.loopback import Reply, Request, serve
 
 ROOT_PATH = "/ga4gh/trs/v2"
 CWL_ID = "#workflow/example.org/multi-cwl"
@@ -82,74 +83,62 @@ class TrsServer:
     requests: list[str]
 
 
+def _zip(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path, body in files.items():
+            archive.writestr(path, body)
+    return buffer.getvalue()
+
+
+def _files(kind: str, primary: str, files: dict[str, bytes], zipped: bool, query: str) -> Reply:
+    """A version's /{type}/files: the listing, or (format=zip) the files in one archive."""
+    if query == "format=zip":
+        return Reply(200, _zip(files), "application/zip") if zipped else Reply(404, b'{"message": "no zip here"}')
+    listing = [
+        {"path": path, "file_type": "PRIMARY_DESCRIPTOR" if path == primary else "SECONDARY_DESCRIPTOR"}
+        for path in files
+    ]
+    listing.append({"path": "test.json", "file_type": "TEST_FILE"})
+    return Reply(200, json.dumps(listing).encode())
+
+
 @contextlib.contextmanager
 def trs_server() -> Iterator[TrsServer]:
     stop = threading.Event()
     seen: list[str] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.0"
+    def answer(request: Request) -> Reply:
+        seen.append(request.path)
+        parsed = urlparse(request.path)
+        if not parsed.path.startswith(ROOT_PATH + "/tools/"):
+            return Reply(404, b'{"message": "no such route"}')
+        parts = [unquote(part) for part in parsed.path[len(ROOT_PATH + "/tools/") :].split("/")]
+        tool_id = parts[0]
+        if tool_id == HANGING_ID:
+            stop.wait(120)  # bounded: the server's stop ends it at once
+            return Reply(503, b"{}")
+        versions = TOOLS.get(tool_id)
+        if versions is None:
+            return Reply(404, b'{"message": "no such tool"}')
+        if len(parts) == 1:
+            listed = [{"name": v, "id": v, "descriptor_type": [spec[0]]} for v, spec in versions.items()]
+            return Reply(200, json.dumps({"id": tool_id, "versions": listed}).encode())
+        if len(parts) < 3 or parts[1] != "versions" or parts[2] not in versions:
+            return Reply(404, b'{"message": "no such version"}')
+        kind, primary, files, zipped = versions[parts[2]]
+        if len(parts) == 3:
+            return Reply(200, json.dumps({"name": parts[2], "descriptor_type": [kind]}).encode())
+        if parts[3] == kind and parts[4:] == ["files"]:
+            return _files(kind, primary, files, zipped, parsed.query)
+        if parts[3] == "PLAIN_" + kind and parts[4:5] == ["descriptor"]:
+            relative = "/".join(parts[5:]) or primary
+            if relative in files:
+                return Reply(200, files[relative], "text/plain")
+        return Reply(404, b'{"message": "not found"}')
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            seen.append(self.path)
-            parsed = urlparse(self.path)
-            if not parsed.path.startswith(ROOT_PATH + "/tools/"):
-                return self.send(404, b'{"message": "no such route"}')
-            parts = [unquote(part) for part in parsed.path[len(ROOT_PATH + "/tools/") :].split("/")]
-            tool_id = parts[0]
-            if tool_id == HANGING_ID:
-                stop.wait(120)  # bounded: the server's stop ends it at once
-                return self.send(503, b"{}")
-            versions = TOOLS.get(tool_id)
-            if versions is None:
-                return self.send(404, b'{"message": "no such tool"}')
-            if len(parts) == 1:
-                listed = [{"name": v, "id": v, "descriptor_type": [spec[0]]} for v, spec in versions.items()]
-                return self.send(200, json.dumps({"id": tool_id, "versions": listed}).encode())
-            if len(parts) < 3 or parts[1] != "versions" or parts[2] not in versions:
-                return self.send(404, b'{"message": "no such version"}')
-            kind, primary, files, zipped = versions[parts[2]]
-            if len(parts) == 3:
-                return self.send(200, json.dumps({"name": parts[2], "descriptor_type": [kind]}).encode())
-            if parts[3] == kind and parts[4:] == ["files"]:
-                if parsed.query == "format=zip":
-                    if not zipped:
-                        return self.send(404, b'{"message": "no zip here"}')
-                    buffer = io.BytesIO()
-                    with zipfile.ZipFile(buffer, "w") as archive:
-                        for path, body in files.items():
-                            archive.writestr(path, body)
-                    return self.send(200, buffer.getvalue(), "application/zip")
-                listing = [
-                    {"path": path, "file_type": "PRIMARY_DESCRIPTOR" if path == primary else "SECONDARY_DESCRIPTOR"}
-                    for path in files
-                ]
-                listing.append({"path": "test.json", "file_type": "TEST_FILE"})
-                return self.send(200, json.dumps(listing).encode())
-            if parts[3] == "PLAIN_" + kind and parts[4:5] == ["descriptor"]:
-                relative = "/".join(parts[5:]) or primary
-                if relative in files:
-                    return self.send(200, files[relative], "text/plain")
-            return self.send(404, b'{"message": "not found"}')
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    netloc = f"127.0.0.1:{httpd.server_address[1]}"
-    try:
-        yield TrsServer(root=f"http://{netloc}{ROOT_PATH}", netloc=netloc, requests=seen)
-    finally:
-        stop.set()
-        httpd.shutdown()
-        httpd.server_close()
+    with serve(answer) as netloc:
+        try:
+            yield TrsServer(root=f"http://{netloc}{ROOT_PATH}", netloc=netloc, requests=seen)
+        finally:
+            stop.set()
