@@ -3,7 +3,8 @@
 Append, never edit: deployed databases have run the earlier entries. A migration imports
 peewee, playhouse and its own copies of the tables as they were when it was written, never
 today's models (``wes_gateway.store.schema``): a field added to a model later must not change
-what an old migration creates (tests/fast/test_migrations.py checks both)."""
+what an old migration creates (tests/fast/test_migrations.py checks both). The copies keep
+their tables' class names: Peewee names an index after its model's class (``run_owner_id``)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SchemaVersionRow(peewee.Model):
+class SchemaVersion(peewee.Model):
     """One row per migration applied (the table is as old as the store; it never changes)."""
 
     version = peewee.IntegerField()
@@ -54,10 +55,10 @@ class SchemaVersionRow(peewee.Model):
 
 
 def current_version(db: peewee.Database) -> int:
-    if not db.table_exists(SchemaVersionRow._meta.table_name):
+    if not db.table_exists(SchemaVersion._meta.table_name):
         return 0
-    with db.bind_ctx([SchemaVersionRow]):
-        row = SchemaVersionRow.select(peewee.fn.MAX(SchemaVersionRow.version)).scalar()
+    with db.bind_ctx([SchemaVersion]):
+        row = SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar()
     return int(row or 0)
 
 
@@ -67,12 +68,12 @@ def upgrade(db: peewee.Database, to: int = SCHEMA_VERSION) -> list[int]:
     applied: list[int] = []
     # On SQLite the write lock is taken up front (see db.write_transaction).
     lock = {"lock_type": "IMMEDIATE"} if isinstance(db, peewee.SqliteDatabase) else {}
-    with db.atomic(**lock), db.bind_ctx([SchemaVersionRow]):
-        db.create_tables([SchemaVersionRow])
+    with db.atomic(**lock), db.bind_ctx([SchemaVersion]):
+        db.create_tables([SchemaVersion])
         version = current_version(db)
         for number, migration in enumerate(MIGRATIONS[version:to], start=version + 1):
             log.info("applying schema migration %d", number)
             migration(db)
-            SchemaVersionRow.create(version=number)
+            SchemaVersion.create(version=number)
             applied.append(number)
     return applied

@@ -8,7 +8,7 @@ from __future__ import annotations
 import peewee
 
 
-class RunV1(peewee.Model):
+class Run(peewee.Model):
     id = peewee.AutoField()
     run_id = peewee.CharField(max_length=64, unique=True)
     owner = peewee.CharField(max_length=255, default="")
@@ -38,5 +38,5 @@ class RunV1(peewee.Model):
 
 
 def migrate(db: peewee.Database) -> None:
-    with db.bind_ctx([RunV1]):
-        db.create_tables([RunV1])
+    with db.bind_ctx([Run]):
+        db.create_tables([Run])

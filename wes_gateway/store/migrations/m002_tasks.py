@@ -10,7 +10,7 @@ from playhouse.migrate import SchemaMigrator
 from playhouse.migrate import migrate as apply
 
 
-class TaskV2(peewee.Model):
+class Task(peewee.Model):
     id = peewee.AutoField()
     run_id = peewee.CharField(max_length=64)
     task_id = peewee.CharField(max_length=255)
@@ -35,5 +35,5 @@ class TaskV2(peewee.Model):
 def migrate(db: peewee.Database) -> None:
     # Bytes of the run's messages.tsv already ingested.
     apply(SchemaMigrator.from_database(db).add_column("run", "bus_offset", peewee.BigIntegerField(default=0)))
-    with db.bind_ctx([TaskV2]):
-        db.create_tables([TaskV2])
+    with db.bind_ctx([Task]):
+        db.create_tables([Task])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import peewee
 
 
-class ApiTokenV3(peewee.Model):
+class ApiToken(peewee.Model):
     id = peewee.AutoField()
     user = peewee.CharField(max_length=255)
     token_hash = peewee.CharField(max_length=64, unique=True)
@@ -20,6 +20,6 @@ class ApiTokenV3(peewee.Model):
 
 
 def migrate(db: peewee.Database) -> None:
-    with db.bind_ctx([ApiTokenV3]):
-        db.create_tables([ApiTokenV3])
+    with db.bind_ctx([ApiToken]):
+        db.create_tables([ApiToken])
     db.execute_sql('CREATE INDEX IF NOT EXISTS "run_owner_state" ON "run" ("owner", "state")')

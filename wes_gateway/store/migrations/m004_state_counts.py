@@ -7,7 +7,7 @@ from __future__ import annotations
 import peewee
 
 
-class StateCountV4(peewee.Model):
+class StateCount(peewee.Model):
     owner = peewee.CharField(max_length=255)
     state = peewee.CharField(max_length=32)
     n = peewee.BigIntegerField(default=0)
@@ -53,8 +53,8 @@ _POSTGRES_COUNT_TRIGGERS = [
 
 
 def migrate(db: peewee.Database) -> None:
-    with db.bind_ctx([StateCountV4]):
-        db.create_tables([StateCountV4])
+    with db.bind_ctx([StateCount]):
+        db.create_tables([StateCount])
     triggers = _POSTGRES_COUNT_TRIGGERS if isinstance(db, peewee.PostgresqlDatabase) else _SQLITE_COUNT_TRIGGERS
     for statement in triggers:
         db.execute_sql(statement)

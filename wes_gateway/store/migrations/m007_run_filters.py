@@ -11,7 +11,7 @@ import json
 import peewee
 
 
-class RunV7(peewee.Model):
+class Run(peewee.Model):
     """The two run columns the tag backfill reads."""
 
     id = peewee.AutoField()
@@ -21,7 +21,7 @@ class RunV7(peewee.Model):
         table_name = "run"
 
 
-class RunTagV7(peewee.Model):
+class RunTag(peewee.Model):
     run_pk = peewee.BigIntegerField()
     digest = peewee.CharField(max_length=40)
 
@@ -36,8 +36,8 @@ def tag_digest(key: str, value: str) -> str:
 
 
 def migrate(db: peewee.Database) -> None:
-    with db.bind_ctx([RunV7, RunTagV7]):
-        db.create_tables([RunTagV7])
+    with db.bind_ctx([Run, RunTag]):
+        db.create_tables([RunTag])
         for name, columns in (
             ("run_submitted_at", '"submitted_at", "id"'),
             ("run_state_id", '"state", "id"'),
@@ -50,7 +50,7 @@ def migrate(db: peewee.Database) -> None:
 def _backfill_tags() -> None:
     last = 0
     while True:  # each page starts past the last: it ends with the table
-        rows = list(RunV7.select(RunV7.id, RunV7.tags).where(RunV7.id > last).order_by(RunV7.id).limit(1000).tuples())
+        rows = list(Run.select(Run.id, Run.tags).where(Run.id > last).order_by(Run.id).limit(1000).tuples())
         if not rows:
             break
         tags = [
@@ -59,5 +59,5 @@ def _backfill_tags() -> None:
             for key, value in (json.loads(found) if found else {}).items()
         ]
         if tags:
-            RunTagV7.insert_many(tags).execute()
+            RunTag.insert_many(tags).execute()
         last = rows[-1][0]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import peewee
 
 
-class RunEventV9(peewee.Model):
+class RunEvent(peewee.Model):
     id = peewee.AutoField()
     run_id = peewee.CharField(max_length=64)
     kind = peewee.CharField(max_length=16)
@@ -19,5 +19,5 @@ class RunEventV9(peewee.Model):
 
 
 def migrate(db: peewee.Database) -> None:
-    with db.bind_ctx([RunEventV9]):
-        db.create_tables([RunEventV9])
+    with db.bind_ctx([RunEvent]):
+        db.create_tables([RunEvent])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import peewee
 
 
-class LoginFailureV11(peewee.Model):
+class LoginFailure(peewee.Model):
     id = peewee.AutoField()
     key = peewee.CharField(max_length=512)
     at = peewee.DoubleField()
@@ -18,5 +18,5 @@ class LoginFailureV11(peewee.Model):
 
 
 def migrate(db: peewee.Database) -> None:
-    with db.bind_ctx([LoginFailureV11]):
-        db.create_tables([LoginFailureV11])
+    with db.bind_ctx([LoginFailure]):
+        db.create_tables([LoginFailure])
