@@ -4,7 +4,7 @@ Append, never edit: deployed databases have run the earlier entries. A migration
 peewee, playhouse and its own copies of the tables as they were when it was written, never
 today's models (``wes_gateway.store.schema``): a field added to a model later must not change
 what an old migration creates (tests/fast/test_migrations.py checks both). The copies keep
-their tables' class names: Peewee names an index after its model's class (``run_owner_id``)."""
+their class names as deployed: Peewee names an index after its model's class."""
 
 from __future__ import annotations
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 import peewee
 
 
-class Run(peewee.Model):
+class RunV1(peewee.Model):
+    """Named RunV1 as it was when deployed: Peewee names the indexes after the class
+    (``runv1_owner_id``, ``runv1_run_id``, ``runv1_state``)."""
+
     id = peewee.AutoField()
     run_id = peewee.CharField(max_length=64, unique=True)
     owner = peewee.CharField(max_length=255, default="")
@@ -38,5 +41,5 @@ class Run(peewee.Model):
 
 
 def migrate(db: peewee.Database) -> None:
-    with db.bind_ctx([Run]):
-        db.create_tables([Run])
+    with db.bind_ctx([RunV1]):
+        db.create_tables([RunV1])
