@@ -10,11 +10,7 @@ from wes_gateway.store.db import write_transaction
 from wes_gateway.store.events import record_event
 from wes_gateway.store.runs import get_run
 from wes_gateway.store.schema import Run
-from wes_gateway.store.state import (
-    ACTIVE,
-    INITIALIZING,
-    QUEUED,
-)
+from wes_gateway.store.state import ACTIVE, INITIALIZING, QUEUED
 from wes_gateway.store.times import utc_now
 
 log = logging.getLogger(__name__)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from wes_gateway.store.db import write_transaction
 from wes_gateway.store.schema import Run, RunEvent, RunTag, Task
-from wes_gateway.store.state import (
-    COMPLETE,
-    TERMINAL,
-)
+from wes_gateway.store.state import COMPLETE, TERMINAL
 from wes_gateway.store.times import utc_now
 
 

@@ -17,15 +17,7 @@ import peewee
 from wes_gateway.store.db import database, write_transaction
 from wes_gateway.store.events import record_event
 from wes_gateway.store.schema import Run, RunTag, tag_digest
-from wes_gateway.store.state import (
-    ACTIVE,
-    ALLOWED_FROM,
-    CANCELED,
-    CANCELING,
-    QUEUED,
-    TERMINAL,
-    State,
-)
+from wes_gateway.store.state import ACTIVE, ALLOWED_FROM, CANCELED, CANCELING, QUEUED, TERMINAL, State
 from wes_gateway.store.times import utc_now
 
 log = logging.getLogger(__name__)
