@@ -30,6 +30,11 @@ _MEMORY = re.compile(r"^\s*(\d{1,18}(?:\.\d{1,9})?)\s*([KMGTP]i?)?B?\s*$", re.IG
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
 
 
+# Where published workflows' images live: Docker Hub, Biocontainers and others (quay.io), GitHub,
+# Google's (GATK, DeepVariant), Amazon's public gallery, GitLab.
+DEFAULT_REGISTRIES = ("docker.io", "quay.io", "ghcr.io", "gcr.io", "public.ecr.aws", "registry.gitlab.com")
+
+
 def parse_memory(text: str) -> int:
     """Bytes of a size such as 512M, 4G or 1.5GiB (Toil's spelling)."""
     match = _MEMORY.match(text)
@@ -258,8 +263,37 @@ class Settings(BaseModel):
         "the admin (scripts/build-images, or podman --root STORE pull as the run user).",
     )
     allowed_registries: list[str] = Field(
-        default_factory=list,
-        description="Registries runs may pull images from (docker.io, quay.io, ...); none by default.",
+        default_factory=lambda: list(DEFAULT_REGISTRIES),
+        description="Registries the service pulls images from for runs (once per host, into image_store): "
+        "by default those where published workflows' images live (" + ", ".join(DEFAULT_REGISTRIES) + "); "
+        "an institution narrows it to its own mirror, or empty: only what image_store holds.",
+    )
+    registry_auth_file: Path | None = Field(
+        None,
+        description="Credentials for private registries (a containers-auth.json, as `podman login` writes), "
+        "read by the service's pulls only: never shown to a run.",
+    )
+    registry_certs_dir: Path | None = Field(
+        None,
+        description="A certs.d directory (<host:port>/ca.crt, Podman's layout) of CAs the service's pulls "
+        "trust for those registries, besides the system's.",
+    )
+    image_tag_ttl: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds a tag stays resolved to the digest first pulled for it; empty: for as long as "
+        "image_store holds it (every run of a tag gets the same image, and no registry is asked again).",
+    )
+    image_store_limit: str = Field(
+        "50G",
+        description="Size of the layers the service may keep in image_store; least recently used pulled "
+        "images that no active run uses are removed to make room. Images the admin put there stay.",
+    )
+    registry_timeout: float = Field(
+        60.0, gt=0, description="Seconds the service waits for a registry to resolve a tag or answer at all."
+    )
+    pull_timeout: float = Field(
+        900.0, gt=0, description="Seconds one image's pull may take before the step that needs it fails."
     )
     allowed_file_roots: list[Path] = Field(
         default_factory=list,
@@ -334,7 +368,7 @@ class Settings(BaseModel):
             return table
         return value
 
-    @field_validator("run_max_memory", "run_memory_limit", "run_disk_limit", "disk_reserve")
+    @field_validator("run_max_memory", "run_memory_limit", "run_disk_limit", "disk_reserve", "image_store_limit")
     @classmethod
     def _size(cls, value: str) -> str:
         if value:

@@ -10,13 +10,17 @@ Stdlib only: ``containers.prepare`` copies this file into each run as ``bin/dock
   (``--version``, ``pull``, ``exec``) with Podman: Toil 9.6 runs WDL tasks only with
   Singularity or a Docker swarm, and Podman's API has no swarm.
 
+Images come from the service (wes_gateway/host/pulls.py), never from the run's own Podman: the
+shim asks the service's socket for each image a step names; the service resolves it to a digest,
+checks the allowed registries, pulls it once per host into the shared read-only store, and
+answers with the stored image's id, which the step's Podman runs with ``--pull=never``.
+
 Every ``docker`` call is read as Podman reads it (``classify``: its global options, command
 and subcommand, and the options of the commands that can fetch an image) before it goes on:
 
-- a pull goes ahead only from an allowed registry, so that a missing image fails at once with
-  a message naming it (recorded for the supervisor);
-- ``run`` and ``create`` of an image from a registry that is not allowed go ahead only if the
-  image is there already, and then with ``--pull=never``;
+- a pull is the service's (from an allowed registry only), so that a missing image fails at
+  once with a message naming it and its cause (recorded for the supervisor);
+- ``run`` and ``create`` run the image the service names, by id, with ``--pull=never``;
 - what loads or builds an image (``load``, ``import``, ``build``, a transport such as
   ``docker-archive:``), publishes one (``push``) or reaches registries the shim cannot check
   (``manifest``, ``kube play``, ...) is refused, as are options that replace the run's
@@ -34,11 +38,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import socket
 import sys
 
 # Filled in per run: podman (its path), env (Podman's configuration), allowed_registries,
-# problems (a file the supervisor reads into the run's system_logs).
+# problems (a file the supervisor reads into the run's system_logs), pulls (the service's
+# socket, or ""), run (the run's id), pull_wait (seconds to wait for the service's answer).
 CONFIG: dict[str, object] = json.loads("{}")
 
 SIF_MAGIC = "wes-gateway podman image\n"
@@ -190,10 +195,10 @@ def registry_of(image: str) -> str:
 
 
 class Plan:
-    """An allowed call: ``exec`` Podman with ``argv``; ``pull`` (run Podman, and name ``images``
-    if it fails); or ``run`` (exec, if ``image`` is there already, since its registry is not
-    allowed; ``globals`` are the call's global options, for that check). ``options_at``: where
-    the command's own options start in ``argv`` (the run's policy goes there), or 0."""
+    """An allowed call: ``exec`` Podman with ``argv``; ``pull`` (the service pulls ``images``);
+    or ``run`` (exec, with ``argv[image_at]``, the ``image``, replaced by the id of the image the
+    service names). ``options_at``: where the command's own options start in ``argv`` (the
+    run's policy goes there), or 0."""
 
     def __init__(
         self,
@@ -202,10 +207,10 @@ class Plan:
         options_at: int = 0,
         images: tuple[str, ...] = (),
         image: str = "",
-        globals_: list[str] | None = None,
+        image_at: int = 0,
     ) -> None:
         self.kind, self.argv, self.options_at = kind, argv, options_at
-        self.images, self.image, self.globals = images, image, globals_ or []
+        self.images, self.image, self.image_at = images, image, image_at
 
     def __repr__(self) -> str:
         return f"Plan({self.kind!r}, {self.argv!r}, options_at={self.options_at}, image={self.image!r})"
@@ -341,7 +346,7 @@ def _classify(args: list[str], globals_: list[str], command: str, sub: str, afte
                 raise Refused(_not_allowed(image, registry_of(remote), allowed))
         return Plan("pull", args, options_at=after, images=tuple(images))
     if (command, sub) in (("run", ""), ("create", ""), ("container", "run"), ("container", "create")):
-        return _run(args, globals_, after, allowed)
+        return _run(args, after)
     if (command, sub) in (("login", ""), ("search", ""), ("image", "search")):
         options, words, _ = parse(own, (LOGIN if command == "login" else SEARCH) | GLOBAL)
         _check_options(options)
@@ -365,7 +370,7 @@ def _classify(args: list[str], globals_: list[str], command: str, sub: str, afte
     raise Refused("not a command this service's docker passes on to Podman")
 
 
-def _run(args: list[str], globals_: list[str], after: int, allowed: list[str]) -> Plan:
+def _run(args: list[str], after: int) -> Plan:
     options, words, first = parse(args[after:], RUN | GLOBAL, interspersed=False)
     _check_options(options)
     if not words or any(
@@ -373,23 +378,16 @@ def _run(args: list[str], globals_: list[str], after: int, allowed: list[str]) -
     ):
         return Plan("exec", args)  # no image (Podman says so), or a root filesystem instead of one
     image = _remote(words[0])
-    registry = registry_of(image)
-    if registry in allowed:
-        return Plan("exec", args, options_at=after)
-    policy = "missing"
     for name, value in options:
-        if name == "pull":
-            policy = {"ifnotpresent": "missing", "": "missing", "ifnewer": "newer"}.get(
-                str(value).lower(), str(value).lower()
+        policy = {"ifnotpresent": "missing", "": "missing", "ifnewer": "newer"}.get(str(value).lower(), str(value))
+        if name == "pull" and policy.lower() not in ("never", "missing"):
+            raise Refused(
+                f"--pull={policy} would fetch {image} again: the service pulls each image once per host, "
+                "and a step runs what it pulled"
             )
-    if policy != "never" and policy != "missing":
-        raise Refused(
-            f"--pull={policy} would fetch {image} from {registry}, which is not a registry it may pull from "
-            f"(allowed: {', '.join(allowed) or 'none'})"
-        )
-    # Only what is there already: Podman is told not to pull (after the call's own --pull).
+    # The service's image by id: Podman is told not to pull (after the call's own --pull).
     at = after + first
-    return Plan("run", [*args[:at], "--pull=never", *args[at:]], options_at=after, image=image, globals_=globals_)
+    return Plan("run", [*args[:at], "--pull=never", *args[at:]], options_at=after, image=words[0], image_at=at + 1)
 
 
 def _podman() -> str:
@@ -407,8 +405,8 @@ def _env() -> dict[str, str]:
 
 
 def _policy() -> list[str]:
-    """The run's policy.json, for the calls that may pull: Podman 4.3 looks for a user's policy
-    in $HOME/.config/containers, not in the run's configuration directory (XDG_CONFIG_HOME)."""
+    """The run's policy.json (it rejects every pull): Podman 4.3 looks for a user's policy in
+    $HOME/.config/containers, not in the run's configuration directory (XDG_CONFIG_HOME)."""
     config = dict(CONFIG.get("env") or {}).get("XDG_CONFIG_HOME")  # type: ignore[call-overload]
     path = os.path.join(str(config), "containers", "policy.json") if config else ""
     return [f"--signature-policy={path}"] if path and os.path.isfile(path) else []
@@ -423,51 +421,48 @@ def _problem(message: str) -> None:
         pass
 
 
-def _exists(image: str, globals_: list[str] | None = None) -> bool:
-    found = subprocess.run([_podman(), *(globals_ or []), "image", "exists", image], env=_env(), capture_output=True)
-    return found.returncode == 0
-
-
-def pull(image: str) -> int:
-    """Pull an image the run's storage and the image store do not hold, if its registry is allowed."""
-    allowed = _allowed()
+def ask(image: str) -> dict[str, str]:
+    """The service's answer for ``image``: {"id", "digest", ...} once it is in the shared
+    store, or {"error": why}."""
+    path = str(CONFIG.get("pulls") or "")
+    if not path:
+        return {"error": f"container image {image}: this service pulls no images (its image_store is not set)"}
+    wait = float(CONFIG.get("pull_wait") or 1000)  # type: ignore[arg-type]
     try:
-        image = _remote(image)
-    except Refused as refusal:
-        _problem(f"refused singularity pull: {refusal}")
-        return REFUSED
-    registry = registry_of(image)
-    if registry not in allowed:
-        _problem(_not_allowed(image, registry, allowed))
-        return REFUSED
-    code = subprocess.run([_podman(), "pull", *_policy(), "--quiet", image], env=_env(), stdout=sys.stderr).returncode
-    if code != 0:
-        _problem(f"container image {image} could not be pulled from {registry} (podman exit status {code})")
-    return code
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.settimeout(wait)
+            connection.connect(path)
+            request = {"image": image, "run": str(CONFIG.get("run") or "")}
+            connection.sendall(json.dumps(request).encode() + b"\n")
+            answer = connection.makefile("rb").readline(65536)
+        reply = json.loads(answer)
+        return {str(key): str(value) for key, value in dict(reply).items()}
+    except (OSError, ValueError, TypeError) as error:
+        return {"error": f"container image {image}: the service's pulls did not answer ({error})"}
 
 
 def docker(args: list[str]) -> int:
-    allowed = _allowed()
     try:
-        plan = classify(args, allowed)
+        plan = classify(args, _allowed())
     except Refused as refusal:
         _problem(f"refused {refusal}")
         return REFUSED
     argv = plan.argv
+    if plan.kind == "pull":
+        errors = [
+            answer["error"] for answer in map(ask, [_remote(image) for image in plan.images]) if "error" in answer
+        ]
+        for error in errors:
+            _problem(error)
+        return REFUSED if errors else 0
+    if plan.kind == "run":
+        answer = ask(_remote(plan.image))
+        if "error" in answer:
+            _problem(answer["error"])
+            return REFUSED
+        argv = [*argv[: plan.image_at], answer["id"], *argv[plan.image_at + 1 :]]
     if plan.options_at:
         argv = [*argv[: plan.options_at], *_policy(), *argv[plan.options_at :]]
-    if plan.kind == "pull":
-        code = subprocess.run([_podman(), *argv], env=_env()).returncode
-        if code != 0:
-            registries = ", ".join(dict.fromkeys(registry_of(_remote(image)) for image in plan.images))
-            _problem(
-                f"container image {' '.join(plan.images)} could not be pulled from {registries} "
-                f"(podman exit status {code})"
-            )
-        return code
-    if plan.kind == "run" and not _exists(plan.image, plan.globals):
-        _problem(f"refused docker run: {_not_allowed(plan.image, registry_of(plan.image), allowed)}")
-        return REFUSED
     os.execve(_podman(), [_podman(), *argv], _env())
     return 127  # not reached
 
@@ -494,10 +489,10 @@ def singularity(args: list[str]) -> int:
             print("singularity (wes-gateway): pull takes an image path and a docker:// reference", file=sys.stderr)
             return 2
         path, image = positional[0], _image_of_sif(positional[1])
-        if not _exists(image):
-            code = pull(image)
-            if code:
-                return code
+        answer = ask(image)
+        if "error" in answer:
+            _problem(answer["error"])
+            return REFUSED
         with open(path, "w") as sif:
             sif.write(SIF_MAGIC + image + "\n")
         return 0
@@ -533,24 +528,18 @@ def _exec(args: list[str]) -> int:
     if i >= len(args) - 1:
         print("singularity (wes-gateway): exec needs an image and a command", file=sys.stderr)
         return 2
-    allowed = _allowed()
     try:
-        image = _remote(_image_of_sif(args[i]))
+        answer = ask(_remote(_image_of_sif(args[i])))
     except Refused as refusal:
-        _problem(f"refused singularity exec: {refusal}")
+        answer = {"error": f"refused singularity exec: {refusal}"}
+    if "error" in answer:
+        _problem(answer["error"])
         return REFUSED
     command = args[i + 1 :]
     # A task's command replaces the image's entrypoint, as singularity exec does; no network,
     # as no WDL task is promised one.
-    argv = [_podman(), "run", *_policy(), "--rm", "--network=none", "--entrypoint", command[0], *env, *mounts]
-    if registry_of(image) not in allowed:
-        if not _exists(image):
-            _problem(f"refused singularity exec: {_not_allowed(image, registry_of(image), allowed)}")
-            return REFUSED
-        argv.append("--pull=never")
-    if workdir:
-        argv += ["--workdir", workdir]
-    argv += [image, *command[1:]]
+    argv = [_podman(), "run", *_policy(), "--rm", "--network=none", "--pull=never", "--entrypoint", command[0]]
+    argv += [*env, *mounts, *(["--workdir", workdir] if workdir else []), answer["id"], *command[1:]]
     os.execve(_podman(), argv, _env())
     return 127  # not reached
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from wes_gateway.config import Settings
 from wes_gateway.files.paths import RunPaths
-from wes_gateway.host import container_shim, idmap, sandbox
+from wes_gateway.host import container_shim, idmap, pulls, sandbox
 
 log = logging.getLogger(__name__)
 
@@ -67,20 +67,33 @@ def _view_path(settings: Settings) -> Path:
     return settings.data_dir.resolve() / "image-view"
 
 
+def pulls_served(settings: Settings) -> bool:
+    """Whether this supervisor pulls images for its runs (pulls.py): Podman with an image store."""
+    return engine(settings) == "podman" and settings.image_store is not None
+
+
 def provide_store_view(settings: Settings) -> None:
     """Mount the image store's view for this supervisor's runs (again at every start, for the
-    current run_user). Sandboxes built from it keep their own copy of the mount."""
+    current run_user), and serve their pulls. Sandboxes built from it keep their own copy of
+    the mount."""
+    if pulls_served(settings):
+        pulls.start(settings)
     view = store_view(settings)
     identity = sandbox.run_identity(settings)
     if view is None or identity is None or view == settings.image_store:
         return
-    release_store_view(settings)
+    _unmount_view(settings)
     view.mkdir(mode=0o700, exist_ok=True)
     idmap.mount_view(str(settings.image_store), str(view), identity.uid, identity.gid)
     log.info("image store %s shown to runs read-only as run_user's at %s", settings.image_store, view)
 
 
 def release_store_view(settings: Settings) -> None:
+    pulls.stop(settings)
+    _unmount_view(settings)
+
+
+def _unmount_view(settings: Settings) -> None:
     view = _view_path(settings)
     if os.path.ismount(view):
         subprocess.run(["umount", "-l", str(view)], check=False, capture_output=True, timeout=60)
@@ -159,6 +172,8 @@ def sandbox_paths(settings: Settings) -> list[str]:
     view = store_view(settings)
     if view is not None:
         shown.append(str(view))
+    if pulls_served(settings):
+        shown.append(str(pulls.socket_dir(settings)))
     return shown
 
 
@@ -230,17 +245,8 @@ def prepare(paths: RunPaths, settings: Settings, sandboxed: bool = True, own_pid
             }
         ),
         "registries.conf": _toml({"unqualified-search-registries": ["docker.io"]}),
-        # Pulls: only from the allowed registries; images already in a store need no policy.
-        "policy.json": json.dumps(
-            {
-                "default": [{"type": "reject"}],
-                "transports": {
-                    "docker": {name: [{"type": "insecureAcceptAnything"}] for name in settings.allowed_registries},
-                    "docker-daemon": {"": [{"type": "reject"}]},
-                },
-            },
-            indent=2,
-        ),
+        # No pulls by the run's Podman: the service pulls (pulls.py); stored images need no policy.
+        "policy.json": json.dumps({"default": [{"type": "reject"}]}),
     }
     for name, text in files.items():
         _write(config / "containers" / name, text)
@@ -257,6 +263,9 @@ def prepare(paths: RunPaths, settings: Settings, sandboxed: bool = True, own_pid
         "env": env,
         "allowed_registries": list(settings.allowed_registries),
         "problems": str(paths.containers / "problems.log"),
+        "pulls": str(pulls.socket_path(settings)) if pulls_served(settings) else "",
+        "run": paths.root.name,
+        "pull_wait": settings.pull_timeout + 2 * settings.registry_timeout + 60,
     }
     placeholder = 'CONFIG: dict[str, object] = json.loads("{}")'
     source = Path(__file__).with_name("container_shim.py").read_text()
@@ -324,7 +333,7 @@ def image_of_log(log_head: str, paths: RunPaths) -> str | None:
         text = handle.read(4096).decode("utf-8", "replace")
     if not text.startswith(container_shim.SIF_MAGIC):
         return None
-    image = text[len(container_shim.SIF_MAGIC) :].strip()
+    image = text[len(container_shim.SIF_MAGIC) :].strip().split("\n", 1)[0]
     return image if _REFERENCE.fullmatch(image) else None
 
 
