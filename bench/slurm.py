@@ -137,18 +137,15 @@ def main() -> None:
         "WES_GATEWAY_RUN_USER": "",  # jobs must reach this machine's Python (see tests/test_slurm.py)
     }
     try:
-        local = start_server(tmp / "local", quiet)
-        try:
-            run_scatter(local, 2)  # warm-up, not counted
-            local_wall, local_first, _ = run_scatter(local, args.width)
-        finally:
-            stop_server(local)
-        remote = start_server(tmp / "slurm", on_slurm)
-        try:
-            run_scatter(remote, 2)  # warm-up, not counted
-            slurm_wall, slurm_first, log = run_scatter(remote, args.width)
-        finally:
-            stop_server(remote)
+        measured = {}
+        for label, env in (("local", quiet), ("slurm", on_slurm)):
+            server = start_server(tmp / label, env)
+            try:
+                run_scatter(server, 2)  # warm-up, not counted
+                measured[label] = run_scatter(server, args.width)
+            finally:
+                stop_server(server)
+        (local_wall, local_first, _), (slurm_wall, slurm_first, log) = measured["local"], measured["slurm"]
         direct = direct_sbatch(cluster, tmp, args.repeat)
     finally:
         cluster.stop()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -25,6 +24,8 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import DATA, Server, kill_all_leaders, running_server, start_server, stop_server
+
+from harness.measure import mount_count, sandbox_start
 
 RUNS = int(os.environ.get("WES_GATEWAY_TEST_SETTLED_RUNS", "120"))
 
@@ -59,37 +60,6 @@ def run_loop_devices(data_dir: Path) -> list[str]:
         except OSError:
             pass
     return found
-
-
-def sandbox_start(times: int = 15, rounds: int = 3) -> float:
-    """The time the issue's bubblewrap sandbox takes to start (it copies the mount table):
-    the smallest of ``rounds`` medians of ``times``, since others share this machine."""
-    argv = [
-        "bwrap",
-        "--unshare-pid",
-        "--unshare-user",
-        "--ro-bind",
-        "/",
-        "/",
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "true",
-    ]
-    medians = []
-    for _ in range(rounds):
-        taken = []
-        for _ in range(times):
-            began = time.perf_counter()
-            subprocess.run(argv, check=True)
-            taken.append(time.perf_counter() - began)
-        medians.append(statistics.median(taken))
-    return min(medians)
-
-
-def mount_count() -> int:
-    return len(Path("/proc/self/mounts").read_text().splitlines())
 
 
 def active_runs(server: Server) -> int:
