@@ -23,7 +23,7 @@ from wes_gateway import store
 from wes_gateway.config import SETTINGS_KEY, Settings, load_settings
 from wes_gateway.errors import ApiError, error_body, send_error
 from wes_gateway.host import volumes
-from wes_gateway.intake.uploads import UploadMiddleware
+from wes_gateway.intake.uploads import HandedOver, UploadMiddleware
 from wes_gateway.logsetup import setup_logging
 from wes_gateway.web import routes
 from wes_gateway.web.accesslog import AccessLog
@@ -241,6 +241,7 @@ def create_app(settings: Settings | None = None, validate_responses: bool | None
     app.add_middleware(EventStream, position=MiddlewarePosition.BEFORE_SWAGGER, settings=settings)
     # Watches for clients going away, and sends downloads (streams.Offload) from the event loop.
     app.add_middleware(Downloads, position=MiddlewarePosition.BEFORE_SWAGGER, send_timeout=settings.send_timeout)
+    app.add_middleware(HandedOver, position=MiddlewarePosition.BEFORE_CONTEXT)
     from wes_gateway.web.ui import bp as ui_pages
 
     app.app.register_blueprint(ui_pages)
