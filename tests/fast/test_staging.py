@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from wes_gateway.config import load_settings
+from wes_gateway.config import Settings, load_settings
 from wes_gateway.errors import BadRequest, PayloadTooLarge
 from wes_gateway.intake import inputpolicy, staging
 from wes_gateway.intake.engine_params import engine_argv
 
 
-def settings(tmp_path: Path, **overrides: object):
+def settings(tmp_path: Path, **overrides: Any) -> Settings:
     return load_settings({}, data_dir=tmp_path, **overrides)
 
 
