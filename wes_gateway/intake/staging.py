@@ -320,13 +320,17 @@ class Staged:
     paths: RunPaths
 
 
+def _checked_request(form: RunForm) -> RunRequest:
+    if form.problem is not None:
+        raise BadRequest(form.problem)
+    return parse_request(form.fields)
+
+
 def stage(form: RunForm, settings: Settings, owner: str) -> Staged:
     """Check and write a submission. Its files are written under ``runs/.staging/<id>``, which
     ``runs/<id>`` points at while the checks run, so every path is resolved to its final place
     at once; only a submission that passed is moved to ``runs/<id>`` itself."""
-    if form.problem is not None:
-        raise BadRequest(form.problem)
-    request = parse_request(form.fields)
+    request = _checked_request(form)
     user_args = engine_argv(request.workflow_engine_parameters, settings)
     engine = engine_for(request.workflow_type)
     assert engine is not None  # parse_request checked it

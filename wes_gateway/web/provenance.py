@@ -36,18 +36,35 @@ _STATUS = {store.COMPLETE: "CompletedActionStatus", store.CANCELED: "FailedActio
 
 def build(run: store.Run, run_tasks: list[store.Task], paths: RunPaths, engine_version: str) -> dict[str, Any]:
     """The crate's ro-crate-metadata.json, as a dict."""
-    from rocrate.model import ContextEntity
     from rocrate.rocrate import ROCrate
 
     crate = ROCrate()
+    _describe_root(crate, run)
+    language = _language(crate, run)
+    workflow = _workflow(crate, run, paths, language)
+    crate.root_dataset["mainEntity"] = {"@id": workflow.id}
+    _actions(crate, run, run_tasks, paths, workflow, engine_version)
+    metadata: dict[str, Any] = crate.metadata.generate()
+    return metadata
+
+
+def _describe_root(crate: Any, run: store.Run) -> None:
+    from rocrate.model import ContextEntity
+
     crate.root_dataset["name"] = f"Run {run.run_id} of {run.request.get('workflow_url', 'a workflow')}"
     crate.root_dataset["conformsTo"] = [{"@id": profile} for profile in PROFILES.values()]
     crate.root_dataset["license"] = "https://spdx.org/licenses/CC-BY-4.0"
     for profile, identifier in PROFILES.items():
         crate.add(ContextEntity(crate, identifier, properties={"@type": ["CreativeWork", "Profile"], "name": profile}))
+
+
+def _language(crate: Any, run: store.Run) -> Any:
+    """The workflow's language, as its engine names it in a crate."""
+    from rocrate.model import ContextEntity
+
     engine = engine_for(run.workflow_type) or ENGINES["CWL"]
     language_id, language_name, language_url = engine.crate_language
-    language = crate.add(
+    return crate.add(
         ContextEntity(
             crate,
             language_id,
@@ -59,6 +76,16 @@ def build(run: store.Run, run_tasks: list[store.Task], paths: RunPaths, engine_v
             },
         )
     )
+
+
+_WORKFLOW_TYPES = ["File", "SoftwareSourceCode", "ComputationalWorkflow"]
+
+
+def _workflow(crate: Any, run: store.Run, paths: RunPaths, language: Any) -> Any:
+    """The attachments under workflow/ (DRS inputs with where they came from), and the
+    workflow: the attached file, or the URL it was fetched from; from a TRS server, pinned."""
+    from rocrate.model import ContextEntity
+
     attachments = [name for name, _info in outputs.files_under(paths, paths.attachments)]
     workflow_url = str(run.request.get("workflow_url", "")).split("#", 1)[0]
     pin = trs.load(paths)  # a workflow fetched from a TRS server: its primary file, and whence
@@ -74,33 +101,29 @@ def build(run: store.Run, run_tasks: list[store.Task], paths: RunPaths, engine_v
             if fetched.get("checksum"):
                 properties["checksum"] = str(fetched.get("checksum"))
         if name == workflow_url:
-            properties.update(
-                {
-                    "@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow"],
-                    "programmingLanguage": {"@id": language.id},
-                }
-            )
+            properties.update({"@type": _WORKFLOW_TYPES, "programmingLanguage": {"@id": language.id}})
         entity = crate.add_file(None, dest_path=f"workflow/{name}", properties=properties)
         if name == workflow_url:
             workflow = entity
     if workflow is None:  # a workflow fetched by URL: named by it
-        workflow = crate.add(
-            ContextEntity(
-                crate,
-                str(run.request.get("workflow_url")),
-                properties={
-                    "@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow"],
-                    "programmingLanguage": {"@id": language.id},
-                },
-            )
-        )
+        properties = {"@type": _WORKFLOW_TYPES, "programmingLanguage": {"@id": language.id}}
+        workflow = crate.add(ContextEntity(crate, str(run.request.get("workflow_url")), properties=properties))
     if pin is not None:
         workflow["url"] = str(pin.get("descriptor_url"))
         workflow["sameAs"] = {"@id": str(pin.get("trs_uri"))}
         workflow["version"] = str(pin.get("version"))
         workflow["identifier"] = str(pin.get("trs_id"))
         workflow["sha256"] = str((pin.get("files") or {}).get(workflow_url, ""))
-    crate.root_dataset["mainEntity"] = {"@id": workflow.id}
+    return workflow
+
+
+def _actions(
+    crate: Any, run: store.Run, run_tasks: list[store.Task], paths: RunPaths, workflow: Any, engine_version: str
+) -> None:
+    """The inputs, the engine, the outputs with their sizes and sha256, the run's action,
+    one action per task, and the engine's action that orchestrated them."""
+    from rocrate.model import ContextEntity
+
     inputs = crate.add_file(
         None,
         dest_path="inputs/params.json",
@@ -137,28 +160,7 @@ def build(run: store.Run, run_tasks: list[store.Task], paths: RunPaths, engine_v
             "description": f"WES state {run.state}",
         },
     )
-    steps = []
-    images: dict[str, Any] = {}
-    for task in run_tasks:
-        image = _container_image(crate, images, task.container)
-        steps.append(
-            crate.add_action(
-                workflow,
-                identifier=f"#task-{task.task_id}",
-                properties={
-                    **({"containerImage": {"@id": image.id}} if image is not None else {}),
-                    "@type": "CreateAction",
-                    "name": task.name,
-                    "startTime": task.start_time,
-                    "endTime": task.end_time,
-                    "exitCode": task.exit_code,
-                    "actionStatus": {
-                        "@id": "http://schema.org/"
-                        + ("CompletedActionStatus" if task.exit_code == 0 else "FailedActionStatus")
-                    },
-                },
-            )
-        )
+    steps = _task_actions(crate, run_tasks, workflow)
     crate.add_action(
         engine,
         identifier=f"#orchestrate-{run.run_id}",
@@ -172,8 +174,30 @@ def build(run: store.Run, run_tasks: list[store.Task], paths: RunPaths, engine_v
             "object": [{"@id": inputs.id}, *({"@id": step.id} for step in steps)],
         },
     )
-    metadata: dict[str, Any] = crate.metadata.generate()
-    return metadata
+
+
+def _task_actions(crate: Any, run_tasks: list[store.Task], workflow: Any) -> list[Any]:
+    steps = []
+    images: dict[str, Any] = {}
+    for task in run_tasks:
+        image = _container_image(crate, images, task.container)
+        status = "CompletedActionStatus" if task.exit_code == 0 else "FailedActionStatus"
+        steps.append(
+            crate.add_action(
+                workflow,
+                identifier=f"#task-{task.task_id}",
+                properties={
+                    **({"containerImage": {"@id": image.id}} if image is not None else {}),
+                    "@type": "CreateAction",
+                    "name": task.name,
+                    "startTime": task.start_time,
+                    "endTime": task.end_time,
+                    "exitCode": task.exit_code,
+                    "actionStatus": {"@id": "http://schema.org/" + status},
+                },
+            )
+        )
+    return steps
 
 
 def _container_image(crate: Any, images: dict[str, Any], record: Any) -> Any:
