@@ -82,30 +82,30 @@ def assert_error(response: Any, status: int, fragment: str = "") -> None:
     assert fragment in body["msg"], body
 
 
-@pytest.mark.parametrize(
-    "method, path",
-    [
-        ("GET", "/runs"),
-        ("POST", "/runs"),
-        ("GET", "/runs/r1"),
-        ("GET", "/runs/r1/status"),
-        ("POST", "/runs/r1/cancel"),
-        ("GET", "/runs/r1/tasks"),
-        ("GET", "/runs/r1/outputs/a/b"),
-        ("GET", "/runs/r1/events"),
-        ("DELETE", "/runs/r1"),
-    ],
-)
-def test_a_protected_operation_without_credentials_is_401(client: Any, method: str, path: str) -> None:
-    response = client.request(method, API + path)
-    assert_error(response, 401, "credentials required")
-    challenge = response.headers["www-authenticate"]
-    assert "Basic" in challenge and "Bearer" in challenge
+PROTECTED = [
+    ("GET", "/runs"),
+    ("POST", "/runs"),
+    ("GET", "/runs/r1"),
+    ("GET", "/runs/r1/status"),
+    ("POST", "/runs/r1/cancel"),
+    ("GET", "/runs/r1/tasks"),
+    ("GET", "/runs/r1/outputs/a/b"),
+    ("GET", "/runs/r1/events"),
+    ("DELETE", "/runs/r1"),
+]
 
 
-@pytest.mark.parametrize("path", ["/health", "/service-info", "/openapi.json"])
-def test_public_operations_need_no_credentials(client: Any, path: str) -> None:
-    assert client.get(API + path).status_code == 200
+def test_a_protected_operation_without_credentials_is_401(client: Any) -> None:
+    for method, path in PROTECTED:
+        response = client.request(method, API + path)
+        assert_error(response, 401, "credentials required")
+        challenge = response.headers["www-authenticate"]
+        assert "Basic" in challenge and "Bearer" in challenge, (method, path)
+
+
+def test_public_operations_need_no_credentials(client: Any) -> None:
+    for path in ("/health", "/service-info", "/openapi.json"):
+        assert client.get(API + path).status_code == 200, path
 
 
 def test_service_info_needs_credentials_when_the_setting_says(tmp_path: Path, keys: dict[str, Any]) -> None:
@@ -143,9 +143,18 @@ def asgi_get(client: Any, path: str, headers: dict[str, str]) -> tuple[int, byte
         "server": ("testserver", 80),
     }
     sent: list[dict[str, Any]] = []
+    requested = False
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        # The body once; then, as a server does, nothing until the client goes away (here:
+        # once the response is complete), so that a middleware watching for that waits.
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        while not any(m["type"] == "http.response.body" and not m.get("more_body") for m in sent):
+            await asyncio.sleep(0.01)
+        return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
