@@ -294,7 +294,8 @@ def _check_options(options: list[tuple[str, str | None]]) -> None:
 def _not_allowed(image: str, registry: str, allowed: list[str]) -> str:
     return (
         f"container image {image} is not in this service's image store, and its registry {registry} "
-        f"is not one it may pull from (allowed: {', '.join(allowed) or 'none'})"
+        f"is not one it may pull from (allowed: {', '.join(allowed) or 'none'}; setting allowed_registries, "
+        "WES_GATEWAY_ALLOWED_REGISTRIES)"
     )
 
 

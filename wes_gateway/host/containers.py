@@ -18,6 +18,7 @@ which root's files are the run user's, as single-uid rootless Podman needs them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -340,37 +341,20 @@ def image_of_log(log_head: str, paths: RunPaths) -> str | None:
 def image_record(image: str, image_store: Path | None) -> dict[str, str]:
     """What the service can say of the image a task's log names: the name is the run's word
     (its job log is the run's to write), so the record says ``claimed``, with no id or digest;
-    where the service's image store (root's, which no run can change) holds that name, its id
-    and digest are the store's, and the record says ``image_store``. The run's own Podman
-    records are never read: a run can write any id and digest there."""
-    wanted = {image, _normalized(image)}
-    listing = _read_store(image_store / "overlay-images" / "images.json") if image_store is not None else None
-    for entry in listing if isinstance(listing, list) else []:
-        if isinstance(entry, dict) and wanted & set(entry.get("names") or []):
-            record = {"image": image, "source": "image_store"}
-            image_id, digest = str(entry.get("id", "")), str(entry.get("digest", ""))
-            if re.fullmatch(r"[0-9a-f]{64}", image_id):
-                record["id"] = f"sha256:{image_id}"
-            if _DIGEST.match(digest):
-                record["digest"] = digest
-            return record
-    return {"image": image, "source": "claimed"}
-
-
-def _read_store(path: Path) -> Any:
-    try:
-        with open(path, "rb") as handle:
-            return json.loads(handle.read(64 * 1024 * 1024) or b"null")
-    except (OSError, ValueError):
-        return None
-
-
-def _normalized(image: str) -> str:
-    """docker.io/debian:x -> docker.io/library/debian:x; a bare name gets docker.io and :latest."""
-    name = image if "/" in image and "." in image.split("/", 1)[0] else f"docker.io/{image}"
-    registry, _, rest = name.partition("/")
-    if registry == "docker.io" and "/" not in rest:
-        rest = f"library/{rest}"
-    if ":" not in rest.rsplit("/", 1)[-1] and "@" not in rest:
-        rest += ":latest"
-    return f"{registry}/{rest}"
+    where the service's image store (root's, which no run can change) holds that name (a tag,
+    pinned to what the service pulled, or a digest), its id and digest are the store's, and the
+    record says ``image_store``. The run's own Podman records are never read: a run can write
+    any id and digest there."""
+    entry = None
+    if image_store is not None:
+        with contextlib.suppress(pulls.PullError):
+            entry = pulls.find(image_store, *pulls.split(image))
+    if entry is None:
+        return {"image": image, "source": "claimed"}
+    record = {"image": image, "source": "image_store"}
+    image_id, digest = str(entry.get("id", "")), str(entry.get("digest", ""))
+    if re.fullmatch(r"[0-9a-f]{64}", image_id):
+        record["id"] = f"sha256:{image_id}"
+    if _DIGEST.match(digest):
+        record["digest"] = digest
+    return record

@@ -1,6 +1,6 @@
 """The run's `docker` shim reads each call as Podman would (wes_gateway.host.container_shim.classify):
 what it passes on, and what it refuses and why. Pure functions, no Podman; the same calls made
-by a real step against real Podman are in tests/test_containers.py."""
+by a real step against real Podman are in tests/e2e/test_containers.py."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def refusal(call: str) -> str:
         ("pull quay.io/x/y:1 --quiet", "container image quay.io/x/y:1 is not in this service's image store"),
         (
             "pull 127.0.0.1:1/x/y:1 quay.io/x/y:1",
-            "its registry quay.io is not one it may pull from (allowed: 127.0.0.1:1)",
+            "its registry quay.io is not one it may pull from (allowed: 127.0.0.1:1; setting allowed_registries",
         ),
         ("--log-level=error image pull quay.io/x/y:1", "docker image pull: container image quay.io/x/y:1"),
         ("--root /tmp/s --log-level debug image --log-level=info pull docker.io/x", "registry docker.io"),
@@ -44,7 +44,7 @@ def refusal(call: str) -> str:
         ("buildx build .", "docker buildx build: it builds an image"),
         ("image build -f Containerfile .", "docker image build: it builds an image"),
         ("run --rm --pull=always docker.io/debian:stable-slim true", "--pull=always would fetch"),
-        ("run --pull newer debian:stable-slim true", "--pull=newer would fetch debian:stable-slim from docker.io"),
+        ("run --pull newer debian:stable-slim true", "--pull=newer would fetch debian:stable-slim again"),
         ("create --pull=IfNewer debian", "--pull=newer"),
         ("run --signature-policy p.json debian true", "docker run: --signature-policy"),
         ("container run --tls-verify=false quay.io/x", "docker container run: --tls-verify=false"),
@@ -99,9 +99,10 @@ def test_what_is_passed_on() -> None:
     ).split()
     run = classify(cwltool_run, ALLOWED)
     at = cwltool_run.index("docker.io/debian:stable-slim")
-    # A registry not allowed: only an image already there, and Podman told not to pull it.
+    # Any image: the one the service names (replacing argv[image_at]), Podman told not to pull it.
     assert (run.kind, run.image, run.options_at) == ("run", "docker.io/debian:stable-slim", 1)
     assert run.argv == [*cwltool_run[:at], "--pull=never", *cwltool_run[at:]]
+    assert run.argv[run.image_at] == "docker.io/debian:stable-slim"
     # The command's own arguments are not options of the shim's concern.
     run = plan("run -it -eA=1 -v/a:/b -w/b --pull missing quay.io/x/y:1 sh -c --signature-policy")
     assert run.kind == "run" and run.argv[-5:] == ["--pull=never", "quay.io/x/y:1", "sh", "-c", "--signature-policy"]
@@ -113,16 +114,19 @@ def test_what_is_passed_on() -> None:
         "debian:stable-slim",
         "true",
     ]
-    assert plan("--log-level error create debian").globals == ["--log-level", "error"]
+    created = plan("--log-level error create --name debian debian")
+    assert created.argv[created.image_at] == "debian" and created.image_at == 6
     assert plan("run --rootfs /tmp/root /bin/sh").kind == "exec"  # a directory, not an image
-    # An allowed registry: pulled, or run (Podman pulls what is missing), with the run's policy.
+    # An allowed registry: pulled (by the service), or run (what the service pulled), with the run's policy.
     pulled = plan("--log-level=error image pull -q docker://127.0.0.1:1/x/y:1 127.0.0.1:1/z")
     assert (pulled.kind, pulled.options_at, pulled.images) == (
         "pull",
         3,
         ("docker://127.0.0.1:1/x/y:1", "127.0.0.1:1/z"),
     )
-    assert (plan("run --pull=always 127.0.0.1:1/x true").kind, plan("run 127.0.0.1:1/x").options_at) == ("exec", 1)
+    assert (plan("run 127.0.0.1:1/x").kind, plan("run 127.0.0.1:1/x").options_at) == ("run", 1)
+    with pytest.raises(Refused, match="--pull=always would fetch 127.0.0.1:1/x again"):
+        plan("run --pull=always 127.0.0.1:1/x true")
     assert plan("login 127.0.0.1:1").kind == "exec" and plan("pull --tls-verify=true 127.0.0.1:1/x").kind == "pull"
     for call in (
         "image ls",
