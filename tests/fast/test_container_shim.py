@@ -71,10 +71,11 @@ def refusal(call: str) -> str:
         ("machine init", "virtual machines"),
         ("compose up", "compose runs another program"),
         ("artifact pull quay.io/x", "fetches an artifact"),
-        ("login -u a -p b quay.io", "docker login: quay.io is not one it may pull from"),
-        ("search quay.io/x", "docker search: quay.io is not one"),
-        ("search x", "docker.io is not one"),
-        ("pod create --infra-image quay.io/pause", "--infra-image quay.io/pause"),
+        ("login -u a -p b quay.io", "docker login: registry credentials are the service's"),
+        ("login 127.0.0.1:1", "docker login: registry credentials are the service's"),
+        ("search quay.io/x", "docker search: it asks registries directly"),
+        ("image search x", "docker image search: it asks registries directly"),
+        ("pod create --infra-image quay.io/pause", "--infra-image names an image for the step's Podman"),
         ("frobnicate", "docker frobnicate: not a command"),
         ("container frobnicate", "docker container frobnicate: not a command"),
         ("-- pull x", "-- before the command"),
@@ -127,7 +128,7 @@ def test_what_is_passed_on() -> None:
     assert (plan("run 127.0.0.1:1/x").kind, plan("run 127.0.0.1:1/x").options_at) == ("run", 1)
     with pytest.raises(Refused, match="--pull=always would fetch 127.0.0.1:1/x again"):
         plan("run --pull=always 127.0.0.1:1/x true")
-    assert plan("login 127.0.0.1:1").kind == "exec" and plan("pull --tls-verify=true 127.0.0.1:1/x").kind == "pull"
+    assert plan("pull --tls-verify=true 127.0.0.1:1/x").kind == "pull" and plan("pod create").kind == "exec"
     for call in (
         "image ls",
         "container ls -a",

@@ -3,39 +3,28 @@
 Stdlib only: ``containers.prepare`` copies this file into each run as ``bin/docker`` and
 ``bin/singularity``, with CONFIG filled in, and the run's Toil workers find them first on PATH.
 
-- ``docker ...`` is Podman with the run's own configuration: Toil's CWL docker mode drives it
-  (Toil's --podman makes cwltool pass --userns=keep-id, which rootless Podman refuses without
-  subordinate ids).
-- ``singularity ...`` answers the three calls Toil's WDL runner makes through miniwdl
-  (``--version``, ``pull``, ``exec``) with Podman: Toil 9.6 runs WDL tasks only with
-  Singularity or a Docker swarm, and Podman's API has no swarm.
+- ``docker ...`` is Podman with the run's own configuration (Toil's CWL docker mode; its
+  --podman would make cwltool pass --userns=keep-id, which needs subordinate ids).
+- ``singularity ...`` answers what Toil's WDL runner asks through miniwdl (``--version``,
+  ``pull``, ``exec``) with Podman: Toil 9.6 runs WDL tasks only with Singularity or a swarm.
 
 Images come from the service (wes_gateway/host/pulls.py), never from the run's own Podman: the
-shim asks the service's socket for each image a step names; the service resolves it to a digest,
-checks the allowed registries, pulls it once per host into the shared read-only store, and
-answers with the stored image's id, which the step's Podman runs with ``--pull=never``.
+shim asks the service's socket for each image a step names, and the step's Podman runs the
+stored image the service names, by id, with ``--pull=never``. Every ``docker`` call is read as
+Podman reads it (``classify``) before it goes on: what loads, builds, publishes or fetches an
+image other than through the service (``load``, ``build``, ``push``, ``login``, ``manifest``,
+``kube play``, transports such as ``docker-archive:``), options that replace the run's policy
+or weaken verification, or hand the call to another Podman, and commands the shim does not
+know (a new one could fetch) are refused.
 
-Every ``docker`` call is read as Podman reads it (``classify``: its global options, command
-and subcommand, and the options of the commands that can fetch an image) before it goes on:
-
-- a pull is the service's (from an allowed registry only), so that a missing image fails at
-  once with a message naming it and its cause (recorded for the supervisor);
-- ``run`` and ``create`` run the image the service names, by id, with ``--pull=never``;
-- what loads or builds an image (``load``, ``import``, ``build``, a transport such as
-  ``docker-archive:``), publishes one (``push``) or reaches registries the shim cannot check
-  (``manifest``, ``kube play``, ...) is refused, as are options that replace the run's
-  signature policy or weaken verification (``--signature-policy``, ``--tls-verify=false``,
-  ``--cert-dir``) or hand the call to another Podman (``--url``, ``--connection``, ``--remote``);
-- commands the shim does not know are refused: a new one could fetch.
-
-A refusal exits 125 (Podman's own status for its errors) with a line naming the rule, also
-written for the supervisor. This governs the ``docker`` a step finds on PATH, not Podman
-itself: a step can run Podman by its path with a policy of its own, as a step without a
-container can download anything the host's network reaches (README, "Images").
+A refusal exits 125 (Podman's status for its errors) naming the rule, also written for the
+supervisor. A step running Podman by its path, with a policy of its own, fills only the run's
+own storage, which no other run sees (docs/containers-registry.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -51,14 +40,9 @@ SIF_MAGIC = "wes-gateway podman image\n"
 _VALUE_OPTIONS = {"--pwd", "--bind", "-B", "--env", "--home", "--no-mount", "--add-caps", "--workdir", "-W", "-H"}
 REFUSED = 125
 # Variables that would point Podman at another service or configuration: not passed on.
-_FOREIGN_ENV = (
-    "CONTAINER_HOST",
-    "CONTAINER_CONNECTION",
-    "CONTAINER_SSHKEY",
-    "CONTAINER_PASSPHRASE",
-    "CONTAINERS_CONF_OVERRIDE",
-    "REGISTRIES_CONFIG_PATH",
-    "DOCKER_HOST",
+_FOREIGN_ENV = tuple(
+    "CONTAINER_HOST CONTAINER_CONNECTION CONTAINER_SSHKEY CONTAINER_PASSPHRASE CONTAINERS_CONF_OVERRIDE "
+    "REGISTRIES_CONFIG_PATH DOCKER_HOST".split()
 )
 # Image references that name a transport other than a registry load from files, other stores or daemons.
 _TRANSPORTS = frozenset(
@@ -125,14 +109,6 @@ PULL = _HELP | Options(
     "all-tags disable-content-trust quiet tls-verify",
     "a=all-tags q=quiet",
 )
-LOGIN = _HELP | Options(
-    "authfile cert-dir compat-auth-file password secret username",
-    "get-login password-stdin tls-verify verbose",
-    "p=password u=username v=verbose",
-)
-SEARCH = _HELP | Options(
-    "authfile cert-dir creds filter format limit", "compatible list-tags no-trunc tls-verify", "f=filter"
-)
 
 # Commands that fetch and load nothing: passed on as they are (with any subcommand).
 _PASSED = frozenset(
@@ -156,17 +132,11 @@ _LOADS = "it loads an image from a file or URL; a step uses images from the imag
 _BUILDS = "it builds an image, pulling its base images and running its steps where the shim cannot check them"
 # What the shim refuses whatever follows: (command, subcommand or "") -> the rule.
 _REFUSED = {
-    ("load", ""): _LOADS,
-    ("import", ""): _LOADS,
-    ("image", "load"): _LOADS,
-    ("image", "import"): _LOADS,
-    ("container", "restore"): _LOADS,
-    ("build", ""): _BUILDS,
-    ("buildx", ""): _BUILDS,
-    ("image", "build"): _BUILDS,
-    ("farm", ""): _BUILDS,
-    ("push", ""): "it sends an image to a registry; a step publishes none",
-    ("image", "push"): "it sends an image to a registry; a step publishes none",
+    **dict.fromkeys(
+        [("load", ""), ("import", ""), ("image", "load"), ("image", "import"), ("container", "restore")], _LOADS
+    ),
+    **dict.fromkeys([("build", ""), ("buildx", ""), ("image", "build"), ("farm", "")], _BUILDS),
+    **dict.fromkeys([("push", ""), ("image", "push")], "it sends an image to a registry; a step publishes none"),
     ("artifact", "push"): "it sends an artifact to a registry; a step publishes none",
     ("artifact", "pull"): "it fetches an artifact from a registry the shim does not check",
     ("manifest", ""): "manifest lists are read from and written to registries the shim does not check",
@@ -176,13 +146,14 @@ _REFUSED = {
     ("compose", ""): "compose runs another program that pulls what its file names",
     ("auto-update", ""): "auto-update pulls newer images",
     ("container", "runlabel"): "runlabel pulls the image and runs a command its label names",
-    ("image", "scp"): "it copies images from another host or user",
-    ("scp", ""): "it copies images from another host or user",
+    **dict.fromkeys([("image", "scp"), ("scp", "")], "it copies images from another host or user"),
     ("image", "sign"): "it signs images with keys of the step's",
     ("image", "trust"): "image trust changes signature policy, the registry allowlist",
     ("system", "service"): "it serves Podman's API, through which anything could pull",
     ("system", "connection"): "it points Podman at another service",
     ("machine", ""): "it downloads and runs virtual machines",
+    ("login", ""): "registry credentials are the service's (registry_auth_file): the service pulls, not a step",
+    **dict.fromkeys([("search", ""), ("image", "search")], "it asks registries directly; the service pulls images"),
 }
 
 
@@ -194,26 +165,19 @@ def registry_of(image: str) -> str:
     return "docker.io"
 
 
+@dataclasses.dataclass
 class Plan:
     """An allowed call: ``exec`` Podman with ``argv``; ``pull`` (the service pulls ``images``);
     or ``run`` (exec, with ``argv[image_at]``, the ``image``, replaced by the id of the image the
     service names). ``options_at``: where the command's own options start in ``argv`` (the
     run's policy goes there), or 0."""
 
-    def __init__(
-        self,
-        kind: str,
-        argv: list[str],
-        options_at: int = 0,
-        images: tuple[str, ...] = (),
-        image: str = "",
-        image_at: int = 0,
-    ) -> None:
-        self.kind, self.argv, self.options_at = kind, argv, options_at
-        self.images, self.image, self.image_at = images, image, image_at
-
-    def __repr__(self) -> str:
-        return f"Plan({self.kind!r}, {self.argv!r}, options_at={self.options_at}, image={self.image!r})"
+    kind: str
+    argv: list[str]
+    options_at: int = 0
+    images: tuple[str, ...] = ()
+    image: str = ""
+    image_at: int = 0
 
 
 def parse(
@@ -315,7 +279,6 @@ def classify(args: list[str], allowed: list[str]) -> Plan:
         _check_options(options)
     except Refused as refusal:
         raise Refused(f"docker: {refusal}") from None
-    globals_ = args[:start]
     if not rest:
         return Plan("exec", args)  # no command: Podman's help or version
     if args[start] == "--":
@@ -328,12 +291,12 @@ def classify(args: list[str], allowed: list[str]) -> Plan:
             sub, after = words[0], after + first + 1
     what = " ".join(["docker", command, sub]).strip()
     try:
-        return _classify(args, globals_, command, sub, after, allowed)
+        return _classify(args, command, sub, after, allowed)
     except Refused as refusal:
         raise Refused(f"{what}: {refusal}") from None
 
 
-def _classify(args: list[str], globals_: list[str], command: str, sub: str, after: int, allowed: list[str]) -> Plan:
+def _classify(args: list[str], command: str, sub: str, after: int, allowed: list[str]) -> Plan:
     rule = _REFUSED.get((command, sub)) or _REFUSED.get((command, ""))
     if rule:
         raise Refused(rule)
@@ -348,23 +311,9 @@ def _classify(args: list[str], globals_: list[str], command: str, sub: str, afte
         return Plan("pull", args, options_at=after, images=tuple(images))
     if (command, sub) in (("run", ""), ("create", ""), ("container", "run"), ("container", "create")):
         return _run(args, after)
-    if (command, sub) in (("login", ""), ("search", ""), ("image", "search")):
-        options, words, _ = parse(own, (LOGIN if command == "login" else SEARCH) | GLOBAL)
-        _check_options(options)
-        if command == "login":
-            registry = (words[0] if words else "docker.io").split("://")[-1].split("/")[0]
-        else:
-            registry = registry_of(words[0]) if words else "docker.io"
-        if registry not in allowed:
-            raise Refused(f"{registry} is not one it may pull from (allowed: {', '.join(allowed) or 'none'})")
-        return Plan("exec", args)
     if command == "pod" and sub in ("create", "clone"):
-        for i, word in enumerate(own):
-            image = word.removeprefix("--infra-image=") if word.startswith("--infra-image=") else ""
-            if word == "--infra-image" and i + 1 < len(own):
-                image = own[i + 1]
-            if image and registry_of(_remote(image)) not in allowed:
-                raise Refused(f"--infra-image {image}: its registry {registry_of(image)} is not one it may pull from")
+        if any(word.startswith("--infra-image") for word in own):
+            raise Refused("--infra-image names an image for the step's Podman to pull, not the service")
         return Plan("exec", args)
     if command in _PASSED or (command in _PASSED_SUB and (not sub or sub in _PASSED_SUB[command])):
         return Plan("exec", args)
@@ -393,10 +342,6 @@ def _run(args: list[str], after: int) -> Plan:
 
 def _podman() -> str:
     return str(CONFIG["podman"])
-
-
-def _allowed() -> list[str]:
-    return [str(name) for name in list(CONFIG.get("allowed_registries") or [])]  # type: ignore[call-overload]
 
 
 def _env() -> dict[str, str]:
@@ -442,26 +387,28 @@ def ask(image: str) -> dict[str, str]:
         return {"error": f"container image {image}: the service's pulls did not answer ({error})"}
 
 
+def _image_id(image: str) -> str:
+    """The id of the stored image the service names for ``image``, or "" (the problem written)."""
+    answer = ask(image)
+    if "error" in answer:
+        _problem(answer["error"])
+    return answer.get("id", "")
+
+
 def docker(args: list[str]) -> int:
     try:
-        plan = classify(args, _allowed())
+        plan = classify(args, [str(name) for name in CONFIG.get("allowed_registries") or []])  # type: ignore[attr-defined]
     except Refused as refusal:
         _problem(f"refused {refusal}")
         return REFUSED
     argv = plan.argv
     if plan.kind == "pull":
-        errors = [
-            answer["error"] for answer in map(ask, [_remote(image) for image in plan.images]) if "error" in answer
-        ]
-        for error in errors:
-            _problem(error)
-        return REFUSED if errors else 0
+        return 0 if all([_image_id(_remote(image)) for image in plan.images]) else REFUSED
     if plan.kind == "run":
-        answer = ask(_remote(plan.image))
-        if "error" in answer:
-            _problem(answer["error"])
+        image_id = _image_id(_remote(plan.image))
+        if not image_id:
             return REFUSED
-        argv = [*argv[: plan.image_at], answer["id"], *argv[plan.image_at + 1 :]]
+        argv = [*argv[: plan.image_at], image_id, *argv[plan.image_at + 1 :]]
     if plan.options_at:
         argv = [*argv[: plan.options_at], *_policy(), *argv[plan.options_at :]]
     os.execve(_podman(), [_podman(), *argv], _env())
@@ -490,9 +437,7 @@ def singularity(args: list[str]) -> int:
             print("singularity (wes-gateway): pull takes an image path and a docker:// reference", file=sys.stderr)
             return 2
         path, image = positional[0], _image_of_sif(positional[1])
-        answer = ask(image)
-        if "error" in answer:
-            _problem(answer["error"])
+        if not _image_id(image):
             return REFUSED
         with open(path, "w") as sif:
             sif.write(SIF_MAGIC + image + "\n")
@@ -530,26 +475,23 @@ def _exec(args: list[str]) -> int:
         print("singularity (wes-gateway): exec needs an image and a command", file=sys.stderr)
         return 2
     try:
-        answer = ask(_remote(_image_of_sif(args[i])))
+        image_id = _image_id(_remote(_image_of_sif(args[i])))
     except Refused as refusal:
-        answer = {"error": f"refused singularity exec: {refusal}"}
-    if "error" in answer:
-        _problem(answer["error"])
+        _problem(f"refused singularity exec: {refusal}")
+        return REFUSED
+    if not image_id:
         return REFUSED
     command = args[i + 1 :]
     # A task's command replaces the image's entrypoint, as singularity exec does; no network,
     # as no WDL task is promised one.
     argv = [_podman(), "run", *_policy(), "--rm", "--network=none", "--pull=never", "--entrypoint", command[0]]
-    argv += [*env, *mounts, *(["--workdir", workdir] if workdir else []), answer["id"], *command[1:]]
+    argv += [*env, *mounts, *(["--workdir", workdir] if workdir else []), image_id, *command[1:]]
     os.execve(_podman(), argv, _env())
     return 127  # not reached
 
 
 def main(argv: list[str]) -> int:
-    name = os.path.basename(argv[0])
-    if name == "singularity":
-        return singularity(argv[1:])
-    return docker(argv[1:])
+    return singularity(argv[1:]) if os.path.basename(argv[0]) == "singularity" else docker(argv[1:])
 
 
 if __name__ == "__main__":

@@ -207,9 +207,24 @@ def prepare(paths: RunPaths, settings: Settings, sandboxed: bool = True, own_pid
     else:
         runtime = Path(f"/tmp/wes-podman-{paths.root.name}"[:50])
         runtime.mkdir(mode=0o700, exist_ok=True)
+    for name, text in _podman_files(settings, storage, runtime, own_pid_namespace).items():
+        _write(config / "containers" / name, text)
+    env = {
+        "CONTAINERS_CONF": str(config / "containers" / "containers.conf"),
+        "CONTAINERS_STORAGE_CONF": str(config / "containers" / "storage.conf"),
+        "CONTAINERS_REGISTRIES_CONF": str(config / "containers" / "registries.conf"),
+        "XDG_CONFIG_HOME": str(config),
+        "XDG_RUNTIME_DIR": str(runtime),
+        "HOME": str(paths.home),
+    }
+    _write_shims(paths, settings, podman, env)
+
+
+def _podman_files(settings: Settings, storage: Path, runtime: Path, own_pid_namespace: bool) -> dict[str, str]:
+    """The run's Podman configuration files, by name."""
     view = store_view(settings)
     stores = [str(view)] if view is not None else []
-    files = {
+    return {
         "storage.conf": _toml(
             {
                 "storage": {
@@ -249,16 +264,10 @@ def prepare(paths: RunPaths, settings: Settings, sandboxed: bool = True, own_pid
         # No pulls by the run's Podman: the service pulls (pulls.py); stored images need no policy.
         "policy.json": json.dumps({"default": [{"type": "reject"}]}),
     }
-    for name, text in files.items():
-        _write(config / "containers" / name, text)
-    env = {
-        "CONTAINERS_CONF": str(config / "containers" / "containers.conf"),
-        "CONTAINERS_STORAGE_CONF": str(config / "containers" / "storage.conf"),
-        "CONTAINERS_REGISTRIES_CONF": str(config / "containers" / "registries.conf"),
-        "XDG_CONFIG_HOME": str(config),
-        "XDG_RUNTIME_DIR": str(runtime),
-        "HOME": str(paths.home),
-    }
+
+
+def _write_shims(paths: RunPaths, settings: Settings, podman: str, env: dict[str, str]) -> None:
+    """The run's `docker` and `singularity`: container_shim.py with its CONFIG filled in."""
     shim_config = {
         "podman": podman,
         "env": env,

@@ -75,7 +75,7 @@ def split(image: str) -> tuple[str, str, str]:
         repo = f"docker.io/library/{repo.split('/', 1)[1]}"
     if not digest and not colon:
         tag = "latest"
-    if not _NAME.match(repo) or (tag and not _TAG.match(tag)) or (digest and not _DIGEST.match(digest)):
+    if not _NAME.match(repo) or (colon and not _TAG.match(tag)) or (digest and not _DIGEST.match(digest)):
         raise PullError(f"{image} is not an image reference the service can pull")
     return repo, tag, digest
 
