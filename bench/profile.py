@@ -12,6 +12,14 @@ Two views, in one run:
    with stock Toil.
 
 Prints the median of each phase over --repeat runs (one warm-up run first, not counted).
+
+3. ``--scatter N`` (issue 40, per-step cost): only a warm leader, with the gateway's defaults,
+   running tests/data/scatter.cwl over N strings (one Toil job per step, --maxCores 2), in
+   a cgroup v1 cpuacct group of its own: wall seconds, and CPU seconds of the whole tree
+   (leader, zygote, workers and every process they start, however reaped), in total and per
+   step. Wall time is noisy on a shared machine; CPU time much less. Program starts per step:
+   run it under ``strace -f -qq --seccomp-bpf -e trace=execve,clone,clone3,vfork,fork -c``
+   with ``--repeat 1`` (no warm-up is run with --scatter).
 """
 
 from __future__ import annotations
@@ -72,7 +80,7 @@ def gateway_run(server: Any, i: int) -> dict[str, float]:
     }
 
 
-def _leader_phases(argv: list[str], prompt: bool, zygote: Path) -> dict[str, float]:
+def _leader_phases(argv: list[str], prompt: bool) -> dict[str, float]:
     """In this (forked) process: run the CWL leader and time Toil's phases."""
     import toil.common
     import toil.cwl.cwltoil
@@ -84,7 +92,7 @@ def _leader_phases(argv: list[str], prompt: bool, zygote: Path) -> dict[str, flo
     from wes_gateway.engines import toil_waits, toil_workers
 
     if prompt:
-        assert toil_workers.start(zygote), "the worker zygote did not start"
+        assert toil_workers.start(), "the worker zygote did not start"
         toil_waits.install()
     spans: list[tuple[str, float, float]] = []
 
@@ -129,7 +137,7 @@ def leader_run(tmp: Path, i: int, prompt: bool) -> dict[str, float]:
     if pid == 0:  # as the forkserver forks a leader: Toil and cwltool are warm already
         os.close(read)
         try:
-            result = _leader_phases(argv, prompt, tmp / f"workers-{i}.sock")
+            result = _leader_phases(argv, prompt)
         except BaseException as exc:  # reported to the parent, which fails
             result = {"error": repr(exc)}  # type: ignore[dict-item]
         os.write(write, json.dumps(result).encode())
@@ -141,6 +149,41 @@ def leader_run(tmp: Path, i: int, prompt: bool) -> dict[str, float]:
     result = json.loads(text)
     assert "error" not in result, result
     return result  # type: ignore[no-any-return]
+
+
+SCATTER = ROOT / "tests" / "data" / "scatter.cwl"
+CPUACCT = Path("/sys/fs/cgroup/cpuacct")
+
+
+def scatter_run(tmp: Path, i: int, steps: int) -> dict[str, float]:
+    """One warm leader running the scatter over ``steps`` strings: wall and CPU seconds."""
+    job = tmp / f"scatter{i}.json"
+    job.write_text(json.dumps({"messages": [f"m{n}" for n in range(steps)]}))
+    argv = [str(SCATTER), str(job), "--no-container", "--jobStore", f"file:{tmp}/sjs{i}"]
+    argv += ["--outdir", str(tmp / f"sout{i}"), "--workDir", str(tmp), "--disableProgress"]
+    argv += ["--disableChaining", "true", "--maxCores", "2", "--logCritical"]
+    group = CPUACCT / f"wes-gateway-profile-{os.getpid()}-{i}"
+    group.mkdir()
+    try:
+        began = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:  # joins the group before it starts anything: the group holds the whole tree
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+            code = 1
+            try:
+                code = 0 if "error" not in _leader_phases(argv, True) else 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        wall = time.perf_counter() - began
+        assert status == 0, status
+        deadline = time.monotonic() + 30  # the zygote ends after the leader
+        while (group / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cpu = int((group / "cpuacct.usage").read_text()) / 1e9
+    finally:
+        group.rmdir()
+    return {"wall s": wall, "CPU s (whole tree)": cpu, "CPU ms per step": 1000 * cpu / steps}
 
 
 def report(title: str, runs: list[dict[str, float]], cumulative: bool) -> None:
@@ -158,9 +201,18 @@ def report(title: str, runs: list[dict[str, float]], cumulative: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--scatter", type=int, default=0, help="only a warm leader's scatter over this many strings")
     args = parser.parse_args()
     os.environ["TOIL_HISTORY"] = "False"
     os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    if args.scatter:
+        import wes_gateway.engines.leader  # noqa: F401  (warms Toil and cwltool, as the forkserver does)
+
+        with tempfile.TemporaryDirectory() as tmp_text:
+            runs = [scatter_run(Path(tmp_text), i, args.scatter) for i in range(args.repeat)]
+        report(f"A warm leader scattering over {args.scatter} strings, gateway defaults; medians:", runs, False)
+        print("  each run: " + "; ".join(", ".join(f"{k} {v:.2f}" for k, v in run.items()) for run in runs))
+        return
     with tempfile.TemporaryDirectory() as tmp_text:
         tmp = Path(tmp_text)
         server = start_server(tmp / "gw", {"WES_GATEWAY_ACCESS_LOG": "/dev/null", "WES_GATEWAY_POLL_INTERVAL": "0.5"})

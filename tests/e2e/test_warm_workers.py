@@ -1,7 +1,8 @@
 """Warm Toil workers (engines/toil_workers.py): a job's worker is forked from its leader's
-zygote instead of started as a new interpreter. test_speed compares whole runs with and
-without; here, the processes themselves: the worker really is forked (and really is not
-with the setting off), and every way a job is ended still reaches the job's own tool.
+zygote, as the leader's own child, instead of started as a new interpreter. test_speed
+compares whole runs with and without; here, the processes themselves: the worker really is
+forked (and really is not with the setting off), Toil's child is the worker itself (no shell,
+no program started in between), and every way a job is ended still reaches the job's tool.
 
 The kill tests use a gateway without the sandbox: the sandbox's end kills everything in it,
 which would hide a gap in the chain that ends a job. A third gateway, with the sandbox (the
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ from conftest import (
     wait_for_tool,
 )
 
-from wes_gateway.engines.toil_workers import SHIM
+from wes_gateway.host import limits
 from wes_gateway.host.procs import parent_pid
 
 D = Path(__file__).parent.parent / "data"
@@ -70,15 +69,6 @@ def sleeping(server: Server, seconds: int) -> tuple[str, int]:
     return run_id, tool
 
 
-def shim_of(server: Server, run_id: str) -> int:
-    [shim] = [
-        pid
-        for pid in leftover_processes(run_id, leader_group(server.data_dir, run_id))
-        if cmdline(pid).split(b"\x00")[1:4] == [b"-I", b"-S", b"-c"]  # not the /bin/sh -c that runs it
-    ]
-    return shim
-
-
 def until(predicate: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -95,15 +85,21 @@ def test_the_worker_is_forked_only_when_warm_and_cancel_ends_it_all(gateways: di
     worker = parent(tool)
     chain = [tool, worker]
     if kind != "cold":
-        # Toil's child is the shim; the worker under the tool is a fork (no _toil_worker
-        # command line of its own) of a keeper, itself forked by the leader's zygote.
-        shim = shim_of(server, run_id)
+        # Toil's child is the worker itself: a fork (no _toil_worker command line of its own)
+        # that the zygote made the leader's child, the leader of its own session, as Toil's
+        # Popen makes a stock worker; the zygote is the leader's child too.
         assert b"_toil_worker" not in cmdline(worker)
-        keeper = parent(worker)
-        zygote = parent(keeper)
-        # ... and the zygote is the leader's child, whose parent is the run's launcher.
-        assert {parent(parent(zygote))} == leader_group(server.data_dir, run_id)
-        chain += [shim, keeper, zygote]
+        leader = parent(worker)
+        assert {parent(leader)} == leader_group(server.data_dir, run_id)
+        assert os.getsid(worker) == worker and os.getpgid(worker) == worker
+        assert int(Path(f"/proc/{worker}/oom_score_adj").read_text()) == limits.TASK_OOM_SCORE_ADJ
+        zygotes = [
+            pid
+            for pid in leftover_processes(run_id, leader_group(server.data_dir, run_id))
+            if pid != worker and parent_pid(pid) == leader and os.getsid(pid) != pid
+        ]
+        assert zygotes, "no zygote beside the worker"
+        chain += zygotes
     else:
         assert cmdline(worker).split(b"\x00")[1].endswith(b"_toil_worker"), cmdline(worker)
     assert server.post(f"/runs/{run_id}/cancel").status_code == 200
@@ -113,26 +109,16 @@ def test_the_worker_is_forked_only_when_warm_and_cancel_ends_it_all(gateways: di
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
-def test_what_ends_the_shim_ends_its_job(gateways: dict[str, Server], signum: int) -> None:
-    """Toil ends a job by killing its child's group: with warm workers that is the shim, and
-    the job's tool, which runs elsewhere, must go with it (SIGKILL: the keeper sees the shim's
-    socket close; a catchable signal is passed on)."""
+def test_what_toil_sends_its_child_s_group_ends_its_job(gateways: dict[str, Server], signum: int) -> None:
+    """Toil ends a job by killing its child's group: with warm workers that child is the
+    worker, and the job's tool is in its group."""
     server = gateways["warm"]
     run_id, tool = sleeping(server, 620 + signum)
-    shim = shim_of(server, run_id)
+    worker = parent(tool)
+    assert os.getpgid(tool) == worker == os.getsid(worker)
     sent = time.monotonic()
-    os.kill(shim, signum)
-    assert until(lambda: pid_gone(tool), 10), f"the tool outlived its shim ({signal.Signals(signum).name})"
+    os.killpg(worker, signum)
+    assert until(lambda: pid_gone(tool), 10), f"the tool outlived its worker ({signal.Signals(signum).name})"
     assert time.monotonic() - sent < 5
     server.post(f"/runs/{run_id}/cancel")
     assert server.wait(run_id, timeout=60) in {"CANCELED", "EXECUTOR_ERROR"}
-
-
-def test_a_shim_that_cannot_reach_its_zygote_runs_the_command_itself(tmp_path: Path) -> None:
-    """A zygote that is gone (or never started) costs the job its warm start, not the job."""
-    done = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", SHIM, str(tmp_path / "no-zygote.sock"), "sh", "-c", "echo ran; exit 3"],
-        capture_output=True,
-        timeout=30,
-    )
-    assert (done.returncode, done.stdout) == (3, b"ran\n"), done.stderr

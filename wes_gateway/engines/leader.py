@@ -229,7 +229,7 @@ def _run_engine(spec: LeaderSpec, paths: RunPaths, box: Sandbox | None) -> int:
     sys.argv = [engine.program, *spec.argv]
     # Before anything below starts a thread: the zygote is a fork of this process. Either way
     # Toil's jobs, not this leader, are the OOM killer's picks at the run's memory limit.
-    if not (spec.warm_workers and toil_workers.start(paths.tmp / ".toil-workers.sock")):
+    if not (spec.warm_workers and toil_workers.start()):
         toil_workers.expose_jobs()
     if spec.prompt_shutdown:
         toil_waits.install()

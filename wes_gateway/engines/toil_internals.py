@@ -24,7 +24,8 @@ class Internal(NamedTuple):
 
 
 INTERNALS: tuple[Internal, ...] = (
-    Internal("toil.batchSystems.singleMachine", "SingleMachineBatchSystem._startChild", "toil_workers: each job's command routed to the warm worker (and its OOM score)"),
+    Internal("toil.batchSystems.singleMachine", "SingleMachineBatchSystem._startChild", "toil_workers: each job's command given its OOM score"),
+    Internal("toil.batchSystems.singleMachine", "subprocess", "toil_workers: the module whose Popen(command, shell=True, start_new_session=True) starts a worker, ours there"),
     Internal("toil.worker", "main", "toil_workers: a forked warm worker enters Toil's worker"),
     Internal("toil.lib.threading", "destroy_all_process_names", "toil_workers: the exit hook a fresh worker would register"),
     Internal("toil.common", "RealtimeLogger", "toil_realtime: the real-time log server replaced by one that never starts"),

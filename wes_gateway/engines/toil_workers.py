@@ -5,43 +5,45 @@ workflow's plumbing jobs) starts every job as ``_toil_worker ...``: a new Python
 that imports Toil and, for a CWL job, cwltool before it does any work, and
 with one Toil job per step (``--disableChaining``) a workflow pays that for every step.
 
-In our leaders that command is started through a small shim instead. The shim (a bare
-interpreter, ``-I -S``) hands its argv, environment, working directory and standard
-streams over a Unix socket to the run's *worker zygote*: a child the leader forks before
-Toil starts any thread, with Toil's worker and the language front ends already imported
-(they come warm from the forkserver). For each job the zygote forks a keeper in a session
-of its own, like the one Toil gives a worker, and the keeper forks the worker proper, which
-enters ``toil.worker.main`` as a new process would (fresh logging, signals, ``atexit`` and
-temp directory), and reports its wait status back to the shim, which exits the same way.
+In our leaders that process is forked instead, from the run's *worker zygote*: a child the
+leader forks before Toil starts any thread, with Toil's worker and the language front ends
+already imported (they come warm from the forkserver). Where Toil would start the command
+(``subprocess.Popen(command, shell=True, start_new_session=True)``), the leader hands the
+command's argv, its environment, working directory and standard streams over a Unix socket
+to the zygote, which forks the worker *as the leader's own child* (``clone`` with
+``CLONE_PARENT``) and answers with its pid. The worker starts a session of its own, makes
+itself the OOM killer's pick (limits.TASK_OOM_SCORE_ADJ), and enters ``toil.worker.main`` as
+a new process would (fresh logging, signals, ``atexit`` and temp directory).
 
-What Toil sees is unchanged: a child process per job, in a group of its own, that exits
-with the worker's status. Its kills reach the worker: a signal the shim can catch is passed
-on to the keeper's group, and when the shim dies (SIGKILL) the keeper kills its group, as it
-does once the worker has exited (Toil kills a stock worker's group then). The
-socket is in the run's own tmp directory, which only this run's sandbox shows; if it cannot
-be reached the shim starts the stock ``_toil_worker`` itself. Nothing of the job's own work
-changes: the same Toil code runs the same job from the same job store.
+What Toil sees is what it would have started: a child process per job, the leader of its own
+group, that exits with the worker's status, which Toil waits for, signals and kills (with its
+group) itself. No program is started per job: no ``/bin/sh``, no interpreter. The socket is
+in the run's own tmp directory, which only this run's sandbox shows; where the zygote cannot
+be reached, cannot fork, or the command is not a plain ``_toil_worker`` argv, Toil's own
+``Popen`` starts the stock worker, through a shell that first raises its OOM score
+(OOM_PREFIX), as it does for every job when warm workers are off. Nothing of the job's own
+work changes: the same Toil code runs the same job from the same job store.
 ``WES_GATEWAY_TOIL_WARM_WORKERS=false`` turns it off.
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import functools
 import json
 import logging
 import os
-import select
-import shlex
+import platform
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from wes_gateway.engines.base import exit_code_of
@@ -50,73 +52,27 @@ from wes_gateway.host import limits
 log = logging.getLogger(__name__)
 
 WORKER_COMMAND = "_toil_worker "
-# Signals that Toil or Slurm may send a worker and that the shim passes on (SIGUSR2 is
-# toil.worker's wall-time warning).
-FORWARDED = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-ACK = b"+"
-# Run first by the shell Toil starts each job in: the job, and all it starts, are the OOM
+# Run first by the shell Toil starts a stock worker in: the job, and all it starts, are the OOM
 # killer's picks before the leader (limits.TASK_OOM_SCORE_ADJ). The shell's own builtin.
 OOM_PREFIX = f"echo {limits.TASK_OOM_SCORE_ADJ} 2>/dev/null >/proc/self/oom_score_adj; "
-
-# The shim: stdlib only, since it starts with -I -S (no site-packages, no environment).
-# argv: socket path, then Toil's own worker command.
-SHIM = f"""\
-import json, os, signal, socket, struct, sys
-path, command = sys.argv[1], sys.argv[2:]
-cwd = os.getcwd()
-sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-def stock():
-    os.chdir(cwd)
-    os.execvp(command[0], command)
-try:
-    os.chdir(os.path.dirname(path))
-    sock.connect(os.path.basename(path))
-    os.chdir(cwd)
-    body = json.dumps([command, dict(os.environ), cwd]).encode()
-    socket.send_fds(sock, [struct.pack("!I", len(body))], [0, 1, 2])
-    sock.sendall(body)
-    if sock.recv(1) != {ACK!r}:
-        stock()
-except OSError:
-    stock()
-def forward(signum, frame):
-    try:
-        sock.send(bytes([signum]))
-    except OSError:
-        pass
-for signum in {tuple(int(s) for s in FORWARDED)!r}:
-    signal.signal(signum, forward)
-status = b""
-while len(status) < 4:
-    chunk = sock.recv(4 - len(status))
-    if not chunk:
-        os._exit(1)
-    status += chunk
-status = struct.unpack("!i", status)[0]
-if os.WIFSIGNALED(status):
-    if os.WTERMSIG(status) != signal.SIGKILL:  # which has no handler to reset
-        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
-    os.kill(os.getpid(), os.WTERMSIG(status))
-os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
-"""
+# What /bin/sh would read as more than words split on blanks: such a command is left to it.
+SHELL_SYNTAX = frozenset("\\'\"`$&|;<>(){}[]*?~!#\n")
+# What a worker may have inherited other than the default, set back as a new process has it.
+RESET_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD)
+# clone(2), whose arguments after the flags are all 0 here (a fork's: the same stack).
+SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(platform.machine())
+CLONE_PARENT = 0x00008000
 
 
-def _in_directory_of(path: Path, act: Callable[[str], None]) -> None:
-    # A Unix socket's path is limited to 107 bytes; a run's tmp directory can be longer.
-    here = os.getcwd()
-    os.chdir(path.parent)
-    try:
-        act(path.name)
-    finally:
-        os.chdir(here)
-
-
-def start(socket_path: Path) -> bool:
+def start() -> bool:
     """In the leader, before Toil starts: fork the zygote and route the single-machine batch
     system's workers through it. False (and Toil left as it is) where that cannot be done."""
     if threading.active_count() != 1:
         # A fork copies only the calling thread; a lock another thread held would stay held.
         log.warning("warm Toil workers off: the leader already runs %d threads", threading.active_count())
+        return False
+    if SYS_CLONE is None:
+        log.warning("warm Toil workers off: no clone(2) number known for %s", platform.machine())
         return False
     try:
         import toil.batchSystems.singleMachine
@@ -124,33 +80,23 @@ def start(socket_path: Path) -> bool:
     except ImportError as exc:
         log.warning("warm Toil workers off: %s", exc)
         return False
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        socket_path.unlink(missing_ok=True)  # a previous leader's, on --restart
-        _in_directory_of(socket_path, listener.bind)
-        listener.listen(64)
-        # The zygote ends when this end closes, i.e. when the leader has gone, however it went.
-        leader_alive, leader_end = os.pipe()
-    except OSError as exc:
-        listener.close()
-        log.warning("warm Toil workers off: %s", exc)
-        return False
+    # A pair, not a named socket: nothing but this leader can ask the zygote for a fork, and
+    # the zygote ends when the leader's end closes, i.e. when the leader has gone, however.
+    leader_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
     def zygote() -> None:
-        os.close(leader_end)
-        _serve(listener, leader_alive)
-        socket_path.unlink(missing_ok=True)
+        leader_end.close()
+        _serve(zygote_end)
 
     try:
         _fork(zygote)
     except OSError as exc:
-        os.close(leader_end)
+        leader_end.close()
         log.warning("warm Toil workers off: %s", exc)
         return False
     finally:
-        os.close(leader_alive)
-        listener.close()
-    _route_workers(toil.batchSystems.singleMachine.SingleMachineBatchSystem, str(socket_path))
+        zygote_end.close()
+    _route_workers(toil.batchSystems.singleMachine.SingleMachineBatchSystem, _Zygote(leader_end))
     return True
 
 
@@ -162,18 +108,104 @@ def expose_jobs() -> None:
     _route_workers(toil.batchSystems.singleMachine.SingleMachineBatchSystem, None)
 
 
-def _route_workers(batch_system: Any, socket_path: str | None) -> None:
+def _route_workers(batch_system: Any, zygote: _Zygote | None) -> None:
+    """Every job Toil starts gets the OOM prefix; with a ``zygote``, Toil's ``Popen`` of a
+    worker forks it from there instead (Toil's module sees our ``subprocess``)."""
     stock_start = batch_system._startChild
-    shim = ""
-    if socket_path is not None:
-        shim = f"{shlex.quote(sys.executable)} -I -S -c {shlex.quote(SHIM)} {shlex.quote(socket_path)} "
 
     def _startChild(self: Any, jobCommand: str, *args: Any, **kwargs: Any) -> Any:  # noqa: N802, N803  (Toil's names)
-        if shim and jobCommand.startswith(WORKER_COMMAND):
-            jobCommand = shim + jobCommand
         return stock_start(self, OOM_PREFIX + jobCommand, *args, **kwargs)
 
     batch_system._startChild = _startChild
+    if zygote is not None:
+        module: Any = sys.modules[batch_system.__module__]
+        module.subprocess = _ZygoteSubprocess(zygote)
+
+
+class _ZygoteSubprocess:
+    """The ``subprocess`` module as Toil's single-machine batch system sees it: its ``Popen``
+    of a worker's command is a fork of the zygote; anything else is the module's own."""
+
+    def __init__(self, zygote: _Zygote) -> None:
+        self.zygote = zygote
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    def Popen(self, args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:  # noqa: N802  (the module's name)
+        argv = _worker_argv(args)
+        if argv is not None and kwargs.get("shell") and kwargs.get("start_new_session"):
+            if set(kwargs) <= {"shell", "start_new_session", "env"}:
+                pid = self.zygote.fork(argv, dict(kwargs.get("env") or os.environ))
+                if pid:
+                    return _ForkedWorker(pid, args)
+        return subprocess.Popen(args, **kwargs)
+
+
+def _worker_argv(command: object) -> list[str] | None:
+    """The argv /bin/sh would run for ``command`` if it is OOM_PREFIX and a plain worker
+    command (words and blanks only); else None."""
+    if not isinstance(command, str) or not command.startswith(OOM_PREFIX + WORKER_COMMAND):
+        return None
+    words = command[len(OOM_PREFIX) :]
+    if SHELL_SYNTAX.intersection(words):
+        return None
+    return words.split()
+
+
+class _Zygote:
+    """The leader's end of the zygote's socket."""
+
+    def __init__(self, connection: socket.socket) -> None:
+        self.connection = connection
+        self.lock = threading.Lock()  # one request at a time, whichever thread asks
+        self.broken = False
+
+    def fork(self, argv: list[str], environment: dict[str, str]) -> int:
+        """The pid of a worker running ``argv``, forked as this process's child; 0 if none was."""
+        body = json.dumps([argv, environment, os.getcwd()]).encode()
+        with self.lock:
+            if self.broken:
+                return 0
+            try:
+                socket.send_fds(self.connection, [struct.pack("!I", len(body))], [0, 1, 2])
+                self.connection.sendall(body)
+                (pid,) = struct.unpack("!i", _read_exactly(self.connection, 4))
+            except OSError as exc:
+                # Its answer may still come: the stream is out of step, so every later job starts cold.
+                self.broken = True
+                log.warning("Toil workers start cold from now on: the zygote did not answer: %s", exc)
+                return 0
+        return max(int(pid), 0)
+
+
+def _read_exactly(connection: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = connection.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the other end closed")
+        data += chunk
+    return data
+
+
+class _ForkedWorker(subprocess.Popen[bytes]):
+    """A ``Popen`` for a child that exists already: Toil waits for it, polls it and signals
+    it through the methods Popen has, which need only these attributes."""
+
+    def __init__(self, pid: int, args: Any) -> None:  # not Popen's: nothing is started here
+        self.args = args
+        self.pid = pid
+        self.returncode: Any = None
+        self.stdin = self.stdout = self.stderr = None
+        self.encoding = self.errors = None
+        self.text_mode = False
+        self._waitpid_lock = threading.Lock()
+        self._input = None
+        self._communication_started = False
+        self._sigint_wait_secs = 0.25
+        self._closed_child_pipe_fds = True
+        self._child_created = True
 
 
 def _fork(child: Callable[[], None]) -> int:
@@ -182,97 +214,87 @@ def _fork(child: Callable[[], None]) -> int:
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
-        code = 0
-        try:
-            child()
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        finally:
-            os._exit(code)
+        _run_and_exit(child)
     return pid
 
 
-def _readable(*files: int | socket.socket) -> set[int]:
-    """Wait until one of ``files`` can be read (or has closed); the descriptors that can."""
-    poller = select.poll()
-    for file in files:
-        poller.register(file, select.POLLIN)
-    return {fd for fd, _ in poller.poll()}
+def _run_and_exit(child: Callable[[], None]) -> None:
+    code = 0
+    try:
+        child()
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
 
 
-def _serve(listener: socket.socket, leader_alive: int) -> None:
-    """The zygote's loop: one keeper forked per connection, until the leader has gone."""
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # keepers are reaped by the kernel
+def _serve(connection: socket.socket) -> None:
+    """The zygote's loop: a worker forked per request, until the leader has gone."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # nothing of its own to reap
+    connection.settimeout(None)
     while True:
-        ready = _readable(listener, leader_alive)
-        if leader_alive in ready:
-            return
         try:
-            connection, _ = listener.accept()
-        except OSError:
-            continue
+            command, environment, cwd, fds = _receive(connection)
+        except (OSError, ValueError):
+            return  # the leader has gone (or sent nothing a leader would)
         try:
-            _fork(functools.partial(_keep, connection, listener, leader_alive))
-        except OSError:
-            pass  # no ack: the shim starts the stock worker
-        connection.close()
+            pid = _fork_for_parent(functools.partial(_start_worker, connection, command, environment, cwd, fds))
+        except OSError as exc:
+            print(f"wes-gateway: the worker zygote could not fork: {exc}", file=sys.stderr, flush=True)
+            pid = 0  # the leader starts this job cold
+        finally:
+            for fd in fds:
+                os.close(fd)
+        connection.sendall(struct.pack("!i", pid))
 
 
 def _receive(connection: socket.socket) -> tuple[list[str], dict[str, str], str, list[int]]:
     header, fds, _, _ = socket.recv_fds(connection, 4, 3)
     if len(header) != 4 or len(fds) != 3:
-        raise OSError("short request from a worker shim")
+        for fd in fds:
+            os.close(fd)
+        raise OSError("the leader has gone" if not header else "a short request")
     (length,) = struct.unpack("!I", header)
-    body = b""
-    while len(body) < length:
-        chunk = connection.recv(length - len(body))
-        if not chunk:
-            raise OSError("truncated request from a worker shim")
-        body += chunk
-    command, environment, cwd = json.loads(body)
+    try:
+        command, environment, cwd = json.loads(_read_exactly(connection, length))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
     return list(command), dict(environment), str(cwd), fds
 
 
-def _keep(connection: socket.socket, listener: socket.socket, leader_alive: int) -> None:
-    """The keeper: start the worker, pass the shim's signals on, report how it ended."""
-    listener.close()
-    os.close(leader_alive)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    os.setsid()  # a group of its own, as Toil starts its workers
-    command, environment, cwd, fds = _receive(connection)
-    worker = os.fork()
-    if worker == 0:
-        connection.close()
-        os._exit(_work(command, environment, cwd, fds))
-    for fd in fds:
-        os.close(fd)
-    for forwarded in FORWARDED:
-        signal.signal(forwarded, signal.SIG_IGN)  # what the keeper passes on to its group
-    connection.sendall(ACK)
-    ended = os.pidfd_open(worker)
-    while True:
-        if ended in _readable(connection, ended):
-            _, status = os.waitpid(worker, 0)
-            try:
-                connection.sendall(struct.pack("!i", status))
-            except OSError:
-                pass
-            # What the job left behind goes with it (and this keeper), as Toil kills a stock
-            # worker's group once it has exited: a tool whose worker the OOM killer took must
-            # not hold the run's memory on.
-            os.killpg(0, signal.SIGKILL)
-            return
-        try:
-            received = connection.recv(64)
-        except OSError:
-            received = b""
-        if not received:
-            # The shim is gone (Toil killed its group): so is the job, with all it started.
-            os.killpg(0, signal.SIGKILL)
-        for signum in received:
-            if signum in FORWARDED:
-                os.killpg(0, signum)
+def _fork_for_parent(child: Callable[[], None]) -> int:
+    """Fork a child of this process's parent (the leader), which alone waits for it: what
+    ``os.fork`` does, with ``CLONE_PARENT``. Python's own fork hooks run on both sides."""
+    api = ctypes.pythonapi
+    libc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the GIL is held across the call
+    libc.syscall.restype = ctypes.c_long
+    sys.stdout.flush()
+    sys.stderr.flush()
+    api.PyOS_BeforeFork()
+    pid = libc.syscall(
+        ctypes.c_long(SYS_CLONE or -1), ctypes.c_ulong(CLONE_PARENT | signal.SIGCHLD), *[ctypes.c_ulong(0)] * 4
+    )
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        _run_and_exit(child)
+    errno = ctypes.get_errno()
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(errno, os.strerror(errno))
+    return int(pid)
+
+
+def _start_worker(
+    connection: socket.socket, command: list[str], environment: dict[str, str], cwd: str, fds: list[int]
+) -> None:
+    """In the worker, a child of the leader: a session of its own (as Toil starts a worker),
+    then the worker proper."""
+    connection.close()
+    os.setsid()
+    os._exit(_work(command, environment, cwd, fds))
 
 
 def _work(command: list[str], environment: dict[str, str], cwd: str, fds: list[int]) -> int:
@@ -282,7 +304,7 @@ def _work(command: list[str], environment: dict[str, str], cwd: str, fds: list[i
         os.dup2(fd, target)
         os.close(fd)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    for signum in (*FORWARDED, signal.SIGCHLD):
+    for signum in RESET_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     os.chdir(cwd)
