@@ -60,7 +60,6 @@ def _open_current() -> tuple[peewee.Database, int]:
 
 
 def _token_create(args: argparse.Namespace) -> int:
-
     db, status = _open_current()
     if status:
         return status
