@@ -155,7 +155,23 @@ SCATTER = ROOT / "tests" / "data" / "scatter.cwl"
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
 
 
-def scatter_run(tmp: Path, i: int, steps: int) -> dict[str, float]:
+def _overcommit(factor: float) -> None:
+    """An experiment (issue 40): the single-machine batch system's core pool ``factor`` times
+    --maxCores, so that more one-core jobs run at once than there are cores; a job still may
+    not ask for more than --maxCores. Not in the gateway: it would need a setting."""
+    from toil.batchSystems.abstractBatchSystem import ResourcePool
+    from toil.batchSystems.singleMachine import SingleMachineBatchSystem
+
+    stock_init = SingleMachineBatchSystem.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        stock_init(self, *args, **kwargs)
+        self.resource_sources[1] = ResourcePool(int(factor * self.maxCores / self.minCores), "cores")
+
+    SingleMachineBatchSystem.__init__ = __init__
+
+
+def scatter_run(tmp: Path, i: int, steps: int, overcommit: float = 1.0) -> dict[str, float]:
     """One warm leader running the scatter over ``steps`` strings: wall and CPU seconds."""
     job = tmp / f"scatter{i}.json"
     job.write_text(json.dumps({"messages": [f"m{n}" for n in range(steps)]}))
@@ -169,6 +185,8 @@ def scatter_run(tmp: Path, i: int, steps: int) -> dict[str, float]:
         pid = os.fork()
         if pid == 0:  # joins the group before it starts anything: the group holds the whole tree
             (group / "cgroup.procs").write_text(str(os.getpid()))
+            if overcommit != 1.0:
+                _overcommit(overcommit)
             code = 1
             try:
                 code = 0 if "error" not in _leader_phases(argv, True) else 1
@@ -202,6 +220,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--scatter", type=int, default=0, help="only a warm leader's scatter over this many strings")
+    parser.add_argument("--overcommit", type=float, default=1.0, help="with --scatter: cores pool x this (experiment)")
     args = parser.parse_args()
     os.environ["TOIL_HISTORY"] = "False"
     os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
@@ -209,7 +228,7 @@ def main() -> None:
         import wes_gateway.engines.leader  # noqa: F401  (warms Toil and cwltool, as the forkserver does)
 
         with tempfile.TemporaryDirectory() as tmp_text:
-            runs = [scatter_run(Path(tmp_text), i, args.scatter) for i in range(args.repeat)]
+            runs = [scatter_run(Path(tmp_text), i, args.scatter, args.overcommit) for i in range(args.repeat)]
         report(f"A warm leader scattering over {args.scatter} strings, gateway defaults; medians:", runs, False)
         print("  each run: " + "; ".join(", ".join(f"{k} {v:.2f}" for k, v in run.items()) for run in runs))
         return
