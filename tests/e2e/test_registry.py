@@ -220,3 +220,22 @@ except OSError as exc:
     report["write"] = f"denied: {exc.strerror}"
 print(json.dumps(report))
 """
+
+
+def test_a_full_store_is_named(tmp_path: Path, reg: loopback.Registry) -> None:
+    store = tmp_path / "images"
+    store.mkdir(mode=0o755)
+    env = container_env(store)
+    env.update(
+        {
+            "WES_GATEWAY_ALLOWED_REGISTRIES": reg.host,
+            "WES_GATEWAY_REGISTRY_CERTS_DIR": str(reg.certs_dir),
+            "WES_GATEWAY_REGISTRY_AUTH_FILE": str(reg.auth_file),
+            "WES_GATEWAY_IMAGE_STORE_LIMIT": "1M",
+        }
+    )
+    server = start_server(tmp_path / "data", env)
+    try:
+        _fails_with(server, reg.ref(loopback.ONLY_HERE), "does not fit in the image store", "image_store_limit (1M)")
+    finally:
+        stop_server(server)
