@@ -147,8 +147,9 @@ class Puller:
             if entry is None:
                 self._allowed(image, repo)
                 digest = digest or self._resolve(image, repo, tag)
-                entry = find(self.store, repo, "", digest) if tag else None
-                entry = entry or self._pull(image, repo, tag, digest)
+                # Copied even when the store has that digest under another tag: the copy fetches
+                # no layer the store has, and names the image with this tag, pinned.
+                entry = self._pull(image, repo, tag, digest)
                 if tag:
                     self._remember(lambda state: state["tags"].__setitem__(key, time.time()))
         finally:
