@@ -19,3 +19,12 @@ def test_an_unknown_run_is_a_404_error_response(client: Any) -> None:
     response = client.get(f"{API}/runs/nope")
     assert response.status_code == 404
     assert set(response.json()) == {"msg", "status_code"}
+
+
+def test_the_two_body_types_of_post_runs_leave_no_warning_per_request(client: Any, submit: Any, caplog: Any) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert submit().status_code == 200
+    assert not [r for r in caplog.records if "multiple content types" in r.getMessage()]

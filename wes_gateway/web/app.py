@@ -203,10 +203,21 @@ def _is_submission(scope: dict[str, Any]) -> bool:
     return route_of(scope).operation_id == "RunWorkflow"
 
 
+class _OneBodyTypeNote(logging.Filter):
+    """POST /runs takes a form or a JSON RunRequest by design; Connexion warns of that on every
+    request it validates, which buried the lines that matter in the service's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("this operation accepts multiple content types")
+
+
 def create_app(settings: Settings | None = None, validate_responses: bool | None = None) -> connexion.FlaskApp:
     """Build the app. Opens (and if needed migrates) the store; starts no threads or processes."""
     settings = settings or load_settings()
     setup_logging()
+    note = logging.getLogger("connexion.operations.openapi3")
+    if not any(isinstance(existing, _OneBodyTypeNote) for existing in note.filters):
+        note.addFilter(_OneBodyTypeNote())
     check_settings(settings)
     settings.runs_dir.mkdir(parents=True, exist_ok=True)
     db = store.open_database(settings.effective_database_url)
