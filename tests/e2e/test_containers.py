@@ -320,7 +320,7 @@ ALLOWED = {
     "run of an image an allowed registry has": ["docker", "run", "--rm", "127.0.0.1:1/x/y:1", "true"],
     # Podman by its own path, with the run's configuration: it pulls nothing without a policy
     # (Podman 4.3 reads none from the run's configuration directory, and the sandbox has no
-    # /etc/containers/policy.json), and from anywhere with the step's own (the README says so).
+    # /etc/containers/policy.json), and from anywhere with the step's own (docs/containers.md says so).
     "podman directly": ["podman", "pull", "127.0.0.2:1/x/y:1"],
     "podman directly, its own policy": ["podman", "pull", "--signature-policy", "accept.json", "127.0.0.2:1/x/y:1"],
 }

@@ -164,7 +164,7 @@ def sandbox_paths(settings: Settings) -> list[str]:
     """What the run sandbox must show read-only for the engine to work in it."""
     chosen = engine(settings)
     if chosen == "docker":
-        # The daemon's socket, which the deployment chose to hand to its runs (README).
+        # The daemon's socket, which the deployment chose to hand to its runs (docs/containers.md).
         return [path for path in ("/run/docker.sock", "/var/run/docker.sock") if os.path.exists(path)][:1]
     if chosen != "podman":
         return []
