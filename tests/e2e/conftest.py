@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +13,7 @@ from typing import Any
 
 import pytest
 
-# harness/ sits at the top of the checkout, beside bench/ (whose common.py puts the same on its path).
-sys.path.append(str(Path(__file__).resolve().parents[2]))
-
-from harness.gateway import (  # noqa: E402
+from harness.gateway import (
     API,
     DATA,
     IMAGE_STORE,
@@ -37,7 +33,8 @@ from harness.gateway import (  # noqa: E402
     wait_until,
     worker_pid,
 )
-from harness.loopback import serve_bytes as loopback_http  # noqa: E402
+from harness.loopback import serve_bytes as loopback_http
+from harness.records import record_run
 
 __all__ = [
     "API",
@@ -69,28 +66,6 @@ __all__ = [
     "wait_until",
     "worker_pid",
 ]
-
-
-def record_run(owner: str = "", tags: dict[str, str] | None = None, workflow_url: str = "x.cwl", **fields: Any) -> str:
-    """A run straight into the open store, as a submission records it, then with ``fields``
-    (state, times...) set: for tests that need runs without running them."""
-    from wes_gateway import store
-
-    run_id = store.new_run_id()
-    store.create_run(
-        store.NewRun(
-            run_id=run_id,
-            owner=owner,
-            workflow_type="CWL",
-            request={"workflow_url": workflow_url, "workflow_type": "CWL", "workflow_type_version": "v1.2"},
-            engine_args=[],
-            workflow_path="/x",
-            tags=tags or {},
-        )
-    )
-    if fields:
-        store.Run.update(**fields).where(store.Run.run_id == run_id).execute()
-    return run_id
 
 
 def unix_request(socket_path: Path, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:

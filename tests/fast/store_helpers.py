@@ -77,26 +77,6 @@ KEYS = {"run": "run_id", "task": "task_id", "api_token": "token_hash", "run_even
 VERSIONS = range(0, store.SCHEMA_VERSION)  # every earlier version, 0 being an empty database
 
 
-def record_run(owner: str = "", tags: dict[str, str] | None = None, workflow_url: str = "x.cwl", **fields: Any) -> str:
-    """A run straight into the open store, as a submission records it, then with ``fields``
-    (state, times...) set: for tests that need runs without running them."""
-    run_id = store.new_run_id()
-    store.create_run(
-        store.NewRun(
-            run_id=run_id,
-            owner=owner,
-            workflow_type="CWL",
-            request={"workflow_url": workflow_url, "workflow_type": "CWL", "workflow_type_version": "v1.2"},
-            engine_args=[],
-            workflow_path="/x",
-            tags=tags or {},
-        )
-    )
-    if fields:
-        store.Run.update(**fields).where(store.Run.run_id == run_id).execute()
-    return run_id
-
-
 def columns_of(db: peewee.Database, table: str) -> list[str]:
     return [column.name for column in db.get_columns(table)]
 

@@ -9,9 +9,8 @@ from typing import Any
 import peewee
 import pytest
 
+from harness.records import record_run
 from wes_gateway import store
-
-from .store_helpers import record_run
 
 
 def make_run(owner: str = "", tags: dict[str, str] | None = None) -> str:

@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.records import record_run
 from wes_gateway import store
 from wes_gateway.store import State
-
-from .store_helpers import record_run
 
 SPEC = Path(__file__).resolve().parents[2] / "openapi" / "wes.yaml"
 
