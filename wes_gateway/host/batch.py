@@ -11,11 +11,14 @@ import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from wes_gateway.config import Settings
+from wes_gateway.host import sandbox
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +110,13 @@ def sandbox_paths(settings: Settings, environ: dict[str, str] | os._Environ[str]
 
 def check(settings: Settings) -> None:
     """At start-up: a batch system that sends jobs to other hosts needs a shared directory
-    that this service can write, and its submission command on PATH."""
+    that this service can write, its submission command on PATH, and a run user who can
+    execute this service's Python (the jobs' Toil worker)."""
+    _check_shared_dir(settings)
+    check_run_user(settings)
+
+
+def _check_shared_dir(settings: Settings) -> None:
     if not is_remote(settings) and not settings.shared_dir:
         return
     if is_remote(settings) and settings.shared_dir is None:
@@ -125,6 +134,71 @@ def check(settings: Settings) -> None:
         raise BatchSystemUnusable(f"shared_dir {settings.shared_dir} is not writable: {exc.strerror}") from None
     if settings.batch_system == "slurm" and shutil.which("sbatch") is None:
         raise BatchSystemUnusable("batch_system is 'slurm' but sbatch is not on PATH (install slurm-client)")
+
+
+def check_run_user(settings: Settings, executable: str | None = None, timeout: float = 30) -> None:
+    """Batch jobs start Toil's worker as the run user, outside any sandbox, with this
+    service's Python: one that user cannot execute (say, under a home directory of mode
+    0700) fails every job with ``exec: _toil_worker: Permission denied`` deep in the run's
+    log, so refuse to start instead. Executes it as that user, as the job will."""
+    identity = sandbox.run_identity(settings)
+    if identity is None or not ({settings.batch_system, *settings.allowed_batch_systems} - {SINGLE_MACHINE}):
+        return
+    # With run_uids each run has a uid of its own; none has an account, so any stands for all.
+    uids = settings.run_uid_range
+    uid, gid = (uids[0] if uids else identity.uid), identity.gid
+    interpreter = executable or sys.executable
+    try:
+        result = subprocess.run(
+            [interpreter, "-c", "pass"],
+            user=uid,
+            group=gid,
+            extra_groups=[],
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        reason = None if result.returncode == 0 else (result.stderr.strip().splitlines() or ["no output"])[-1]
+        if reason is not None:
+            reason = f"exit status {result.returncode}: {reason}"
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    except subprocess.TimeoutExpired:
+        reason = f"it did not finish within {timeout:g} s"
+    if reason is None:
+        return
+    who = f"uid {uid} (from run_uids)" if uids else f"run_user {settings.run_user!r} (uid {uid})"
+    blocked = unsearchable_dir(interpreter, uid, gid)
+    where = f"; it cannot search {blocked}" if blocked else ""
+    raise BatchSystemUnusable(
+        f"batch jobs run as {who}, who cannot execute this service's Python {interpreter} ({reason}){where}: "
+        "every job would fail with 'exec: _toil_worker: Permission denied'. Install the service's Python "
+        "where the run user can execute it (for example a virtualenv under /opt) and run the service from there"
+    )
+
+
+def unsearchable_dir(path: str, uid: int, gid: int) -> str | None:
+    """The first directory on ``path`` (as given, then through its symbolic links) that
+    ``uid`` with group ``gid`` and no other groups may not search, by mode bits; None if none."""
+    for candidate in dict.fromkeys([os.path.abspath(path), os.path.realpath(path)]):
+        parts = Path(candidate).parts
+        for depth in range(1, len(parts)):
+            directory = os.path.join(*parts[:depth])
+            try:
+                info = os.stat(directory)
+            except OSError:
+                return directory
+            if info.st_uid == uid:
+                bit = stat.S_IXUSR
+            elif info.st_gid == gid:
+                bit = stat.S_IXGRP
+            else:
+                bit = stat.S_IXOTH
+            if not info.st_mode & bit:
+                return f"{directory} (mode {stat.S_IMODE(info.st_mode):04o}, owner uid {info.st_uid})"
+    return None
 
 
 def node_of(batch_system: str, external_id: str, environ: dict[str, str] | os._Environ[str]) -> str | None:
