@@ -26,10 +26,15 @@ $(CONFORMANCE_STAMP): $(STAMP)
 
 install: $(STAMP)
 
+# As root with Podman, images go to var/images (root's; runs see it read-only), into which the
+# service pulls what published workflows name from allowed_registries: without a store it
+# could run only images an admin loaded by hand.
 run: $(STAMP)
 	@scripts/system-deps run
 	mkdir -p var
-	WES_GATEWAY_DATA_DIR=$${WES_GATEWAY_DATA_DIR:-$(CURDIR)/var} $(BIN)/gunicorn -c gunicorn.conf.py
+	@if [ "$$(id -u)" = 0 ] && [ -z "$${WES_GATEWAY_IMAGE_STORE+set}" ] && command -v podman >/dev/null; then \
+		mkdir -p var/images; export WES_GATEWAY_IMAGE_STORE=$(CURDIR)/var/images; fi; \
+	WES_GATEWAY_DATA_DIR=$${WES_GATEWAY_DATA_DIR:-$(CURDIR)/var} exec $(BIN)/gunicorn -c gunicorn.conf.py
 
 system-deps:
 	@scripts/system-deps

@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -95,9 +94,7 @@ def release_store_view(settings: Settings) -> None:
 
 
 def _unmount_view(settings: Settings) -> None:
-    view = _view_path(settings)
-    if os.path.ismount(view):
-        subprocess.run(["umount", "-l", str(view)], check=False, capture_output=True, timeout=60)
+    idmap.unmount_view(str(_view_path(settings)))
 
 
 def _not_root_owned(store: Path) -> str:
