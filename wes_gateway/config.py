@@ -132,6 +132,15 @@ class Settings(BaseModel):
         description="Fork the Toil workers that a leader starts on its own host from a warm process instead "
         "of starting each as a new interpreter (wes_gateway/engines/toil_workers.py).",
     )
+    toil_overcommit: float = Field(
+        1.0,
+        ge=1.0,
+        le=16.0,
+        description="Let a leader's single-machine batch system book jobs against this many times the "
+        "cores and disk the run has, so that many short steps overlap their starts and waits (the run's CPU "
+        "quota and filesystem still bound what they use; memory is never overbooked); 1 books as Toil does "
+        "(wes_gateway/engines/toil_overcommit.py).",
+    )
     lease_seconds: float = Field(
         30.0, gt=0, description="A supervisor that has not renewed its lease for this long is dead."
     )

@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from wes_gateway import store
-from wes_gateway.engines import ENGINES, engine_for, toil_realtime, toil_waits, toil_workers
+from wes_gateway.engines import ENGINES, engine_for, toil_overcommit, toil_realtime, toil_waits, toil_workers
 from wes_gateway.engines.base import LeaderSpec, exit_code_of
 from wes_gateway.files.paths import RunPaths
 from wes_gateway.host import limits, procs
@@ -233,5 +233,6 @@ def _run_engine(spec: LeaderSpec, paths: RunPaths, box: Sandbox | None) -> int:
         toil_workers.expose_jobs()
     if spec.prompt_shutdown:
         toil_waits.install()
+    toil_overcommit.overcommit(spec.overcommit)
     toil_realtime.disable()
     return engine.run_leader(spec.argv, paths)

@@ -28,6 +28,8 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("toil.batchSystems.singleMachine", "subprocess", "toil_workers: the module whose Popen(command, shell=True, start_new_session=True) starts a worker, ours there"),
     Internal("toil.worker", "main", "toil_workers: a forked warm worker enters Toil's worker"),
     Internal("toil.lib.threading", "destroy_all_process_names", "toil_workers: the exit hook a fresh worker would register"),
+    Internal("toil.batchSystems.singleMachine", "SingleMachineBatchSystem.resource_sources", "toil_overcommit: the pools a job is booked against (cores second, disk fourth)", instance=True),
+    Internal("toil.batchSystems.abstractBatchSystem", "ResourcePool", "toil_overcommit: larger cores and disk pools"),
     Internal("toil.common", "RealtimeLogger", "toil_realtime: the real-time log server replaced by one that never starts"),
     Internal("toil.realtimeLogger", "RealtimeLogger", "toil_realtime: subclassed with no level"),
     Internal("toil.realtimeLogger", "SocketServer", "toil_waits: the log server's class, polled promptly"),

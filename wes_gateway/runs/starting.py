@@ -98,6 +98,7 @@ def _spec(
         fence_seconds=settings.lease_seconds * 2 / 3,
         prompt_shutdown=settings.toil_prompt_shutdown,
         warm_workers=settings.toil_warm_workers,
+        overcommit=settings.toil_overcommit,
         cgroup_procs=group.procs_files if group is not None else (),
         rlimits=limits.rlimits_for(settings) if group is None else (0, 0),
     )
