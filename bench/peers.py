@@ -213,14 +213,18 @@ def start_sapporo(tmp: Path) -> Peer:
     return peer
 
 
+GATEWAY_SETTINGS: dict[str, str] = {}  # --gateway-setting NAME=VALUE: a setting changed from make run's
+
+
 def start_gateway(tmp: Path) -> Peer:
     """Gunicorn as `make run` starts it: the project's venv, gunicorn.conf.py, default settings
-    but a data directory of its own and a free port."""
+    (but those given with --gateway-setting), a data directory of its own and a free port."""
     data = tmp / "gateway"
     data.mkdir()
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WES_GATEWAY_")}
     env.update({"WES_GATEWAY_DATA_DIR": str(data), "WES_GATEWAY_BIND": f"127.0.0.1:{port}"})
+    env.update({f"WES_GATEWAY_{name.upper()}": value for name, value in GATEWAY_SETTINGS.items()})
     gunicorn = Path(sys.executable).parent / "gunicorn"
     peer = Peer(
         "wes-gateway",
@@ -325,7 +329,11 @@ def main() -> None:
     parser.add_argument("--scatter-repeat", type=int, default=2, help="counted runs of the scatter case per server")
     parser.add_argument("--only", default="", help="comma-separated servers (wes-gateway,wes-service,sapporo)")
     parser.add_argument("--no-write", action="store_true", help="do not append to bench/RESULTS.md")
+    parser.add_argument(
+        "--gateway-setting", action="append", default=[], metavar="NAME=VALUE", help="e.g. toil_overcommit=4"
+    )
     args = parser.parse_args()
+    GATEWAY_SETTINGS.update(item.split("=", 1) for item in args.gateway_setting)
     wanted = [s for s in args.only.split(",") if s] or ["wes-gateway", "wes-service", "sapporo"]
     starters = {"wes-gateway": start_gateway, "wes-service": start_wes_service, "sapporo": start_sapporo}
     repeats = {"echo": args.repeat, "scatter100": args.scatter_repeat}
