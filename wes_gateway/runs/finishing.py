@@ -11,7 +11,6 @@ import os
 import signal
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING
 
 from wes_gateway import metrics, store
 from wes_gateway.config import Settings
@@ -19,15 +18,13 @@ from wes_gateway.engines import Engine
 from wes_gateway.files import checksums
 from wes_gateway.files.paths import RunPaths
 from wes_gateway.host import batch, containers, limits, procs, volumes
-
-if TYPE_CHECKING:
-    from wes_gateway.runs.supervisor import Supervisor
+from wes_gateway.runs.context import Holder
 
 log = logging.getLogger(__name__)
 
 
 def finish(
-    supervisor: Supervisor,
+    supervisor: Holder,
     run: store.Run,
     engine: Engine,
     paths: RunPaths,
@@ -78,7 +75,7 @@ def _end(run_id: str, started: str, state: str, **fields: object) -> None:
         metrics.get().run_duration.labels(state).observe(seconds_since(started))
 
 
-def _stop_everything(supervisor: Supervisor, run_id: str, paths: RunPaths, groups: set[int] | None) -> int:
+def _stop_everything(supervisor: Holder, run_id: str, paths: RunPaths, groups: set[int] | None) -> int:
     """Kill what is left of the run and remove its cgroup: how many of its processes the
     kernel killed at its memory limit."""
     settings = supervisor.settings

@@ -11,7 +11,6 @@ import logging
 import multiprocessing
 import os
 import uuid
-from typing import TYPE_CHECKING
 
 from wes_gateway import metrics, store
 from wes_gateway.config import Settings
@@ -19,16 +18,14 @@ from wes_gateway.engines import Engine, LeaderSpec, engine_for, toil_argv
 from wes_gateway.files.paths import RunPaths
 from wes_gateway.host import batch, containers, limits, sandbox, volumes
 from wes_gateway.runs import watching
+from wes_gateway.runs.context import Holder
 from wes_gateway.runs.finishing import seconds_since
 from wes_gateway.runs.leaders import Leader, leader_env, leader_main, run_as_of
-
-if TYPE_CHECKING:
-    from wes_gateway.runs.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 
-def start(supervisor: Supervisor, run_id: str, restart: bool = False) -> None:
+def start(supervisor: Holder, run_id: str, restart: bool = False) -> None:
     run = store.get_run(run_id)
     if run is None:
         return
@@ -52,7 +49,7 @@ def start(supervisor: Supervisor, run_id: str, restart: bool = False) -> None:
 
 
 def _prepare(
-    supervisor: Supervisor, run_id: str, paths: RunPaths
+    supervisor: Holder, run_id: str, paths: RunPaths
 ) -> tuple[sandbox.RunIdentity | None, limits.RunGroup | None] | None:
     """Make the run's directory, identity, containers and cgroup ready: who its leader is and
     its group; None if the run was refused for a planted name."""
@@ -73,7 +70,7 @@ def _prepare(
 
 
 def _spec(
-    supervisor: Supervisor,
+    supervisor: Holder,
     run: store.Run,
     engine: Engine,
     paths: RunPaths,
@@ -105,7 +102,7 @@ def _spec(
 
 
 def _launch(
-    supervisor: Supervisor, run: store.Run, engine: Engine, spec: LeaderSpec, restart: bool
+    supervisor: Holder, run: store.Run, engine: Engine, spec: LeaderSpec, restart: bool
 ) -> multiprocessing.process.BaseProcess:
     """Fork the leader from the forkserver and record that the run is RUNNING."""
     run_id = run.run_id
@@ -160,7 +157,7 @@ def refused_for_planted_names(settings: Settings, run_id: str, paths: RunPaths) 
     return True
 
 
-def sandbox_of(supervisor: Supervisor, paths: RunPaths) -> sandbox.SandboxSpec | None:
+def sandbox_of(supervisor: Holder, paths: RunPaths) -> sandbox.SandboxSpec | None:
     settings = supervisor.settings
     if settings.run_sandbox == "none":
         return None

@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import signal
 import time
-from typing import TYPE_CHECKING
 
 from wes_gateway import metrics, store
 from wes_gateway.config import Settings
@@ -18,10 +17,8 @@ from wes_gateway.engines import Engine
 from wes_gateway.files.paths import RunPaths
 from wes_gateway.host import limits, procs, sandbox, volumes
 from wes_gateway.runs import finishing, tasks
+from wes_gateway.runs.context import Holder
 from wes_gateway.runs.leaders import Leader, kill_flag_main, run_as_of
-
-if TYPE_CHECKING:
-    from wes_gateway.runs.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +33,7 @@ class _Seen:
     ran_out: bool = False  # its own filesystem was seen full (what fills it may be gone at the end)
 
 
-def watch(supervisor: Supervisor, run: store.Run, engine: Engine, leader: Leader, paths: RunPaths, token: str) -> None:
+def watch(supervisor: Holder, run: store.Run, engine: Engine, leader: Leader, paths: RunPaths, token: str) -> None:
     settings = supervisor.settings
     run_id = run.run_id
     next_renew = 0.0
@@ -81,7 +78,7 @@ def watch(supervisor: Supervisor, run: store.Run, engine: Engine, leader: Leader
     )
 
 
-def _renew(supervisor: Supervisor, run_id: str) -> bool:
+def _renew(supervisor: Holder, run_id: str) -> bool:
     """Renew the run's lease: False once another supervisor holds the run."""
     renewed = store.renew_lease(run_id, supervisor.worker_id, supervisor.settings.lease_seconds)
     metrics.get().lease_renewals.labels("renewed" if renewed else "refused").inc()
@@ -131,7 +128,7 @@ class ProcessLimit:
         return why
 
 
-def ingest_tasks(supervisor: Supervisor, run: store.Run, engine: Engine, paths: RunPaths, known_logs: set[str]) -> None:
+def ingest_tasks(supervisor: Holder, run: store.Run, engine: Engine, paths: RunPaths, known_logs: set[str]) -> None:
     try:
         tasks.ingest(run.run_id, engine, run.workflow_path, paths, known_logs, supervisor.settings.image_store)
     except Exception:
@@ -139,7 +136,7 @@ def ingest_tasks(supervisor: Supervisor, run: store.Run, engine: Engine, paths: 
         log.exception("run %s: reading task records failed", run.run_id)
 
 
-def cancel(supervisor: Supervisor, run_id: str, leader: Leader, paths: RunPaths) -> None:
+def cancel(supervisor: Holder, run_id: str, leader: Leader, paths: RunPaths) -> None:
     grace = supervisor.settings.cancel_grace_seconds
     log.info("run %s: cancelling leader pid %d", run_id, leader.pid)
     _write_kill_flag(supervisor, paths, run_id)
@@ -152,7 +149,7 @@ def cancel(supervisor: Supervisor, run_id: str, leader: Leader, paths: RunPaths)
             leader.wait(grace)
 
 
-def _write_kill_flag(supervisor: Supervisor, paths: RunPaths, run_id: str) -> None:
+def _write_kill_flag(supervisor: Holder, paths: RunPaths, run_id: str) -> None:
     """Ask the leader to stop through its job store, as `toil kill` does for remote leaders."""
     if not paths.jobstore.exists():
         return
