@@ -157,8 +157,15 @@ def through_gateway(
     label: str = "conformance",
     extra_env: dict[str, str] | None = None,
 ) -> Outcome:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import IMAGE_STORE, container_env, images_unavailable, start_server, stop_server, unmount_runs
+    sys.path.insert(0, str(ROOT))  # harness/: the gateway on loopback, as the tests start it
+    from harness.gateway import (
+        IMAGE_STORE,
+        container_env,
+        images_unavailable,
+        start_server,
+        stop_server,
+        unmount_runs,
+    )
 
     # With the container engine on: the suite's DockerRequirement tests run in real Podman,
     # from the tests' stand-in images (scripts/build-images).
