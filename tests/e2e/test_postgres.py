@@ -97,7 +97,8 @@ def test_the_first_page_walks_the_key_index_backward_on_postgres(
     # every match. Statistics as autovacuum keeps them (without any, PostgreSQL guesses a
     # user's runs from the (owner, state) index and sorts them all, whatever the query).
     import psycopg2
-    from test_store import FIRST_PAGES, _bulk_runs, _statements
+
+    from harness.records import FIRST_PAGES, bulk_runs, statements
 
     admin = psycopg2.connect(postgres.url)
     admin.autocommit = True
@@ -107,9 +108,9 @@ def test_the_first_page_walks_the_key_index_backward_on_postgres(
     db = store.open_database(postgres.url.rsplit("/", 1)[0] + "/wes_pages")
     try:
         store.upgrade(db)
-        _bulk_runs(10000, lambda n: "alice" if n % 3 == 0 else f"user{n % 7}")
+        bulk_runs(10000, lambda n: "alice" if n % 3 == 0 else f"user{n % 7}")
         db.execute_sql("ANALYZE run")
-        sent = _statements(db, monkeypatch)
+        sent = statements(db, monkeypatch)
         for name, (where, ascending) in FIRST_PAGES.items():
             sent.clear()
             rows, token = store.list_runs(100, None, where, ascending=ascending)

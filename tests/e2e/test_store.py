@@ -6,12 +6,10 @@ and move some 130 MB through the log, which the fast tier's budget has no room f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import peewee
-import pytest
 from conftest import record_run
 
+from harness.records import bulk_runs
 from wes_gateway import store
 
 
@@ -94,50 +92,6 @@ def test_active_run_limit_is_one_transaction_with_the_insert(tmp_path: Path) -> 
     assert store.active_runs("u") == 4
 
 
-def _bulk_runs(count: int, owner_of: Any = lambda n: "") -> None:
-    """``count`` finished runs in a few statements (no events, no tags), oldest first."""
-    rows = [
-        {
-            "run_id": store.new_run_id(),
-            "owner": owner_of(n),
-            "state": store.COMPLETE,
-            "workflow_type": "CWL",
-            "request": {"workflow_url": "x.cwl"},
-            "engine_args": [],
-            "workflow_path": "/x",
-            "tags": {},
-            "submitted_at": store.utc_now(),
-        }
-        for n in range(count)
-    ]
-    with store.write_transaction():
-        for start in range(0, count, 500):
-            store.Run.insert_many(rows[start : start + 500]).execute()
-
-
-# tests/e2e/test_postgres.py pages on PostgreSQL with these (the SQLite twin of that test is
-# tests/fast/test_store.py's, which has its own copies: tests/fast is a package apart).
-def _statements(db: peewee.Database, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[Any, ...]]]:
-    """Every statement the store sends from now on, as sent."""
-    sent: list[tuple[str, tuple[Any, ...]]] = []
-    original = db.execute_sql
-
-    def spy(sql: str, params: Any = None, commit: Any = None) -> Any:
-        sent.append((sql, tuple(params or ())))
-        return original(sql, params)
-
-    monkeypatch.setattr(db, "execute_sql", spy)
-    return sent
-
-
-FIRST_PAGES = {
-    "everyone's, newest first": (store.RunFilter(), False),
-    "everyone's, oldest first": (store.RunFilter(), True),
-    "a user's, newest first": (store.RunFilter(owner="alice"), False),
-    "a user's, oldest first": (store.RunFilter(owner="alice"), True),
-}
-
-
 def _wal_bytes(path: Path) -> int:
     wal = Path(f"{path}-wal")
     return wal.stat().st_size if wal.exists() else 0
@@ -174,7 +128,7 @@ def test_the_wal_stays_bounded_under_sustained_writes_with_readers_always_open(t
     path = tmp_path / "wal.sqlite3"
     db = store.open_database(f"sqlite:///{path}")
     store.upgrade(db)
-    _bulk_runs(2000)
+    bulk_runs(2000)
     stop = threading.Event()
     reads = [0, 0, 0]
 

@@ -9,7 +9,7 @@ from typing import Any
 import peewee
 import pytest
 
-from harness.records import record_run
+from harness.records import FIRST_PAGES, bulk_runs, record_run, statements
 from wes_gateway import store
 
 
@@ -148,56 +148,14 @@ def test_system_log_appends_in_place(db: peewee.Database) -> None:
 # ---------------------------------------------------------------- the first page at any size (#38)
 
 
-def _bulk_runs(count: int, owner_of: Any = lambda n: "") -> None:
-    """``count`` finished runs in a few statements (no events, no tags), oldest first."""
-    rows = [
-        {
-            "run_id": store.new_run_id(),
-            "owner": owner_of(n),
-            "state": store.COMPLETE,
-            "workflow_type": "CWL",
-            "request": {"workflow_url": "x.cwl"},
-            "engine_args": [],
-            "workflow_path": "/x",
-            "tags": {},
-            "submitted_at": store.utc_now(),
-        }
-        for n in range(count)
-    ]
-    with store.write_transaction():
-        for start in range(0, count, 500):
-            store.Run.insert_many(rows[start : start + 500]).execute()
-
-
-def _statements(db: peewee.Database, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[Any, ...]]]:
-    """Every statement the store sends from now on, as sent."""
-    sent: list[tuple[str, tuple[Any, ...]]] = []
-    original = db.execute_sql
-
-    def spy(sql: str, params: Any = None, commit: Any = None) -> Any:
-        sent.append((sql, tuple(params or ())))
-        return original(sql, params)
-
-    monkeypatch.setattr(db, "execute_sql", spy)
-    return sent
-
-
-FIRST_PAGES = {
-    "everyone's, newest first": (store.RunFilter(), False),
-    "everyone's, oldest first": (store.RunFilter(), True),
-    "a user's, newest first": (store.RunFilter(owner="alice"), False),
-    "a user's, oldest first": (store.RunFilter(owner="alice"), True),
-}
-
-
 def test_the_first_page_walks_an_index_and_never_scans_the_table(
     db: peewee.Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # SQLite prints "SCAN" for a walk of the whole table; the first page must be the range
     # search that every later page is (SEARCH on the primary key, or on (owner, id)), in the
     # index's order: no temporary b-tree that sorts every match.
-    _bulk_runs(2000, lambda n: "alice" if n % 3 == 0 else f"user{n % 7}")
-    sent = _statements(db, monkeypatch)
+    bulk_runs(2000, lambda n: "alice" if n % 3 == 0 else f"user{n % 7}")
+    sent = statements(db, monkeypatch)
     for name, (where, ascending) in FIRST_PAGES.items():
         sent.clear()
         rows, token = store.list_runs(100, None, where, ascending=ascending)
@@ -237,9 +195,9 @@ def test_the_first_page_costs_the_same_in_a_store_ten_times_larger(db: peewee.Da
             for name, (where, ascending) in FIRST_PAGES.items()
         }
 
-    _bulk_runs(1000, owner_of)
+    bulk_runs(1000, owner_of)
     small = costs()
-    _bulk_runs(9000, owner_of)
+    bulk_runs(9000, owner_of)
     large = costs()
     for name in FIRST_PAGES:
         assert large[name] <= small[name] * 1.2 + 5, (name, small[name], large[name])
