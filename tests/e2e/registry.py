@@ -233,24 +233,14 @@ def stop(registry: Registry) -> None:
         process.wait(timeout=10)
 
 
+def _copy(*args: str) -> None:
+    """skopeo copy in a mount namespace of its own (its containers-storage mounts stay there)."""
+    _run(["unshare", "--mount", "--propagation", "private", "skopeo", "copy", "--quiet", *args])
+
+
 def _skopeo(registry: Registry, source: str, name: str) -> None:
-    _run(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "skopeo",
-            "copy",
-            "--quiet",
-            "--dest-cert-dir",
-            str(registry.certs_dir / registry.host),
-            "--dest-authfile",
-            str(registry.auth_file),
-            source,
-            f"docker://{registry.ref(name)}",
-        ]
-    )
+    certs, auth = str(registry.certs_dir / registry.host), str(registry.auth_file)
+    _copy("--dest-cert-dir", certs, "--dest-authfile", auth, source, f"docker://{registry.ref(name)}")
 
 
 def fill(registry: Registry, image_store: Path) -> None:
@@ -261,19 +251,7 @@ def fill(registry: Registry, image_store: Path) -> None:
     for name, stored in COPIED.items():
         _skopeo(registry, source + stored, name)
     layout = registry.root / "layout"
-    _run(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "skopeo",
-            "copy",
-            "--quiet",
-            source + next(iter(COPIED.values())),
-            f"oci:{layout}:base",
-        ]
-    )
+    _copy(source + next(iter(COPIED.values())), f"oci:{layout}:base")
     _add_layer(layout, "base", "only", {ONLY_FILE.lstrip("/"): ONLY_TEXT.encode()})
     _skopeo(registry, f"oci:{layout}:only", ONLY_HERE)
     shutil.rmtree(layout)
