@@ -48,3 +48,15 @@ def test_a_path_with_a_space_is_found(store_and_view: tuple[Path, Path]) -> None
     finally:
         idmap.unmount_view(str(spaced))
     assert idmap.mounted(str(spaced)) == 0
+
+
+def test_a_path_with_a_non_ascii_name_is_found(store_and_view: tuple[Path, Path]) -> None:
+    store, view = store_and_view
+    named = view.parent / "vue é"
+    named.mkdir()
+    try:
+        idmap.mount_view(str(store), str(named), 65534, 65534)
+        assert idmap.mounted(str(named)) == 1
+    finally:
+        idmap.unmount_view(str(named))
+    assert idmap.mounted(str(named)) == 0

@@ -13,7 +13,9 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import re
 import signal
+import subprocess
 
 # x86_64 and aarch64 share these numbers (the new mount API came after the tables converged).
 _SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
@@ -121,21 +123,21 @@ def mount_view(source: str, target: str, uid: int, gid: int) -> None:
         os.close(userns)
 
 
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
 def mounted(target: str) -> int:
     """How many mounts are stacked at ``target``. os.path.ismount cannot tell: a view of a
     tree on the same filesystem has the same device number as its parent directory."""
     wanted = os.path.realpath(target)
     with open("/proc/self/mountinfo") as handle:
         # Field 5 is the mount point, with space, tab, newline and backslash octal-escaped.
-        points = [line.split()[4] for line in handle]
-    decoded = [point.encode().decode("unicode_escape") for point in points]
-    return sum(1 for point in decoded if point == wanted)
+        points = [_OCTAL.sub(lambda escape: chr(int(escape[1], 8)), line.split()[4]) for line in handle]
+    return points.count(wanted)
 
 
 def unmount_view(target: str) -> None:
     """Detach every view stacked at ``target`` (earlier supervisors' too); sandboxes already
     built keep their own copies."""
-    import subprocess
-
     for _ in range(mounted(target)):
         subprocess.run(["umount", "-l", target], check=False, capture_output=True, timeout=60)
