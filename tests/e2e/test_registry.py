@@ -1,5 +1,5 @@
 """Images from a real registry (Debian's docker-registry on loopback, TLS from a test CA, htpasswd
-auth: tests/e2e/registry.py), pulled once per host by the service into its own store, never by
+auth: harness/registry.py), pulled once per host by the service into its own store, never by
 a run. The gateway's store starts empty: what a step runs came from the registry."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import registry as loopback
 from conftest import Server, container_env, free_port, start_server, stop_server
+
+from harness import registry as loopback
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the service's pulls and the run user need root")
 

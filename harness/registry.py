@@ -1,4 +1,4 @@
-"""A real OCI registry on loopback for the tests: Debian's `docker-registry` (distribution 2.8)
+"""A real OCI registry on loopback for the tests and benchmarks: Debian's `docker-registry` (distribution 2.8)
 with TLS from a test CA and htpasswd auth, filled with `skopeo copy` from the tests' stand-in
 image store, plus one image (``ONLY_HERE``) whose file ``ONLY_FILE`` no other image has.
 
@@ -243,12 +243,12 @@ def _skopeo(registry: Registry, source: str, name: str) -> None:
     _copy("--dest-cert-dir", certs, "--dest-authfile", auth, source, f"docker://{registry.ref(name)}")
 
 
-def fill(registry: Registry, image_store: Path) -> None:
-    """Copy the stand-ins (COPIED) from ``image_store`` and add ONLY_HERE: a stand-in with one
-    more layer holding ONLY_FILE."""
+def fill(registry: Registry, image_store: Path, copied: dict[str, str] | None = None) -> None:
+    """Copy the stand-ins (``copied``, default COPIED) from ``image_store`` and add ONLY_HERE: a
+    stand-in with one more layer holding ONLY_FILE."""
     runroot = registry.root / "runroot"
     source = f"containers-storage:[overlay@{image_store}+{runroot}]"
-    for name, stored in COPIED.items():
+    for name, stored in (copied or COPIED).items():
         _skopeo(registry, source + stored, name)
     layout = registry.root / "layout"
     _copy(source + next(iter(COPIED.values())), f"oci:{layout}:base")
@@ -285,7 +285,7 @@ def _add_layer(layout: Path, base: str, tag: str, files: dict[str, bytes]) -> No
     manifest = json.loads(_read_blob(layout, entry["digest"]))
     config = json.loads(_read_blob(layout, manifest["config"]["digest"]))
     config["rootfs"]["diff_ids"].append(diff_id)
-    config.setdefault("history", []).append({"created_by": "tests/e2e/registry.py"})
+    config.setdefault("history", []).append({"created_by": "harness/registry.py"})
     config_digest, config_size = _blob(layout, json.dumps(config).encode())
     manifest["config"] = {**manifest["config"], "digest": config_digest, "size": config_size}
     manifest["layers"].append(
@@ -303,11 +303,11 @@ def _add_layer(layout: Path, base: str, tag: str, files: dict[str, bytes]) -> No
     (layout / "index.json").write_text(json.dumps(index))
 
 
-def running(root: Path, image_store: Path) -> Iterator[Registry]:
+def running(root: Path, image_store: Path, copied: dict[str, str] | None = None) -> Iterator[Registry]:
     """A filled registry for a fixture's lifetime (a generator for pytest fixtures)."""
     registry = start(root)
     try:
-        fill(registry, image_store)
+        fill(registry, image_store, copied)
         yield registry
     finally:
         stop(registry)
