@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 ENV_PREFIX = "WES_GATEWAY_"
 # What one run is allowed in sizing the default concurrency. Measured for a CWL run waiting on
@@ -59,6 +59,10 @@ class BatchOptions(BaseModel):
     partition: str = Field("", description="Slurm partition (Toil's --slurmPartition).")
     time: str = Field("", description="Slurm time limit per job, [DD-]HH:MM:SS (Toil's --slurmTime).")
     args: str = Field("", description="Extra submission arguments (TOIL_SLURM_ARGS, TOIL_LSF_ARGS, ...).")
+
+
+_REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+_MIRROR = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._-]+)*$")
 
 
 class Settings(BaseModel):
@@ -277,6 +281,13 @@ class Settings(BaseModel):
         "by default those where published workflows' images live (" + ", ".join(DEFAULT_REGISTRIES) + "); "
         "an institution narrows it to its own mirror, or empty: only what image_store holds.",
     )
+    registry_mirrors: dict[str, str] = Field(
+        default_factory=dict,
+        description="Where the service fetches a registry's images instead, as REGISTRY=MIRROR (comma-separated; "
+        "MIRROR is host[:port][/prefix]), e.g. docker.io=mirror.example.org: an institution's pull-through "
+        "cache. Images keep their own names (what allowed_registries checks, what runs and records show); "
+        "registry_auth_file and registry_certs_dir are looked up for the mirror's host.",
+    )
     registry_auth_file: Path | None = Field(
         None,
         description="Credentials for private registries (a containers-auth.json, as `podman login` writes), "
@@ -361,9 +372,9 @@ class Settings(BaseModel):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
-    @field_validator("drs_resolvers", mode="before")
+    @field_validator("drs_resolvers", "registry_mirrors", mode="before")
     @classmethod
-    def _split_table(cls, value: Any) -> Any:
+    def _split_table(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("{"):
@@ -372,9 +383,18 @@ class Settings(BaseModel):
             for part in filter(None, (item.strip() for item in text.split(","))):
                 name, sep, base = part.partition("=")
                 if not sep or not name.strip() or not base.strip():
-                    raise ValueError(f"drs_resolvers: {part!r} is not NAME=BASE_URL")
+                    raise ValueError(f"{info.field_name}: {part!r} is not NAME=VALUE")
                 table[name.strip()] = base.strip()
             return table
+        return value
+
+    @field_validator("registry_mirrors")
+    @classmethod
+    def _mirrors(cls, value: dict[str, str]) -> dict[str, str]:
+        # Names as pulls.registry_of reads them: a scheme or a path in the registry would never match.
+        for registry, mirror in value.items():
+            if not _REGISTRY.match(registry) or not _MIRROR.match(mirror):
+                raise ValueError(f"registry_mirrors: {registry}={mirror} is not REGISTRY=host[:port][/prefix]")
         return value
 
     @field_validator("run_max_memory", "run_memory_limit", "run_disk_limit", "disk_reserve", "image_store_limit")

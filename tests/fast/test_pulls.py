@@ -72,3 +72,24 @@ def test_the_shim_asks_the_service_over_its_socket(tmp_path: Path, monkeypatch: 
     finally:
         pulls.stop(settings)
     assert "did not answer" in container_shim.ask("debian:stable-slim")["error"]  # the service is gone
+
+
+def test_a_mirror_is_where_a_registry_s_images_are_fetched_under_their_own_names(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        image_store=_store(tmp_path / "store"),
+        registry_mirrors="docker.io=127.0.0.1:5000/hub,quay.io=mirror.example.org",  # type: ignore[arg-type]
+    )
+    puller = pulls.Puller(settings)
+    assert puller._source("docker.io/library/debian") == (
+        "127.0.0.1:5000/hub/library/debian",
+        "docker.io (through its mirror 127.0.0.1:5000/hub)",
+    )
+    assert puller._source("quay.io/biocontainers/samtools")[0] == "mirror.example.org/biocontainers/samtools"
+    assert puller._source("ghcr.io/a/b") == ("ghcr.io/a/b", "ghcr.io")  # no mirror: the registry itself
+
+
+@pytest.mark.parametrize("table", ["docker.io", "docker.io=https://mirror", "docker.io/x=mirror", "=mirror"])
+def test_a_mirror_that_is_not_registry_equals_host_is_refused(table: str) -> None:
+    with pytest.raises(ValueError, match="registry_mirrors"):
+        Settings(registry_mirrors=table)  # type: ignore[arg-type]

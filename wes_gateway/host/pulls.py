@@ -177,6 +177,16 @@ class Puller:
                 "allowed_registries, WES_GATEWAY_ALLOWED_REGISTRIES)"
             )
 
+    def _source(self, repo: str) -> tuple[str, str]:
+        """Where ``repo`` is fetched from (the repository at its registry's mirror, if it has one)
+        and how errors name that place."""
+        registry = registry_of(repo)
+        mirror = self.settings.registry_mirrors.get(registry)
+        if mirror is None:
+            return repo, registry
+        path = repo.removeprefix(f"{registry}/")
+        return f"{mirror}/{path}", f"{registry} (through its mirror {mirror})"
+
     def _source_options(self, registry: str, prefix: str) -> list[str]:
         options = []
         if self.settings.registry_certs_dir is not None and (self.settings.registry_certs_dir / registry).is_dir():
@@ -203,31 +213,32 @@ class Puller:
 
     def _resolve(self, image: str, repo: str, tag: str) -> str:
         """The digest the registry serves for the tag now (its manifest's, or manifest list's)."""
-        options = self._source_options(registry_of(repo), "")
-        done = self._skopeo(["inspect", "--raw", *options, f"docker://{repo}:{tag}"], self.settings.registry_timeout)
+        source, named = self._source(repo)
+        options = self._source_options(registry_of(source), "")
+        done = self._skopeo(["inspect", "--raw", *options, f"docker://{source}:{tag}"], self.settings.registry_timeout)
         if done.returncode != 0:
             cause = _cause(done.stderr.decode(errors="replace"))
-            raise PullError(f"container image {image} could not be resolved at {registry_of(repo)}: {cause}")
+            raise PullError(f"container image {image} could not be resolved at {named}: {cause}")
         return "sha256:" + hashlib.sha256(done.stdout).hexdigest()
 
     def _pull(self, image: str, repo: str, tag: str, digest: str) -> dict[str, Any]:
-        registry = registry_of(repo)
+        source, named = self._source(repo)
         self._make_room(image, repo, digest)
         name = f"{repo}:{tag}" if tag else f"{repo}@{digest}"
         runroot = self.home / "runroot"
         target = f"containers-storage:[overlay@{self.store}+{runroot}]{name}"
         started = time.monotonic()
-        options = self._source_options(registry, "src-")
+        options = self._source_options(registry_of(source), "src-")
         done = self._skopeo(
-            ["copy", "--quiet", "--retry-times=0", *options, f"docker://{repo}@{digest}", target],
+            ["copy", "--quiet", "--retry-times=0", *options, f"docker://{source}@{digest}", target],
             self.settings.pull_timeout,
         )
         if done.returncode != 0:
             cause = _cause(done.stderr.decode(errors="replace"))
-            raise PullError(f"container image {image} could not be pulled from {registry}: {cause}")
+            raise PullError(f"container image {image} could not be pulled from {named}: {cause}")
         entry = find(self.store, repo, "", digest)
         if entry is None:
-            raise PullError(f"container image {image} was pulled from {registry} but is not in the image store")
+            raise PullError(f"container image {image} was pulled from {named} but is not in the image store")
         self._give_to_root(entry)
         log.info("pulled %s (%s) into %s in %.1f s", name, digest, self.store, time.monotonic() - started)
         self._remember(lambda state: state["pulled"].setdefault(str(entry["id"]), {"used": time.time(), "runs": []}))
@@ -302,8 +313,9 @@ class Puller:
             )
 
     def _compressed_size(self, repo: str, digest: str) -> int:
+        source, _ = self._source(repo)
         done = self._skopeo(
-            ["inspect", "--raw", *self._source_options(registry_of(repo), ""), f"docker://{repo}@{digest}"],
+            ["inspect", "--raw", *self._source_options(registry_of(source), ""), f"docker://{source}@{digest}"],
             self.settings.registry_timeout,
         )
         try:
