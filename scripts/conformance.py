@@ -10,19 +10,28 @@ against it and prints one line:
 followed by the failing test ids. It exits non-zero when a test fails that is not listed in
 the expected-failures file (each listed there with the reason direct Toil fails it too).
 `bench/conformance.py` uses the same pieces to run the suite directly with toil-cwl-runner.
+
+With --registry the suite's images come from a registry instead of the tests' pre-built store
+(issue 35): a loopback registry (harness/registry.py: TLS from a test CA, htpasswd) holds the
+stand-ins under their Docker Hub names, the gateway's image store starts empty, and
+`registry_mirrors` sends its docker.io pulls to the loopback registry. `make
+conformance-registry` runs the suite's `docker` tests so.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -42,6 +51,7 @@ class Outcome:
     unsupported: list[str] = field(default_factory=list)
     seconds: float = 0.0
     should_fail_ids: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         return (
@@ -149,6 +159,34 @@ def run_cwltest(
     return outcome
 
 
+# What the suite's DockerRequirement tests name (docker.io/debian:stable-slim, docker.io/bash:4.4),
+# as Docker Hub's paths in the loopback registry -> the stand-in it is copied from.
+SUITE_IMAGES = {f"library/{name}": f"docker.io/library/{name}" for name in ("debian:stable-slim", "bash:4.4")}
+
+
+@contextlib.contextmanager
+def registry_in_the_loop(workdir: Path, stand_ins: Path) -> Iterator[tuple[dict[str, str], Any]]:
+    """A loopback registry standing in for Docker Hub, and the gateway settings that pull every
+    image from it into an empty store: (settings, the registry)."""
+    from harness import registry as loopback
+
+    store = workdir / "pulled-images"
+    store.mkdir(mode=0o755)
+    with contextlib.closing(loopback.running(workdir / "registry", stand_ins, SUITE_IMAGES)) as running:
+        reg = next(running)
+        yield (
+            {
+                "WES_GATEWAY_CONTAINER_ENGINE": "podman",
+                "WES_GATEWAY_IMAGE_STORE": str(store),
+                "WES_GATEWAY_ALLOWED_REGISTRIES": "docker.io",
+                "WES_GATEWAY_REGISTRY_MIRRORS": f"docker.io={reg.host}",
+                "WES_GATEWAY_REGISTRY_CERTS_DIR": str(reg.certs_dir),
+                "WES_GATEWAY_REGISTRY_AUTH_FILE": str(reg.auth_file),
+            },
+            reg,
+        )
+
+
 def through_gateway(
     suite: Path,
     tags: str,
@@ -156,6 +194,7 @@ def through_gateway(
     workdir: Path,
     label: str = "conformance",
     extra_env: dict[str, str] | None = None,
+    registry: bool = False,
 ) -> Outcome:
     sys.path.insert(0, str(ROOT))  # harness/: the gateway on loopback, as the tests start it
     from harness.gateway import (
@@ -185,21 +224,34 @@ def through_gateway(
     }
     env.update(container_env(None if why else IMAGE_STORE))
     env.update(extra_env or {})
-    server = start_server(workdir / "gateway", env)
-    try:
-        return run_cwltest(
-            label,
-            suite,
-            tags,
-            jobs,
-            str(BIN / "toil-wes-cwl-runner"),
-            [f"--wes_endpoint={server.base}"],
-            workdir,
-            tool_env(),
-        )
-    finally:
-        stop_server(server)
-        unmount_runs(server.data_dir)
+    with contextlib.ExitStack() as stack:
+        if registry:
+            if why:
+                raise RuntimeError(f"{label}: --registry needs the container engine: {why}")
+            pulling, reg = stack.enter_context(registry_in_the_loop(workdir, IMAGE_STORE))
+            env.update(pulling)
+        server = start_server(workdir / "gateway", env)
+        try:
+            outcome = run_cwltest(
+                label,
+                suite,
+                tags,
+                jobs,
+                str(BIN / "toil-wes-cwl-runner"),
+                [f"--wes_endpoint={server.base}"],
+                workdir,
+                tool_env(),
+            )
+        finally:
+            stop_server(server)
+            unmount_runs(server.data_dir)
+        if registry:
+            fetched = reg.blob_fetches()
+            outcome.notes.append(
+                f"registry {reg.host}: {len(fetched)} blobs fetched, {sum(fetched.values())} fetches in all "
+                f"(most of one blob: {max(fetched.values(), default=0)})"
+            )
+        return outcome
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tags", default=os.environ.get("TAGS", "required"), help="required (default) or all")
     parser.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("JOBS", "2")))
     parser.add_argument("--keep", type=Path, help="keep the gateway's data and cwltest's logs here")
+    parser.add_argument(
+        "--registry", action="store_true", help="images from a loopback registry into an empty store (docstring)"
+    )
     args = parser.parse_args(argv)
     if not (args.suite / "conformance_tests.yaml").exists():
         print(f"conformance: no suite at {args.suite} (set CWL_SUITE)", file=sys.stderr)
@@ -215,8 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="wes-conformance-") as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        outcome = through_gateway(args.suite.resolve(), args.tags, args.jobs, workdir)
+        outcome = through_gateway(args.suite.resolve(), args.tags, args.jobs, workdir, registry=args.registry)
     print(outcome.line())
+    for note in outcome.notes:
+        print(f"  {note}")
     expected = expected_failures()
     for name in outcome.failed:
         reason = expected.get(name)
