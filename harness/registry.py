@@ -88,6 +88,13 @@ class Registry:
 
     def digest(self, name: str) -> str:
         """The manifest digest the registry serves for ``name`` (a tag)."""
+        return "sha256:" + hashlib.sha256(self._manifest(name)).hexdigest()
+
+    def layer_bytes(self, name: str) -> int:
+        """The compressed size of ``name``'s layers, as its manifest gives them."""
+        return sum(int(layer["size"]) for layer in json.loads(self._manifest(name))["layers"])
+
+    def _manifest(self, name: str) -> bytes:
         repo, _, tag = name.rpartition(":")
         answer = requests.get(
             f"https://{self.host}/v2/{repo}/manifests/{tag}",
@@ -100,7 +107,7 @@ class Registry:
             timeout=30,
         )
         answer.raise_for_status()
-        return "sha256:" + hashlib.sha256(answer.content).hexdigest()
+        return answer.content
 
 
 def _run(argv: list[str], timeout: float = 300) -> None:
@@ -301,6 +308,46 @@ def _add_layer(layout: Path, base: str, tag: str, files: dict[str, bytes]) -> No
         }
     )
     (layout / "index.json").write_text(json.dumps(index))
+
+
+def add_apart(registry: Registry, image_store: Path, name: str, files: dict[str, bytes]) -> None:
+    """Push ``name``: the first stand-in's files and ``files`` in one layer of its own, so that it
+    shares no layer with any other image (what an eviction test needs: removing one image then
+    frees its bytes)."""
+    runroot = registry.root / "runroot"
+    layout = registry.root / "layout-apart"
+    _copy(f"containers-storage:[overlay@{image_store}+{runroot}]{next(iter(COPIED.values()))}", f"oci:{layout}:base")
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads(_read_blob(layout, index["manifests"][0]["digest"]))
+    [layer] = manifest["layers"]
+    raw = _read_blob(layout, layer["digest"])
+    tar = io.BytesIO(gzip.decompress(raw) if layer["mediaType"].endswith("gzip") else raw)
+    with tarfile.open(fileobj=tar, mode="a", format=tarfile.PAX_FORMAT) as archive:
+        for path, data in files.items():
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            archive.addfile(info, io.BytesIO(data))
+    config = json.loads(_read_blob(layout, manifest["config"]["digest"]))
+    config["rootfs"]["diff_ids"] = ["sha256:" + hashlib.sha256(tar.getvalue()).hexdigest()]
+    layer_digest, layer_size = _blob(layout, gzip.compress(tar.getvalue(), compresslevel=1, mtime=0))
+    config_digest, config_size = _blob(layout, json.dumps(config).encode())
+    manifest["config"] = {**manifest["config"], "digest": config_digest, "size": config_size}
+    manifest["layers"] = [
+        {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer_size}
+    ]
+    manifest_digest, manifest_size = _blob(layout, json.dumps(manifest).encode())
+    index["manifests"].append(
+        {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest_size,
+            "annotations": {"org.opencontainers.image.ref.name": "apart"},
+        }
+    )
+    (layout / "index.json").write_text(json.dumps(index))
+    _skopeo(registry, f"oci:{layout}:apart", name)
+    shutil.rmtree(layout)
+    shutil.rmtree(runroot, ignore_errors=True)
 
 
 def running(root: Path, image_store: Path, copied: dict[str, str] | None = None) -> Iterator[Registry]:

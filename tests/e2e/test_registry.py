@@ -4,15 +4,17 @@ a run. The gateway's store starts empty: what a step runs came from the registry
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Server, container_env, free_port, start_server, stop_server
+from conftest import Server, container_env, free_port, start_server, stop_server, wait_until
 
 from harness import registry as loopback
 
@@ -240,3 +242,92 @@ def test_a_full_store_is_named(tmp_path: Path, reg: loopback.Registry) -> None:
         _fails_with(server, reg.ref(loopback.ONLY_HERE), "does not fit in the image store", "image_store_limit (1M)")
     finally:
         stop_server(server)
+
+
+APART = "tests/apart:1"
+APART_FILE = "/etc/wes-gateway-apart"
+SLEEP = """cwlVersion: v1.2
+class: CommandLineTool
+requirements:
+  DockerRequirement: {dockerPull: "IMAGE"}
+baseCommand: [sleep, "300"]
+inputs: []
+outputs: []
+"""
+
+
+def _pulling_env(reg: loopback.Registry, store: Path, **settings: str) -> dict[str, str]:
+    env = container_env(store)
+    env.update(
+        {
+            "WES_GATEWAY_ALLOWED_REGISTRIES": reg.host,
+            "WES_GATEWAY_REGISTRY_CERTS_DIR": str(reg.certs_dir),
+            "WES_GATEWAY_REGISTRY_AUTH_FILE": str(reg.auth_file),
+            **{f"WES_GATEWAY_{name.upper()}": value for name, value in settings.items()},
+        }
+    )
+    return env
+
+
+def _stored_names(store: Path) -> set[str]:
+    listing = store / "overlay-images" / "images.json"
+    return {name for image in json.loads(listing.read_text()) for name in image["names"]} if listing.exists() else set()
+
+
+def test_least_recently_used_images_make_room_but_not_those_an_active_run_uses(
+    tmp_path: Path, reg: loopback.Registry, image_store: Path
+) -> None:
+    loopback.add_apart(reg, image_store, APART, {APART_FILE.lstrip("/"): b"apart\n"})
+    held, apart = reg.ref(loopback.ONLY_HERE), reg.ref(APART)
+    # Room for either image alone (compressed size x 3, as the service reckons a pull), not both:
+    # the first image's unpacked layers (167 MB of stand-in) are more than the 50 MB left over.
+    limit = max(reg.layer_bytes(loopback.ONLY_HERE), reg.layer_bytes(APART)) * 3 + 50 * 2**20
+    store = tmp_path / "images"
+    store.mkdir(mode=0o755)
+    server = start_server(tmp_path / "data", _pulling_env(reg, store, image_store_limit=f"{limit // 2**20}M"))
+    try:
+        sleeping = server.submit_cwl(("sleep.cwl", SLEEP.replace("IMAGE", held)), {})
+        wait_until(lambda: f"{held}" in _stored_names(store), 180, "the first image pulled")
+        wait_until(
+            lambda: any(t.get("start_time") for t in server.get(f"/runs/{sleeping}/tasks").json()["task_logs"]),
+            120,
+            "the sleeping step running",
+        )
+        # On: the only image that could make room is used by an active run, so it stays.
+        _fails_with(server, apart, "does not fit in the image store", "used by an active run")
+        assert held in _stored_names(store)
+        server.post(f"/runs/{sleeping}/cancel")
+        assert server.wait(sleeping, timeout=120) == "CANCELED"
+        # Off (the run ended): it is evicted, least recently used, and the new image runs.
+        run_id = _cwl(server, apart, APART_FILE)
+        assert server.wait(run_id, timeout=300) == "COMPLETE", server.system_logs(run_id)
+        assert server.get(f"/runs/{run_id}").json()["outputs"]["out"]["size"] == len(b"apart\n")
+        assert held not in _stored_names(store) and apart in _stored_names(store)
+        assert "least recently used" in server.log_path.read_text()
+    finally:
+        stop_server(server)
+
+
+def test_a_pull_that_would_break_disk_reserve_is_named(tmp_path: Path, reg: loopback.Registry) -> None:
+    """The store on a small filesystem of its own (a 400 MB loop-mounted ext4): with the default
+    disk_reserve (2G) a pull would leave too little; with 16M it fits and the run completes."""
+    image_file, store = tmp_path / "store.ext4", tmp_path / "images"
+    with open(image_file, "wb") as sparse:
+        sparse.truncate(400 * 2**20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image_file)], check=True, capture_output=True, timeout=60)
+    store.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image_file), str(store)], check=True, capture_output=True, timeout=60)
+    try:
+        os.chmod(store, 0o755)
+        for reserve, ends in (("2G", "EXECUTOR_ERROR"), ("16M", "COMPLETE")):
+            server = start_server(tmp_path / f"data-{reserve}", _pulling_env(reg, store, disk_reserve=reserve))
+            try:
+                if ends == "EXECUTOR_ERROR":
+                    _fails_with(server, reg.ref(loopback.ONLY_HERE), f"than disk_reserve ({reserve})")
+                else:
+                    run_id = _cwl(server, reg.ref(loopback.ONLY_HERE))
+                    assert server.wait(run_id, timeout=300) == "COMPLETE", server.system_logs(run_id)
+            finally:
+                stop_server(server)
+    finally:
+        subprocess.run(["umount", "-l", str(store)], check=False, capture_output=True, timeout=60)

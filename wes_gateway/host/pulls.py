@@ -21,6 +21,7 @@ import shutil
 import signal
 import socketserver
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -295,15 +296,20 @@ class Puller:
         used, and above disk_reserve; else a PullError that says which."""
         needed = 3 * self._compressed_size(repo, digest)
         limit = parse_memory(self.settings.image_store_limit)
+        failed = 0
         for image_id in self._eviction_order():
             if self.store_bytes() + needed <= limit:
                 break
-            self._evict(image_id)
+            failed += not self._evict(image_id)
         if self.store_bytes() + needed > limit:
+            why = (
+                f"{failed} least recently used image(s) could not be removed (the service's log says why)"
+                if failed
+                else "every pulled image in it is used by an active run"
+            )
             raise PullError(
                 f"container image {image} does not fit in the image store: {self.store_bytes() + needed} bytes "
-                f"would exceed image_store_limit ({self.settings.image_store_limit}), and every pulled image "
-                "in it is used by an active run"
+                f"would exceed image_store_limit ({self.settings.image_store_limit}), and {why}"
             )
         free = shutil.disk_usage(self.store).free
         if free - needed < parse_memory(self.settings.disk_reserve):
@@ -331,17 +337,23 @@ class Puller:
         idle = [image_id for image_id, record in pulled.items() if not active & set(record.get("runs") or [])]
         return sorted(idle, key=lambda image_id: float(pulled[image_id].get("used") or 0))
 
-    def _evict(self, image_id: str) -> None:
-        runroot = self.home / "runroot"
+    def _evict(self, image_id: str) -> bool:
         podman = shutil.which("podman") or "/usr/bin/podman"
-        done = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", podman, "--root", str(self.store), "--runroot",
-             str(runroot), "--storage-driver", "overlay", "rmi", "--force", image_id],
-            capture_output=True, timeout=300, check=False,
-        )  # fmt: skip
-        log.info("evicted image %s from %s (least recently used): exit %d", image_id, self.store, done.returncode)
-        if done.returncode == 0:
-            self._remember(lambda state: state["pulled"].pop(image_id, None))
+        # A run root of its own in /tmp: Podman refuses one longer than 50 characters, which
+        # data_dir/pulls/runroot easily is; rmi keeps nothing there.
+        with tempfile.TemporaryDirectory(prefix="wes-rmi-") as runroot:
+            done = subprocess.run(
+                ["unshare", "--mount", "--propagation", "private", podman, "--root", str(self.store), "--runroot",
+                 runroot, "--storage-driver", "overlay", "rmi", "--force", image_id],
+                capture_output=True, timeout=300, check=False,
+            )  # fmt: skip
+        if done.returncode != 0:
+            why = done.stderr.decode(errors="replace").strip()[-300:]
+            log.warning("could not evict image %s from %s: exit %d: %s", image_id, self.store, done.returncode, why)
+            return False
+        log.info("evicted image %s from %s (least recently used)", image_id, self.store)
+        self._remember(lambda state: state["pulled"].pop(image_id, None))
+        return True
 
 
 class _Handler(socketserver.StreamRequestHandler):
