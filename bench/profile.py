@@ -89,11 +89,12 @@ def _leader_phases(argv: list[str], prompt: bool) -> dict[str, float]:
     import toil.serviceManager
     import toil.statsAndLogging
 
-    from wes_gateway.engines import toil_waits, toil_workers
+    from wes_gateway.engines import toil_schemas, toil_waits, toil_workers
 
     if prompt:
         assert toil_workers.start(), "the worker zygote did not start"
         toil_waits.install()
+        toil_schemas.keep()
     spans: list[tuple[str, float, float]] = []
 
     def wrap(owner: Any, name: str, label: str) -> None:

@@ -136,6 +136,11 @@ class Settings(BaseModel):
         description="Fork the Toil workers that a leader starts on its own host from a warm process instead "
         "of starting each as a new interpreter (wes_gateway/engines/toil_workers.py).",
     )
+    toil_keep_schemas: bool = Field(
+        True,
+        description="Keep the CWL schemas the leaders' forkserver loaded: Toil's set-up makes cwltool drop "
+        "them, and each CWL run would parse its version's schema again (wes_gateway/engines/toil_schemas.py).",
+    )
     toil_overcommit: float = Field(
         1.0,
         ge=1.0,

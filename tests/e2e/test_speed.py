@@ -1,7 +1,8 @@
-"""Short runs fast: Toil's shutdown waits cut short (engines/toil_waits.py) and its workers
-forked warm (engines/toil_workers.py) change how long a leader takes, and nothing else a
-client can see. The same workflows run through a gateway with the defaults and through one
-with WES_GATEWAY_TOIL_PROMPT_SHUTDOWN=false and WES_GATEWAY_TOIL_WARM_WORKERS=false."""
+"""Short runs fast: Toil's shutdown waits cut short (engines/toil_waits.py), its workers
+forked warm (engines/toil_workers.py) and the CWL schemas kept (engines/toil_schemas.py)
+change how long a leader takes, and nothing else a client can see. The same workflows run
+through a gateway with the defaults and through one with WES_GATEWAY_TOIL_PROMPT_SHUTDOWN,
+WES_GATEWAY_TOIL_WARM_WORKERS and WES_GATEWAY_TOIL_KEEP_SCHEMAS all false."""
 
 from __future__ import annotations
 
@@ -26,7 +27,12 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Ser
     prompt = start_server(tmp_path_factory.mktemp("prompt"), quick, workers=1)
     stock = start_server(
         tmp_path_factory.mktemp("stock"),
-        {**quick, "WES_GATEWAY_TOIL_PROMPT_SHUTDOWN": "false", "WES_GATEWAY_TOIL_WARM_WORKERS": "false"},
+        {
+            **quick,
+            "WES_GATEWAY_TOIL_PROMPT_SHUTDOWN": "false",
+            "WES_GATEWAY_TOIL_WARM_WORKERS": "false",
+            "WES_GATEWAY_TOIL_KEEP_SCHEMAS": "false",
+        },
         1,
     )
     yield prompt, stock

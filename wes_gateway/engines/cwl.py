@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from wes_gateway.config import Settings
+from wes_gateway.engines import toil_schemas
 from wes_gateway.engines.base import Admission, load_scratch_document, warm_by_checking
 from wes_gateway.errors import BadRequest
 from wes_gateway.files.paths import RunPaths
@@ -65,6 +66,7 @@ class CwlEngine:
             _WARM,
             lambda path: load_tool(path, LoadingContext({"construct_tool_object": default_make_tool})),
         )
+        toil_schemas.load(self.versions())  # kept loaded in the leaders (toil_schemas.keep)
 
     def warm_validation(self) -> None:
         # cwltool loads each version's schema (over a second for the first) on its first use.

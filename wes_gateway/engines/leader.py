@@ -21,7 +21,15 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from wes_gateway import store
-from wes_gateway.engines import ENGINES, engine_for, toil_overcommit, toil_realtime, toil_waits, toil_workers
+from wes_gateway.engines import (
+    ENGINES,
+    engine_for,
+    toil_overcommit,
+    toil_realtime,
+    toil_schemas,
+    toil_waits,
+    toil_workers,
+)
 from wes_gateway.engines.base import LeaderSpec, exit_code_of
 from wes_gateway.files.paths import RunPaths
 from wes_gateway.host import limits, procs
@@ -234,5 +242,7 @@ def _run_engine(spec: LeaderSpec, paths: RunPaths, box: Sandbox | None) -> int:
     if spec.prompt_shutdown:
         toil_waits.install()
     toil_overcommit.overcommit(spec.overcommit)
+    if spec.keep_schemas and spec.workflow_type == "CWL":
+        toil_schemas.keep()
     toil_realtime.disable()
     return engine.run_leader(spec.argv, paths)

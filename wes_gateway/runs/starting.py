@@ -96,6 +96,7 @@ def _spec(
         prompt_shutdown=settings.toil_prompt_shutdown,
         warm_workers=settings.toil_warm_workers,
         overcommit=settings.toil_overcommit,
+        keep_schemas=settings.toil_keep_schemas,
         cgroup_procs=group.procs_files if group is not None else (),
         rlimits=limits.rlimits_for(settings) if group is None else (0, 0),
     )
