@@ -136,6 +136,12 @@ class Settings(BaseModel):
         description="Fork the Toil workers that a leader starts on its own host from a warm process instead "
         "of starting each as a new interpreter (wes_gateway/engines/toil_workers.py).",
     )
+    toil_probes_in_process: bool = Field(
+        True,
+        description="Let Toil's workers check their directories' filesystem type (statfs) and measure a job's "
+        "disk use (a directory walk) themselves, instead of starting `stat` twice and `du` once for every job "
+        "(wes_gateway/engines/toil_probes.py).",
+    )
     toil_keep_schemas: bool = Field(
         True,
         description="Keep the CWL schemas the leaders' forkserver loaded: Toil's set-up makes cwltool drop "

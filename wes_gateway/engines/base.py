@@ -33,6 +33,7 @@ class LeaderSpec:
     prompt_shutdown: bool = True  # cut Toil's idle waits at the run's end short (toil_waits)
     warm_workers: bool = True  # fork this host's Toil workers from a warm zygote (toil_workers)
     overcommit: float = 1.0  # the single-machine cores and disk pools, times this (toil_overcommit)
+    probes_in_process: bool = True  # Toil's per-job stat and du done without programs (toil_probes)
     keep_schemas: bool = True  # cwltool's loaded CWL schemas survive Toil's set-up (toil_schemas)
     cgroup_procs: tuple[str, ...] = ()  # the run's group (limits): the leader joins it first
     # Where there is no group: (RLIMIT_AS bytes per process, RLIMIT_NPROC for the run's own uid); 0 = none.

@@ -25,6 +25,7 @@ from wes_gateway.engines import (
     ENGINES,
     engine_for,
     toil_overcommit,
+    toil_probes,
     toil_realtime,
     toil_schemas,
     toil_waits,
@@ -235,6 +236,8 @@ def _run_engine(spec: LeaderSpec, paths: RunPaths, box: Sandbox | None) -> int:
     if engine is None:
         raise RuntimeError(f"no engine for workflow type {spec.workflow_type}")
     sys.argv = [engine.program, *spec.argv]
+    if spec.probes_in_process:
+        toil_probes.install()  # before the zygote forks: its workers inherit it
     # Before anything below starts a thread: the zygote is a fork of this process. Either way
     # Toil's jobs, not this leader, are the OOM killer's picks at the run's memory limit.
     if not (spec.warm_workers and toil_workers.start()):

@@ -76,6 +76,8 @@ def start() -> bool:
         return False
     try:
         import toil.batchSystems.singleMachine
+        import toil.fileStores.cachingFileStore  # noqa: F401  (what toil.worker imports per job)
+        import toil.fileStores.nonCachingFileStore  # noqa: F401
         import toil.worker  # noqa: F401  (imported once here, for every worker forked later)
     except ImportError as exc:
         log.warning("warm Toil workers off: %s", exc)

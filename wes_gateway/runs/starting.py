@@ -97,6 +97,7 @@ def _spec(
         warm_workers=settings.toil_warm_workers,
         overcommit=settings.toil_overcommit,
         keep_schemas=settings.toil_keep_schemas,
+        probes_in_process=settings.toil_probes_in_process,
         cgroup_procs=group.procs_files if group is not None else (),
         rlimits=limits.rlimits_for(settings) if group is None else (0, 0),
     )
