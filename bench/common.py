@@ -197,12 +197,20 @@ def fmt(result: dict[str, float]) -> str:
 def direct_engine(workdir: Path, image_store: Path) -> tuple[dict[str, str], list[str]]:
     """What a direct `toil-cwl-runner` needs to run containers as the gateway's runs do: the
     same Podman configuration and `docker` shim (containers.prepare, outside any sandbox), as
-    a PATH entry in an environment, and Toil's container options."""
+    a PATH entry in an environment, and Toil's container options. The shim asks the pull
+    service for every image, so this process serves it, as a gateway's supervisor does (a
+    daemon thread, for the process's lifetime; a stored image is served without a pull)."""
     from wes_gateway.config import load_settings
     from wes_gateway.files.paths import RunPaths
-    from wes_gateway.host import containers
+    from wes_gateway.host import containers, pulls
 
-    settings = load_settings({}, data_dir=workdir, container_engine="podman", image_store=image_store)
+    # run_sandbox=none: the direct runner is outside any sandbox, so its Podman reads the store
+    # itself, not the run user's idmapped view of it (which only a supervisor mounts).
+    settings = load_settings(
+        {}, data_dir=workdir, container_engine="podman", image_store=image_store, run_sandbox="none"
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    pulls.start(settings)
     paths = RunPaths(root=workdir / "direct-engine")
     containers.prepare(paths, settings, sandboxed=False)
     for private in paths.container_state:
