@@ -4,10 +4,12 @@ worker; and where the zygote cannot answer, Toil's own Popen runs the command (c
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import stat
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,3 +128,22 @@ def test_a_zygote_that_is_gone_leaves_the_command_to_toil_s_popen(tmp_path: Path
     assert not isinstance(process, _ForkedWorker)
     assert (process.returncode, out) == (3, f"cold job {limits.TASK_OOM_SCORE_ADJ}\n".encode())
     leader_end.close()
+
+
+def test_the_zygote_s_worker_parser_reads_argv_as_toil_s_own() -> None:
+    probe = """
+import json, sys
+import toil.worker
+argv = ["_toil_worker", "CWLJob", "file:/js", "kind-x/instance-1", "--context", "YQ==", "--context", "Yg=="]
+stock = vars(toil.worker.parse_args(argv))
+from wes_gateway.engines import toil_workers
+toil_workers._reuse_worker_parser()
+reused = toil.worker.parse_args
+print(json.dumps({"stock": stock, "reused": vars(reused(argv)), "again": vars(reused(argv[:4])),
+                  "replaced": reused.__name__ != "parse_args"}))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["replaced"] and answer["reused"] == answer["stock"]
+    assert answer["stock"]["context"] == ["YQ==", "Yg=="]
+    assert answer["again"]["context"] == []  # nothing of one job's argv stays for the next

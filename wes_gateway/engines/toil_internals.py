@@ -27,6 +27,8 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("toil.batchSystems.singleMachine", "SingleMachineBatchSystem._startChild", "toil_workers: each job's command given its OOM score"),
     Internal("toil.batchSystems.singleMachine", "subprocess", "toil_workers: the module whose Popen(command, shell=True, start_new_session=True) starts a worker, ours there"),
     Internal("toil.worker", "main", "toil_workers: a forked warm worker enters Toil's worker"),
+    Internal("toil.worker", "parse_args", "toil_workers: the worker's argv parsed by a parser the zygote built once"),
+    Internal("toil.worker", "ArgParser", "toil_workers: the parser class, captured as Toil's parse_args builds it"),
     Internal("toil.lib.threading", "destroy_all_process_names", "toil_workers: the exit hook a fresh worker would register"),
     Internal("toil.batchSystems.singleMachine", "SingleMachineBatchSystem.resource_sources", "toil_overcommit: the pools a job is booked against (cores second, disk fourth)", instance=True),
     Internal("toil.batchSystems.abstractBatchSystem", "ResourcePool", "toil_overcommit: larger cores and disk pools"),

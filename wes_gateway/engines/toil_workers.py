@@ -88,6 +88,7 @@ def start() -> bool:
 
     def zygote() -> None:
         leader_end.close()
+        _reuse_worker_parser()
         _serve(zygote_end)
 
     try:
@@ -229,6 +230,32 @@ def _run_and_exit(child: Callable[[], None]) -> None:
         code = 1
     finally:
         os._exit(code)
+
+
+def _reuse_worker_parser() -> None:
+    """In the zygote: Toil's worker builds its argument parser (configargparse) anew for every
+    job; it is built here once, by Toil's own parse_args, and every worker forked later parses
+    its argv with it."""
+    import toil.worker
+
+    stock_parser, stock_parse_args = toil.worker.ArgParser, toil.worker.parse_args
+    built: list[Any] = []
+
+    class Capturing(stock_parser):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    toil.worker.ArgParser = Capturing
+    try:
+        stock_parse_args(["_toil_worker", "job", "file:/nonexistent", "id"])
+    except (SystemExit, Exception):  # a Toil whose worker takes other arguments: left as it is
+        return
+    finally:
+        toil.worker.ArgParser = stock_parser
+    if len(built) == 1:
+        parser = built[0]
+        toil.worker.parse_args = lambda args: parser.parse_args(args[1:])
 
 
 def _serve(connection: socket.socket) -> None:
