@@ -158,7 +158,7 @@ def test_toil_argv_puts_the_run_first_and_the_client_last(run_settings: Settings
         "--maxCores",
         "3",
         "--maxMemory",
-        "2G",
+        str(2 * 2**30),  # in bytes: Toil would read "2G" as 2e9, less than one job of its default 2 GiB
         "--disableProgress",
         "--lang",
         "x",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from wes_gateway.config import Settings
+from wes_gateway.config import Settings, parse_memory
 from wes_gateway.errors import BadRequest
 from wes_gateway.files.paths import RunPaths
 from wes_gateway.host import batch
@@ -181,7 +181,9 @@ def toil_argv(
         "--maxCores",
         str(settings.effective_max_cores),
         "--maxMemory",
-        settings.run_max_memory,
+        # In bytes, as the service reads the size (4G is 4 GiB here and in the run's cgroup):
+        # Toil reads "4G" as 4e9, which two jobs of its default 2 GiB do not fit.
+        str(parse_memory(settings.run_max_memory)),
         "--disableProgress",
         *language_args,
         *user_args,
