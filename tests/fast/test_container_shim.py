@@ -4,6 +4,9 @@ by a real step against real Podman are in tests/e2e/test_containers.py."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from wes_gateway.host import container_shim
@@ -149,3 +152,23 @@ def test_foreign_podman_settings_are_not_passed_on(monkeypatch: pytest.MonkeyPat
     env = container_shim._env()
     assert "CONTAINER_HOST" not in env and "CONTAINERS_CONF_OVERRIDE" not in env
     assert env["CONTAINERS_CONF"] == "/run/c.conf"
+
+
+def test_singularity_version_is_answered_without_an_interpreter_and_the_rest_by_the_shim(tmp_path: Path) -> None:
+    from wes_gateway.config import Settings
+    from wes_gateway.files.paths import RunPaths
+    from wes_gateway.host import containers
+
+    paths = RunPaths(root=tmp_path / "run")
+    paths.root.mkdir()
+    settings = Settings(data_dir=tmp_path / "data", container_engine="podman", run_sandbox="none")
+    containers.prepare(paths, settings, sandboxed=False)
+    front = paths.containers / "bin" / "singularity"
+    # No Python on PATH or anywhere the shell looks: only the shell answers --version.
+    version = subprocess.run([str(front), "--version"], capture_output=True, text=True, env={"PATH": "/nonexistent"})
+    assert (version.returncode, version.stdout.strip()) == (0, container_shim.SINGULARITY_VERSION)
+    assert front.read_text().startswith("#!/bin/sh\n")
+    # Anything else goes to the shim in its singularity role (a docker call would differ).
+    usage = subprocess.run([str(front), "pull", "only-one"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "pull takes an image path" in usage.stderr
+    assert container_shim.main(["/run/containers/shim/singularity.py", "--version"]) == 0

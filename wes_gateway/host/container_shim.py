@@ -1,7 +1,8 @@
 """The `docker` and `singularity` commands a run's steps see when the engine is Podman.
 
 Stdlib only: ``containers.prepare`` copies this file into each run as ``bin/docker`` and
-``bin/singularity``, with CONFIG filled in, and the run's Toil workers find them first on PATH.
+``shim/singularity.py`` (behind ``bin/singularity``, a shell script that answers ``--version``
+itself), with CONFIG filled in, and the run's Toil workers find them first on PATH.
 
 - ``docker ...`` is Podman with the run's own configuration (Toil's CWL docker mode; its
   --podman would make cwltool pass --userns=keep-id, which needs subordinate ids).
@@ -36,6 +37,7 @@ import sys
 CONFIG: dict[str, object] = json.loads("{}")
 
 SIF_MAGIC = "wes-gateway podman image\n"
+SINGULARITY_VERSION = "singularity-ce version 3.11.4 (wes-gateway: Podman)"
 # singularity exec options that take a value (the others are flags).
 _VALUE_OPTIONS = {"--pwd", "--bind", "-B", "--env", "--home", "--no-mount", "--add-caps", "--workdir", "-W", "-H"}
 REFUSED = 125
@@ -429,7 +431,7 @@ def singularity(args: list[str]) -> int:
     quiet = {"--verbose", "-v", "--quiet", "-q", "--silent", "-s", "--debug", "-d"}
     args = [arg for arg in args if arg not in quiet]
     if not args or args[0] in ("--version", "version"):
-        print("singularity-ce version 3.11.4 (wes-gateway: Podman)")
+        print(SINGULARITY_VERSION)
         return 0
     if args[0] == "pull":
         positional = [arg for arg in args[1:] if not arg.startswith("-")]
@@ -491,7 +493,8 @@ def _exec(args: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    return singularity(argv[1:]) if os.path.basename(argv[0]) == "singularity" else docker(argv[1:])
+    role = os.path.basename(argv[0]).removesuffix(".py")  # the run's bin/docker, or shim/singularity.py
+    return singularity(argv[1:]) if role == "singularity" else docker(argv[1:])
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -196,6 +197,7 @@ def prepare(paths: RunPaths, settings: Settings, sandboxed: bool = True, own_pid
     config = paths.containers / "config"
     (config / "containers").mkdir(parents=True, exist_ok=True)
     (paths.containers / "bin").mkdir(parents=True, exist_ok=True)
+    (paths.containers / "shim").mkdir(parents=True, exist_ok=True)
     storage, runtime = paths.container_state
     # Podman refuses a runtime directory (its sockets') of more than 50 characters: in the
     # sandbox the run's tmp is /tmp; outside it, a directory of the run's own in the host's.
@@ -279,8 +281,18 @@ def _write_shims(paths: RunPaths, settings: Settings, podman: str, env: dict[str
     assert placeholder in source
     source = source.replace(placeholder, f"CONFIG: dict[str, object] = json.loads({json.dumps(shim_config)!r})", 1)
     script = f"#!{sys.executable} -IS\n{source}"
-    for name in ("docker", "singularity"):
-        _write(paths.containers / "bin" / name, script, mode=0o755)
+    _write(paths.containers / "bin" / "docker", script, mode=0o755)
+    # Toil's WDL runner asks `singularity --version` once per task (miniwdl initialises its
+    # container backend in every new worker process): answered by the shell, the rest by the
+    # shim, kept off PATH under the name whose role it takes.
+    _write(paths.containers / "shim" / "singularity.py", script, mode=0o755)
+    _write(
+        paths.containers / "bin" / "singularity",
+        "#!/bin/sh\n"
+        f'if [ "$#" -eq 1 ] && [ "$1" = --version ]; then echo {shlex.quote(container_shim.SINGULARITY_VERSION)}; exit 0; fi\n'
+        f'exec {shlex.quote(sys.executable)} -IS {shlex.quote(str(paths.containers / "shim" / "singularity.py"))} "$@"\n',
+        mode=0o755,
+    )
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
