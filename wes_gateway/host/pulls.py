@@ -129,6 +129,7 @@ class Puller:
         self.policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
         self._lock = threading.Lock()
         self._image_locks: dict[str, threading.Lock] = {}
+        self._manifests: dict[str, bytes] = {}  # digest -> the manifest a tag just resolved to
         state = _read_json(self.state_path)
         self.state: dict[str, Any] = state if isinstance(state, dict) else {}
         self.state.setdefault("tags", {})  # repo:tag -> resolved (time)
@@ -220,7 +221,10 @@ class Puller:
         if done.returncode != 0:
             cause = _cause(done.stderr.decode(errors="replace"))
             raise PullError(f"container image {image} could not be resolved at {named}: {cause}")
-        return "sha256:" + hashlib.sha256(done.stdout).hexdigest()
+        digest = "sha256:" + hashlib.sha256(done.stdout).hexdigest()
+        with self._lock:  # for _compressed_size, which would otherwise ask the registry again
+            self._manifests[digest] = done.stdout
+        return digest
 
     def _pull(self, image: str, repo: str, tag: str, digest: str) -> dict[str, Any]:
         source, named = self._source(repo)
@@ -319,13 +323,16 @@ class Puller:
             )
 
     def _compressed_size(self, repo: str, digest: str) -> int:
-        source, _ = self._source(repo)
-        done = self._skopeo(
-            ["inspect", "--raw", *self._source_options(registry_of(source), ""), f"docker://{source}@{digest}"],
-            self.settings.registry_timeout,
-        )
+        with self._lock:
+            raw = self._manifests.pop(digest, None)
+        if raw is None:
+            source, _ = self._source(repo)
+            raw = self._skopeo(
+                ["inspect", "--raw", *self._source_options(registry_of(source), ""), f"docker://{source}@{digest}"],
+                self.settings.registry_timeout,
+            ).stdout
         try:
-            manifest = json.loads(done.stdout)
+            manifest = json.loads(raw)
             return sum(int(layer.get("size") or 0) for layer in manifest.get("layers") or [])
         except (ValueError, AttributeError, TypeError):
             return 0  # a manifest list: its size is known only once a platform is chosen
