@@ -61,21 +61,21 @@ def _warm_toil() -> None:
     parser lists them all), the worker and file stores its zygote forks from, and Toil's scan for
     plugins, which it memoizes. Each leader paid about 0.1 s of CPU for it (188 modules, measured
     with cProfile in a warm leader: bench/profile.py)."""
+    import toil.batchSystems.registry
     import toil.fileStores.cachingFileStore
     import toil.fileStores.nonCachingFileStore
     import toil.leader
+    import toil.lib.plugins
     import toil.worker  # noqa: F401
     import yaml  # noqa: F401  (configargparse reads Toil's default configuration with it)
-    from toil.batchSystems import registry
-    from toil.lib import plugins
 
-    for name in registry.get_batch_systems():
+    for name in toil.batchSystems.registry.get_batch_systems():
         try:
-            registry.get_batch_system(name)
+            toil.batchSystems.registry.get_batch_system(name)
         except ImportError:  # one whose optional dependencies are absent: as Toil itself copes
             pass
-    for kind in plugins.plugin_types:
-        plugins.get_plugin_names(kind)
+    for kind in toil.lib.plugins.plugin_types:
+        toil.lib.plugins.get_plugin_names(kind)
 
 
 _warm_engines()
