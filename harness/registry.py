@@ -17,15 +17,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tarfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+
+from harness.gateway import free_port, wait_until
 
 USER, PASSWORD = "wes", "registry-test-password"
 ONLY_FILE = "/etc/wes-gateway-registry-only"
@@ -38,12 +38,6 @@ ONLY_HERE = "tests/registry-only:1"
 def unavailable() -> str:
     missing = [tool for tool in ("docker-registry", "skopeo", "openssl", "htpasswd") if shutil.which(tool) is None]
     return f"not installed: {', '.join(missing)} (scripts/system-deps)" if missing else ""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -212,19 +206,24 @@ def start(root: Path, port: int = 0) -> Registry:
         registry.process = subprocess.Popen(
             ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if registry.process.poll() is not None:
+    process = registry.process
+
+    def answers() -> bool:  # 401: up, and asking for the credentials
+        if process.poll() is not None:
             raise RuntimeError(f"docker-registry exited: {registry.log.read_text()[-2000:]}")
         try:
-            answer = requests.get(f"https://{registry.host}/v2/", verify=str(root / "ca.crt"), timeout=2)
-            if answer.status_code == 401:
-                return registry
+            return (
+                requests.get(f"https://{registry.host}/v2/", verify=str(root / "ca.crt"), timeout=2).status_code == 401
+            )
         except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    stop(registry)
-    raise RuntimeError(f"docker-registry did not answer within 20 s: {registry.log.read_text()[-2000:]}")
+            return False
+
+    try:
+        wait_until(answers, 20, "docker-registry to answer", interval=0.2)
+    except AssertionError:
+        stop(registry)
+        raise RuntimeError(f"docker-registry did not answer within 20 s: {registry.log.read_text()[-2000:]}") from None
+    return registry
 
 
 def stop(registry: Registry) -> None:
