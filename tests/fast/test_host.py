@@ -290,3 +290,19 @@ def test_a_run_that_is_no_mount_never_counts_as_out_of_space(settings: Settings)
     assert not volumes.filled(paths) and not volumes.ran_out(paths)
     assert not volumes.settled(paths.root)
     assert volumes.unsettled(settings) == []
+
+
+def test_an_image_store_is_refused_with_a_cluster_batch_system(tmp_path: Path) -> None:
+    # Issue 35: Slurm jobs run outside the sandbox on other nodes, where neither the store's
+    # read-only view nor the pull service is; the service says so at start.
+    from wes_gateway.host import containers
+
+    store = tmp_path / "store"
+    store.mkdir()
+    common = {"data_dir": tmp_path / "data", "image_store": store, "container_engine": "podman"}
+    with pytest.raises(containers.ContainersUnusable, match="image_store with a cluster batch system"):
+        containers.check(Settings(batch_system="slurm", **common))  # type: ignore[arg-type]
+    try:  # the same store on one host: refused, if at all, for something else (the view's support)
+        containers.check(Settings(batch_system="single_machine", **common))  # type: ignore[arg-type]
+    except containers.ContainersUnusable as exc:
+        assert "cluster batch system" not in str(exc)
