@@ -10,7 +10,14 @@ import peewee
 from wes_gateway import store
 
 
-def record_run(owner: str = "", tags: dict[str, str] | None = None, workflow_url: str = "x.cwl", **fields: Any) -> str:
+def record_run(
+    owner: str = "",
+    tags: dict[str, str] | None = None,
+    workflow_url: str = "x.cwl",
+    workflow_type: str = "CWL",
+    version: str = "v1.2",
+    **fields: Any,
+) -> str:
     """A run straight into the open store, as a submission records it, then with ``fields``
     (state, times...) set: for tests that need runs without running them."""
     run_id = store.new_run_id()
@@ -18,8 +25,8 @@ def record_run(owner: str = "", tags: dict[str, str] | None = None, workflow_url
         store.NewRun(
             run_id=run_id,
             owner=owner,
-            workflow_type="CWL",
-            request={"workflow_url": workflow_url, "workflow_type": "CWL", "workflow_type_version": "v1.2"},
+            workflow_type=workflow_type,
+            request={"workflow_url": workflow_url, "workflow_type": workflow_type, "workflow_type_version": version},
             engine_args=[],
             workflow_path="/x",
             tags=tags or {},

@@ -9,19 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from harness.records import record_run
 from wes_gateway import store
 from wes_gateway.config import load_settings
 from wes_gateway.runs import retention
 
 
 def finished_run(settings, state: str, end_time: str) -> str:
-    run_id = store.new_run_id()
-    store.create_run(
-        store.NewRun(
-            run_id=run_id, owner="", workflow_type="CWL", request={}, engine_args=[], workflow_path="/x", tags={}
-        )
-    )
-    store.Run.update(state=state, end_time=end_time).where(store.Run.run_id == run_id).execute()
+    run_id = record_run(state=state, end_time=end_time)
     (settings.runs_dir / run_id / "jobstore").mkdir(parents=True)
     (settings.runs_dir / run_id / "stdout.log").write_text("x")
     store.Task.create(run_id=run_id, task_id="t", job_id="j", name="n")
@@ -57,12 +52,7 @@ def test_job_stores_go_by_policy(settings) -> None:
 def test_purge_cli(settings) -> None:
     old = finished_run(settings, store.COMPLETE, "2020-01-01T00:00:00Z")
     recent = finished_run(settings, store.COMPLETE, store.utc_now())
-    queued = store.new_run_id()
-    store.create_run(
-        store.NewRun(
-            run_id=queued, owner="", workflow_type="CWL", request={}, engine_args=[], workflow_path="/x", tags={}
-        )
-    )
+    queued = record_run()
     env = {**os.environ, "WES_GATEWAY_DATA_DIR": str(settings.data_dir)}
     cli = [sys.executable, "-m", "wes_gateway.cli", "runs", "purge"]
     dry = subprocess.run(cli + ["--older-than", "30d", "--dry-run"], env=env, capture_output=True, text=True)

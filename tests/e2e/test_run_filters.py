@@ -11,6 +11,7 @@ import pytest
 import requests
 from conftest import DATA, Server, start_server, stop_server
 
+from harness.records import record_run
 from wes_gateway import store
 
 STATES = ["COMPLETE", "EXECUTOR_ERROR", "CANCELED", "QUEUED"]
@@ -23,25 +24,15 @@ def seed(data_dir: Path, count: int) -> list[dict[str, object]]:
     store.upgrade(store.database.obj)
     made = []
     for i in range(count):
-        run_id = store.new_run_id()
         kind = "WDL" if i % 3 == 0 else "CWL"
         tags = {"project": f"p{i % 4}", "sample": f"s{i}"}
         if i % 5 == 0:
             tags["batch"] = "weekly: a value with a colon"
-        store.create_run(
-            store.NewRun(
-                run_id=run_id,
-                owner="",
-                workflow_type=kind,
-                request={"workflow_url": "x", "workflow_type": kind, "workflow_type_version": "1.0"},
-                engine_args=[],
-                workflow_path="/x",
-                tags=tags,
-            )
-        )
         state = STATES[i % len(STATES)]
         submitted = f"2026-11-{1 + i // 10:02d}T{i % 10:02d}:00:00Z"
-        store.Run.update(state=state, submitted_at=submitted).where(store.Run.run_id == run_id).execute()
+        run_id = record_run(
+            tags=tags, workflow_url="x", workflow_type=kind, version="1.0", state=state, submitted_at=submitted
+        )
         made.append({"run_id": run_id, "state": state, "type": kind, "tags": tags, "submitted": submitted, "i": i})
     store.database.close()
     return made

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from harness.records import record_run
 from wes_gateway import store
 from wes_gateway.config import Settings, load_settings
 from wes_gateway.engines import engine_for
@@ -35,23 +36,8 @@ def tuned(settings: Settings, **changes: Any) -> Settings:
 
 def record(state: str = store.QUEUED, ended: timedelta | None = None, workflow_type: str = "CWL") -> str:
     """A run in the store as a submission records it, then put in ``state`` (ended ``ended`` ago)."""
-    run_id = store.new_run_id()
-    store.create_run(
-        store.NewRun(
-            run_id=run_id,
-            owner="alice",
-            workflow_type=workflow_type,
-            request={"workflow_url": "x.cwl", "workflow_type": workflow_type, "workflow_type_version": "v1.2"},
-            engine_args=[],
-            workflow_path="/x",
-            tags={},
-        )
-    )
-    fields: dict[str, Any] = {"state": state}
-    if ended is not None:
-        fields["end_time"] = store.stamp(datetime.now(UTC) - ended)
-    store.Run.update(**fields).where(store.Run.run_id == run_id).execute()
-    return run_id
+    ended_at = {} if ended is None else {"end_time": store.stamp(datetime.now(UTC) - ended)}
+    return record_run("alice", workflow_type=workflow_type, state=state, **ended_at)
 
 
 def made(settings: Settings, run_id: str) -> RunPaths:
