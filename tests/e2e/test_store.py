@@ -5,7 +5,9 @@ and move some 130 MB through the log, which the fast tier's budget has no room f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from conftest import record_run
 
@@ -36,17 +38,23 @@ def _writer(path: str, worker: int, count: int) -> int:
     return count
 
 
-def test_eight_processes_writing_at_once(tmp_path: Path) -> None:
+def _eight_processes(path: Path, work: Callable[..., int], arguments: list[tuple[Any, ...]]) -> list[int]:
+    """``work`` in 8 processes at once against a new SQLite store at ``path``, which is then
+    opened again in this one; what each returned."""
     import multiprocessing
 
-    path = tmp_path / "busy.sqlite3"
     database = store.open_database(f"sqlite:///{path}")
     store.upgrade(database)
     database.close()
     with multiprocessing.get_context("spawn").Pool(8) as pool:
-        done = pool.starmap(_writer, [(str(path), worker, 60) for worker in range(8)])
-    assert sum(done) == 480
+        done = pool.starmap(work, [(str(path), *args) for args in arguments])
     store.open_database(f"sqlite:///{path}")
+    return done
+
+
+def test_eight_processes_writing_at_once(tmp_path: Path) -> None:
+    done = _eight_processes(tmp_path / "busy.sqlite3", _writer, [(worker, 60) for worker in range(8)])
+    assert sum(done) == 480
     assert store.Run.select().count() == 480
     # A run cancelled after another process claimed it stays CANCELING (its supervisor would
     # finish it); every other run reached a terminal state, and no write was lost or refused.
@@ -79,16 +87,8 @@ def _limited_creator(path: str, attempts: int) -> int:
 
 
 def test_active_run_limit_is_one_transaction_with_the_insert(tmp_path: Path) -> None:
-    import multiprocessing
-
-    path = tmp_path / "limit.sqlite3"
-    database = store.open_database(f"sqlite:///{path}")
-    store.upgrade(database)
-    database.close()
-    with multiprocessing.get_context("spawn").Pool(8) as pool:
-        created = pool.starmap(_limited_creator, [(str(path), 3)] * 8)
+    created = _eight_processes(tmp_path / "limit.sqlite3", _limited_creator, [(3,)] * 8)
     assert sum(created) == 4
-    store.open_database(f"sqlite:///{path}")
     assert store.active_runs("u") == 4
 
 
