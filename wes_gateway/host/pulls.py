@@ -129,7 +129,6 @@ class Puller:
         self.policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
         self._lock = threading.Lock()
         self._image_locks: dict[str, threading.Lock] = {}
-        self._manifests: dict[str, bytes] = {}  # digest -> the manifest a tag just resolved to
         state = _read_json(self.state_path)
         self.state: dict[str, Any] = state if isinstance(state, dict) else {}
         self.state.setdefault("tags", {})  # repo:tag -> resolved (time)
@@ -148,10 +147,12 @@ class Puller:
             entry = self._stored(repo, tag, digest)
             if entry is None:
                 self._allowed(image, repo)
-                digest = digest or self._resolve(image, repo, tag)
+                manifest = None  # for a digest reference, fetched by the room check
+                if not digest:
+                    digest, manifest = self._resolve(image, repo, tag)
                 # Copied even when the store has that digest under another tag: the copy fetches
                 # no layer the store has, and names the image with this tag, pinned.
-                entry = self._pull(image, repo, tag, digest)
+                entry = self._pull(image, repo, tag, digest, manifest)
                 if tag:
                     self._remember(lambda state: state["tags"].__setitem__(key, time.time()))
         finally:
@@ -213,22 +214,20 @@ class Puller:
             err += b"\ntimeout"
         return subprocess.CompletedProcess(argv, process.returncode, out, err)
 
-    def _resolve(self, image: str, repo: str, tag: str) -> str:
-        """The digest the registry serves for the tag now (its manifest's, or manifest list's)."""
+    def _resolve(self, image: str, repo: str, tag: str) -> tuple[str, bytes]:
+        """The digest the registry serves for the tag now (its manifest's, or manifest list's),
+        and that manifest."""
         source, named = self._source(repo)
         options = self._source_options(registry_of(source), "")
         done = self._skopeo(["inspect", "--raw", *options, f"docker://{source}:{tag}"], self.settings.registry_timeout)
         if done.returncode != 0:
             cause = _cause(done.stderr.decode(errors="replace"))
             raise PullError(f"container image {image} could not be resolved at {named}: {cause}")
-        digest = "sha256:" + hashlib.sha256(done.stdout).hexdigest()
-        with self._lock:  # for _compressed_size, which would otherwise ask the registry again
-            self._manifests[digest] = done.stdout
-        return digest
+        return "sha256:" + hashlib.sha256(done.stdout).hexdigest(), done.stdout
 
-    def _pull(self, image: str, repo: str, tag: str, digest: str) -> dict[str, Any]:
+    def _pull(self, image: str, repo: str, tag: str, digest: str, manifest: bytes | None) -> dict[str, Any]:
         source, named = self._source(repo)
-        self._make_room(image, repo, digest)
+        self._make_room(image, repo, digest, manifest)
         name = f"{repo}:{tag}" if tag else f"{repo}@{digest}"
         runroot = self.home / "runroot"
         target = f"containers-storage:[overlay@{self.store}+{runroot}]{name}"
@@ -294,11 +293,11 @@ class Puller:
         listing = _read_json(self.store / "overlay-layers" / "layers.json")
         return sum(int(layer.get("diff-size") or 0) for layer in listing or [] if isinstance(layer, dict))
 
-    def _make_room(self, image: str, repo: str, digest: str) -> None:
+    def _make_room(self, image: str, repo: str, digest: str, manifest: bytes | None) -> None:
         """Room for the image (its compressed size, times three for unpacking) within
         image_store_limit, by removing least recently used pulled images that no active run
         used, and above disk_reserve; else a PullError that says which."""
-        needed = 3 * self._compressed_size(repo, digest)
+        needed = 3 * self._compressed_size(repo, digest, manifest)
         limit = parse_memory(self.settings.image_store_limit)
         failed = 0
         for image_id in self._eviction_order():
@@ -322,9 +321,8 @@ class Puller:
                 f"than disk_reserve ({self.settings.disk_reserve}) on the image store's filesystem"
             )
 
-    def _compressed_size(self, repo: str, digest: str) -> int:
-        with self._lock:
-            raw = self._manifests.pop(digest, None)
+    def _compressed_size(self, repo: str, digest: str, raw: bytes | None) -> int:
+        """From the manifest the tag resolved to, or else the one the registry serves for the digest."""
         if raw is None:
             source, _ = self._source(repo)
             raw = self._skopeo(
