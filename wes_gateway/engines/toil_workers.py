@@ -18,8 +18,8 @@ a new process would (fresh logging, signals, ``atexit`` and temp directory).
 What Toil sees is what it would have started: a child process per job, the leader of its own
 group, that exits with the worker's status, which Toil waits for, signals and kills (with its
 group) itself. No program is started per job: no ``/bin/sh``, no interpreter. The socket is
-in the run's own tmp directory, which only this run's sandbox shows; where the zygote cannot
-be reached, cannot fork, or the command is not a plain ``_toil_worker`` argv, Toil's own
+an unnamed pair that only the leader and its zygote hold; where the zygote cannot be
+reached, cannot fork, or the command is not a plain ``_toil_worker`` argv, Toil's own
 ``Popen`` starts the stock worker, through a shell that first raises its OOM score
 (OOM_PREFIX), as it does for every job when warm workers are off. Nothing of the job's own
 work changes: the same Toil code runs the same job from the same job store.
@@ -76,8 +76,6 @@ def start() -> bool:
         return False
     try:
         import toil.batchSystems.singleMachine
-        import toil.fileStores.cachingFileStore  # noqa: F401  (what toil.worker imports per job)
-        import toil.fileStores.nonCachingFileStore  # noqa: F401
         import toil.worker  # noqa: F401  (imported once here, for every worker forked later)
     except ImportError as exc:
         log.warning("warm Toil workers off: %s", exc)
