@@ -51,8 +51,9 @@ check: $(TEST_STAMP) lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/fast
 
 # Both tiers: the fast one, then end to end (tests/e2e: real Gunicorn, supervisor, Toil,
-# Podman, PostgreSQL, Apache, Slurm). Run it before you stop.
-test: $(TEST_STAMP) system-deps check
+# Podman, PostgreSQL, Apache, Slurm). Run it before you stop. It needs the conformance extra
+# too: tests/e2e/test_registry_conformance.py runs cwltest through toil-wes-cwl-runner.
+test: $(TEST_STAMP) $(CONFORMANCE_STAMP) system-deps check
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
 # The CWL v1.2 conformance suite through the gateway with toil-wes-cwl-runner.
