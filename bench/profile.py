@@ -89,11 +89,13 @@ def _leader_phases(argv: list[str], prompt: bool) -> dict[str, float]:
     import toil.serviceManager
     import toil.statsAndLogging
 
-    from wes_gateway.engines import toil_probes, toil_schemas, toil_waits, toil_workers
+    from wes_gateway.engines import toil_pickles, toil_probes, toil_schemas, toil_waits, toil_workers
 
     if prompt:
         if os.environ.get("WES_GATEWAY_TOIL_PROBES_IN_PROCESS", "true") != "false":
             toil_probes.install()
+        if os.environ.get("WES_GATEWAY_TOIL_PICKLE_SCHEMAS", "true") != "false":
+            toil_pickles.install()
         assert toil_workers.start(), "the worker zygote did not start"
         toil_waits.install()
         toil_schemas.keep()

@@ -147,6 +147,12 @@ class Settings(BaseModel):
         description="Keep the CWL schemas the leaders' forkserver loaded: Toil's set-up makes cwltool drop "
         "them, and each CWL run would parse its version's schema again (wes_gateway/engines/toil_schemas.py).",
     )
+    toil_pickle_schemas: bool = Field(
+        True,
+        description="Where a run's workers are all forked warm (the single-machine batch system), pickle the "
+        "standard CWL schema that every CWL job body carries as its version's name, not as 150 KB of schema "
+        "that each step's job wrote and read (wes_gateway/engines/toil_pickles.py).",
+    )
     toil_overcommit: float = Field(
         1.0,
         ge=1.0,

@@ -1,9 +1,11 @@
 """Short runs fast: Toil's shutdown waits cut short (engines/toil_waits.py), its workers
-forked warm (engines/toil_workers.py), the CWL schemas kept (engines/toil_schemas.py) and its
-per-job probes done in process (engines/toil_probes.py) change how long a leader takes, and
-nothing else a client can see. The same workflows run through a gateway with the defaults and
-through one with WES_GATEWAY_TOIL_PROMPT_SHUTDOWN, WES_GATEWAY_TOIL_WARM_WORKERS,
-WES_GATEWAY_TOIL_KEEP_SCHEMAS and WES_GATEWAY_TOIL_PROBES_IN_PROCESS all false."""
+forked warm (engines/toil_workers.py), the CWL schemas kept (engines/toil_schemas.py) and
+pickled by name (engines/toil_pickles.py), and its per-job probes done in process
+(engines/toil_probes.py) change how long a leader takes, and nothing else a client can see.
+The same workflows run through a gateway with the defaults and through one with
+WES_GATEWAY_TOIL_PROMPT_SHUTDOWN, WES_GATEWAY_TOIL_WARM_WORKERS and
+WES_GATEWAY_TOIL_KEEP_SCHEMAS false (with workers started cold, the probes are Toil's own
+programs and the schemas are pickled whole)."""
 
 from __future__ import annotations
 

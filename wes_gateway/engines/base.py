@@ -35,6 +35,7 @@ class LeaderSpec:
     overcommit: float = 1.0  # the single-machine cores and disk pools, times this (toil_overcommit)
     probes_in_process: bool = True  # Toil's per-job stat and du done without programs (toil_probes)
     keep_schemas: bool = True  # cwltool's loaded CWL schemas survive Toil's set-up (toil_schemas)
+    pickle_schemas: bool = True  # job bodies carry a standard CWL schema's name, not the schema (toil_pickles)
     cgroup_procs: tuple[str, ...] = ()  # the run's group (limits): the leader joins it first
     # Where there is no group: (RLIMIT_AS bytes per process, RLIMIT_NPROC for the run's own uid); 0 = none.
     rlimits: tuple[int, int] = (0, 0)

@@ -25,6 +25,7 @@ from wes_gateway.engines import (
     ENGINES,
     engine_for,
     toil_overcommit,
+    toil_pickles,
     toil_probes,
     toil_realtime,
     toil_schemas,
@@ -265,10 +266,15 @@ def _run_engine(spec: LeaderSpec, paths: RunPaths, box: Sandbox | None) -> int:
     sys.argv = [engine.program, *spec.argv]
     if spec.probes_in_process:
         toil_probes.install()  # before the zygote forks: its workers inherit it
+    by_name = spec.warm_workers and spec.workflow_type == "CWL" and spec.pickle_schemas
+    if by_name:
+        toil_pickles.install()  # likewise; taken back below if the zygote does not start
     # Before anything below starts a thread: the zygote is a fork of this process. Either way
     # Toil's jobs, not this leader, are the OOM killer's picks at the run's memory limit.
     if not (spec.warm_workers and toil_workers.start()):
         toil_workers.expose_jobs()
+        if by_name:
+            toil_pickles.uninstall()  # workers started cold would parse the schema
     if spec.prompt_shutdown:
         toil_waits.install()
     toil_overcommit.overcommit(spec.overcommit)
