@@ -128,8 +128,9 @@ class Settings(BaseModel):
     poll_interval: float = Field(0.5, gt=0, description="Seconds between supervisor store polls.")
     toil_prompt_shutdown: bool = Field(
         True,
-        description="Cut Toil's idle waits short in the leaders: its threads' sleeps at shutdown and the "
-        "leader loop's wait on its batch system with work at hand (wes_gateway/engines/toil_waits.py).",
+        description="Cut Toil's idle waits short in the leaders: its threads' sleeps at shutdown, the "
+        "leader loop's wait on its batch system with work at hand, and the single-machine batch system's "
+        "10 ms sleep between a worker's exit or a job's issue and its noticing (wes_gateway/engines/toil_waits.py).",
     )
     toil_warm_workers: bool = Field(
         True,

@@ -19,10 +19,18 @@ job running it waits the whole 2 s, once for every such level of a workflow, and
 after the last job, with nothing issued at all (three such waits in a scatter over an empty
 list: about 5 s of its 10 s).
 
+And one for every job: the single-machine batch system's thread that starts and reaps the
+workers sleeps 10 ms between rounds, so a finished worker held its booked core for 5 ms on
+average (and a worker's exit itself takes about 5 ms), and a job issued meanwhile waited as
+long to start. In a 100-way scatter of short steps each step booked its core for about 40 ms
+and worked for 25 (issue 40).
+
 These are woken here instead of waited out: the two threads sleep on an event that their
-own shutdown sets, the log server polls every 50 ms, and the leader loop does not wait on
+own shutdown sets, the log server polls every 50 ms, the leader loop does not wait on
 its batch system while it has messages of its own or nothing issued, nor past a retried
-job's backoff. Nothing else changes: what the loops do, and in what order, is Toil's.
+job's backoff, and the batch system's thread sleeps until one of its workers exits (a pidfd
+of each) or a job is issued, 10 ms at most. Nothing else changes: what the loops do, and in
+what order, is Toil's.
 This is applied only in a leader process that the gateway forked (never in the web workers,
 the supervisor or Toil's own workers), and only to the Toil version it was measured on;
 elsewhere ``install`` changes nothing and says so. ``WES_GATEWAY_TOIL_PROMPT_SHUTDOWN=false`` turns it off.
@@ -31,6 +39,8 @@ elsewhere ``install`` changes nothing and says so. ``WES_GATEWAY_TOIL_PROMPT_SHU
 from __future__ import annotations
 
 import logging
+import os
+import select
 import socketserver
 import threading
 import time
@@ -42,6 +52,7 @@ log = logging.getLogger(__name__)
 # The version whose internals this was written against and tested with (tests/test_speed.py).
 TOIL_SERIES = "9.6."
 LOG_SERVER_POLL = 0.05
+DADDY_ROUND = 0.01  # the single-machine batch system's sleep between its rounds
 
 _manager_stopping = threading.Event()
 _stats_stopping = threading.Event()
@@ -81,8 +92,77 @@ class _PromptUDPServer(socketserver.ThreadingUDPServer):
         super().serve_forever(min(poll_interval, LOG_SERVER_POLL))
 
 
+class _Reaper:
+    """One single-machine batch system's round sleep: until a worker of its own has exited
+    or a job was issued, and at most as long as Toil's sleep."""
+
+    def __init__(self) -> None:
+        self.woken, self.wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.exits: dict[int, int] = {}  # a running worker's pid: a pidfd of it
+        self.seen: set[int] = set()  # exited, reported, not reaped yet: no busy loop on them
+
+    def started(self, pid: object) -> None:
+        if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
+            try:
+                self.exits[pid] = os.pidfd_open(pid)
+            except OSError:
+                pass  # not ours to watch (gone already): Toil's own round finds it
+
+    def reaped(self, pid: int) -> None:
+        fd = self.exits.pop(pid, None)
+        self.seen.discard(pid)
+        if fd is not None:
+            os.close(fd)
+
+    def issued(self) -> None:
+        try:
+            os.write(self.wake, b"!")
+        except BlockingIOError:
+            pass  # woken already
+
+    def sleep(self, seconds: float) -> None:
+        began = time.monotonic()
+        poller = select.poll()
+        poller.register(self.woken, select.POLLIN)
+        by_fd = {fd: pid for pid, fd in self.exits.items()}
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(seconds * 1000)}
+        if self.woken in ready:
+            try:
+                os.read(self.woken, 4096)
+            except BlockingIOError:
+                pass
+            return
+        exited = {by_fd[fd] for fd in ready if fd in by_fd}
+        if exited - self.seen:
+            self.seen |= exited
+            return
+        # Only workers already reported (Toil's round has not reaped them yet): Toil's sleep.
+        time.sleep(max(0.0, seconds - (time.monotonic() - began)))
+
+
+class _ReapingTime:
+    """The ``time`` module as toil.batchSystems.singleMachine sees it: the 10 ms sleep of a
+    batch system's own thread is that batch system's _Reaper.sleep."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        reaper = getattr(self.local, "reaper", None)
+        if reaper is None or seconds > DADDY_ROUND:
+            time.sleep(seconds)
+        else:
+            reaper.sleep(seconds)
+
+
 def install() -> bool:
     """Apply all of the above in this process; True if applied. Idempotent."""
+    import toil.batchSystems.singleMachine
     import toil.leader
     import toil.realtimeLogger
     import toil.serviceManager
@@ -102,6 +182,7 @@ def install() -> bool:
     if getattr(manager, "_wes_gateway_prompt", False):
         return True
     _no_wait_with_work_at_hand(toil.leader)
+    _reap_promptly(toil.batchSystems.singleMachine)
     _wake_on_shutdown(manager, _manager_stopping)
     _wake_on_shutdown(stats, _stats_stopping)
     toil.serviceManager.throttle = _WakeableThrottle
@@ -155,3 +236,42 @@ def _no_wait_with_work_at_hand(module: Any) -> None:
         self.batchSystem.getUpdatedBatchJob = getUpdatedBatchJob
 
     leader_class.__init__ = __init__
+
+
+def _reap_promptly(module: Any) -> None:
+    """Each single-machine batch system's own thread sleeps on a _Reaper of its own."""
+    system = module.SingleMachineBatchSystem
+    clock = _ReapingTime()
+    stock_daddy, stock_start, stock_handle = system.daddy, system._startChild, system._handleChild
+    stock_issue = system.issueBatchJob
+
+    def reaper_of(self: Any) -> _Reaper:
+        reaper = self.__dict__.get("_wes_gateway_reaper")
+        if reaper is None:
+            reaper = self.__dict__["_wes_gateway_reaper"] = _Reaper()
+        return reaper  # type: ignore[no-any-return]
+
+    def daddy(self: Any) -> Any:
+        clock.local.reaper = reaper_of(self)
+        return stock_daddy(self)
+
+    def _startChild(self: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N802  (Toil's name)
+        pid = stock_start(self, *args, **kwargs)
+        reaper_of(self).started(pid)
+        return pid
+
+    def _handleChild(self: Any, pid: int) -> None:  # noqa: N802  (Toil's name)
+        try:
+            stock_handle(self, pid)
+        finally:
+            reaper_of(self).reaped(pid)
+
+    def issueBatchJob(self: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N802  (Toil's name)
+        try:
+            return stock_issue(self, *args, **kwargs)
+        finally:
+            reaper_of(self).issued()
+
+    system.daddy, system._startChild, system._handleChild = daddy, _startChild, _handleChild
+    system.issueBatchJob = issueBatchJob
+    module.time = clock

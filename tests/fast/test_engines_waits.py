@@ -1,0 +1,100 @@
+"""toil_waits' prompt reaping: the single-machine batch system's round sleep ends when one of
+its workers exits or a job is issued, not 10 ms later; a worker already reported does not
+turn it into a busy loop. The batch system itself runs in a fresh interpreter, as a leader is,
+so that the patch never reaches this test process's Toil."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+from wes_gateway.engines.toil_waits import _Reaper
+
+
+def test_a_worker_s_exit_ends_the_round_sleep() -> None:
+    reaper = _Reaper()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"])
+    try:
+        reaper.started(child.pid)
+        began = time.monotonic()
+        reaper.sleep(20.0)
+        assert time.monotonic() - began < 10.0  # the exit, at about 0.2 s, ended it
+        assert child.poll() is not None
+        # Reported once and not reaped yet: the next sleep is a plain one, not a busy loop.
+        began = time.monotonic()
+        reaper.sleep(0.3)
+        assert time.monotonic() - began >= 0.25
+    finally:
+        child.wait()
+        reaper.reaped(child.pid)
+    assert reaper.exits == {} and reaper.seen == set()
+
+
+def test_an_issued_job_ends_the_round_sleep() -> None:
+    reaper = _Reaper()
+    threading.Timer(0.2, reaper.issued).start()
+    began = time.monotonic()
+    reaper.sleep(20.0)
+    assert time.monotonic() - began < 10.0
+    began = time.monotonic()
+    reaper.sleep(0.3)  # the wake was used up
+    assert time.monotonic() - began >= 0.25
+
+
+def test_what_is_not_a_started_worker_is_not_watched() -> None:
+    reaper = _Reaper()
+    for result in (None, False, 0, -1, 2**22 + 12345):  # no start, a refusal, a pid that is none
+        reaper.started(result)
+    assert reaper.exits == {}
+
+
+PROBE = """
+import json, sys, tempfile, time
+from toil.batchSystems.singleMachine import SingleMachineBatchSystem
+from toil.common import Config
+from toil.job import JobDescription
+from wes_gateway.engines import toil_waits
+if sys.argv[1] == "prompt":
+    assert toil_waits.install()
+import toil.batchSystems.singleMachine as module
+rounds = {"woken": 0}
+if sys.argv[1] == "prompt":
+    sleep = module.time.__class__.sleep
+    def counting(self, seconds):
+        began = time.monotonic()
+        sleep(self, seconds)
+        if seconds == 0.01 and time.monotonic() - began < 0.009:
+            rounds["woken"] += 1
+    module.time.__class__.sleep = counting
+config = Config()
+config.workDir, config.workflowID = tempfile.mkdtemp(), "probe"
+batch = SingleMachineBatchSystem(config, 2, 2**30, 2**30)
+codes = []
+for n in range(5):
+    job = JobDescription(requirements={"cores": 1, "memory": 2**20, "disk": 2**20}, jobName="probe")
+    job.assignConfig(config)
+    job_id = batch.issueBatchJob(f"exit {n}", job)
+    update = None
+    while update is None:
+        update = batch.getUpdatedBatchJob(5)
+    codes.append(update.exitStatus)
+batch.shutdown()
+print(json.dumps({"codes": codes, "woken": rounds["woken"], "time": type(module.time).__name__}))
+"""
+
+
+def _probe(mode: str) -> dict[str, object]:
+    done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_toil_s_batch_system_runs_jobs_as_before_with_its_rounds_woken() -> None:
+    prompt = _probe("prompt")
+    assert prompt["codes"] == [0, 1, 2, 3, 4] and prompt["time"] == "_ReapingTime"
+    assert int(prompt["woken"]) >= 5  # type: ignore[call-overload]  # each issue and each exit
+    stock = _probe("stock")
+    assert stock["codes"] == [0, 1, 2, 3, 4] and stock["time"] == "module"
