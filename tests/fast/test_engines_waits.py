@@ -1,6 +1,6 @@
 """toil_waits' prompt reaping: the single-machine batch system's round sleep ends when one of
-its workers exits or a job is issued, not 10 ms later; a worker already reported does not
-turn it into a busy loop. The batch system itself runs in a fresh interpreter, as a leader is,
+its workers exits or a job is issued, not 10 ms later, and is skipped after a round that
+reaped one; a worker already reported does not turn it into a busy loop. The batch system itself runs in a fresh interpreter, as a leader is,
 so that the patch never reaches this test process's Toil."""
 
 from __future__ import annotations
@@ -31,6 +31,14 @@ def test_a_worker_s_exit_ends_the_round_sleep() -> None:
         child.wait()
         reaper.reaped(child.pid)
     assert reaper.exits == {} and reaper.seen == set()
+    # Toil's round starts jobs before it reaps: after a reap the next round comes at once,
+    # to give the freed booking to a waiting job; the round after that sleeps again.
+    began = time.monotonic()
+    reaper.sleep(20.0)
+    assert time.monotonic() - began < 10.0
+    began = time.monotonic()
+    reaper.sleep(0.3)
+    assert time.monotonic() - began >= 0.25
 
 
 def test_an_issued_job_ends_the_round_sleep() -> None:
