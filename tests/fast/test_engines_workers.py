@@ -147,3 +147,38 @@ print(json.dumps({"stock": stock, "reused": vars(reused(argv)), "again": vars(re
     assert answer["replaced"] and answer["reused"] == answer["stock"]
     assert answer["stock"]["context"] == ["YQ==", "Yg=="]
     assert answer["again"]["context"] == []  # nothing of one job's argv stays for the next
+
+
+def test_a_primed_zygote_s_workers_end_up_with_toil_s_own_logging() -> None:
+    """Each worker still runs Toil's whole logging set-up; in a primed zygote it finds the
+    levels set and the patterns compiled, and a level set to what it is clears no caches."""
+    probe = """
+import json, logging, re, sys
+import toil.statsAndLogging as sal
+from wes_gateway.engines import toil_workers
+import cwltool.main, schema_salad.ref_resolver  # noqa: F401  (libraries whose loggers Toil quiets)
+if sys.argv[1] == "primed":
+    toil_workers._prime_logging()
+clears = []
+stock_clear = logging.Logger.manager._clear_cache
+logging.Logger.manager._clear_cache = lambda: (clears.append(1), stock_clear())[1]
+compiled = len(re._cache)
+child = logging.getLogger("salad.child")
+child.isEnabledFor(logging.DEBUG)  # cached: not enabled
+sal.configure_root_logger(); sal.set_log_level("INFO"); sal.install_log_color()  # as toil.worker does
+levels = {name: logging.getLogger(name).level for name in sorted(logging.Logger.manager.loggerDict)}
+logging.getLogger("salad").setLevel(logging.DEBUG)  # a real change: the cache is cleared
+print(json.dumps({"levels": levels, "root": logging.getLogger().level, "clears": len(clears),
+                  "new patterns": len(re._cache) - compiled, "child sees it": child.isEnabledFor(logging.DEBUG)}))
+"""
+
+    def run(mode: str) -> dict[str, object]:
+        done = subprocess.run([sys.executable, "-c", probe, mode], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+    primed, stock = run("primed"), run("stock")
+    assert primed["levels"] == stock["levels"] and primed["root"] == stock["root"] == 20  # INFO
+    assert primed["child sees it"] and stock["child sees it"]
+    assert int(stock["clears"]) > 10 * int(primed["clears"]) > 0  # type: ignore[call-overload]
+    assert primed["new patterns"] == 0 < int(stock["new patterns"])  # type: ignore[call-overload]
