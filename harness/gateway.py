@@ -120,14 +120,24 @@ class Server:
         return json.loads(Path(self.get(f"/runs/{run_id}").json()["outputs"]["report"]["path"]).read_text())
 
     def wait(self, run_id: str, states: set[str] = TERMINAL, timeout: float = 180, interval: float = 0.3) -> str:
+        """The run's state once it is one of ``states``; an ended run also settled out of its
+        filesystem (which follows the record of its end), so that what a test then reads of
+        its directory is not swapped beneath it."""
         deadline = time.monotonic() + timeout
         state = ""
         while time.monotonic() < deadline:
             state = self.get(f"/runs/{run_id}/status").json()["state"]
             if state in states:
+                if state in TERMINAL:
+                    self.wait_settled(run_id)
                 return str(state)
             time.sleep(interval)
         raise AssertionError(f"run {run_id} still {state} after {timeout}s\n{self.log_tail()}")
+
+    def wait_settled(self, run_id: str, timeout: float = 60) -> None:
+        """Until the ended run's filesystem image is gone (at once where runs have none)."""
+        image = self.data_dir / "runs" / ".volumes" / f"{run_id}.img"
+        wait_until(lambda: not image.exists(), timeout, f"run {run_id} to be settled", interval=0.05)
 
     def system_logs(self, run_id: str) -> str:
         """The run's ``system_logs``, one line each."""

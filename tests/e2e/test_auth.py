@@ -403,6 +403,7 @@ def test_server_secrets_reach_no_run(secure: Server) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert leader_env and SECRET.encode() not in leader_env
+    secure.wait_settled(run_id)
     # The failed run keeps its job store, where Toil pickled the leader's environment.
     run_dir = secure.data_dir / "runs" / run_id
     assert (run_dir / "jobstore").exists()
