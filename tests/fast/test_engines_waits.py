@@ -1,6 +1,7 @@
 """toil_waits' prompt reaping: the single-machine batch system's round sleep ends when one of
-its workers exits or a job is issued, not 10 ms later, and is skipped after a round that
-reaped one; a worker already reported does not turn it into a busy loop. The batch system itself runs in a fresh interpreter, as a leader is,
+its workers exits, a job is issued or the batch system shuts down, not 10 ms later, is
+skipped after a round that reaped one, and with nothing to do lasts up to a second instead of
+Toil's 10 ms; a worker already reported does not turn it into a busy loop. The batch system itself runs in a fresh interpreter, as a leader is,
 so that the patch never reaches this test process's Toil."""
 
 from __future__ import annotations
@@ -68,15 +69,17 @@ from wes_gateway.engines import toil_waits
 if sys.argv[1] == "prompt":
     assert toil_waits.install()
 import toil.batchSystems.singleMachine as module
-rounds = {"woken": 0}
-if sys.argv[1] == "prompt":
-    sleep = module.time.__class__.sleep
-    def counting(self, seconds):
+inner, rounds = module.time, {"all": 0, "woken": 0}
+class Counting:  # the batch system's rounds, counted by their sleeps
+    def __getattr__(self, name):
+        return getattr(inner, name)
+    def sleep(self, seconds):
         began = time.monotonic()
-        sleep(self, seconds)
-        if seconds == 0.01 and time.monotonic() - began < 0.009:
-            rounds["woken"] += 1
-    module.time.__class__.sleep = counting
+        inner.sleep(seconds)
+        if seconds == 0.01:
+            rounds["all"] += 1
+            rounds["woken"] += time.monotonic() - began < 0.5
+module.time = Counting()
 config = Config()
 config.workDir, config.workflowID = tempfile.mkdtemp(), "probe"
 batch = SingleMachineBatchSystem(config, 2, 2**30, 2**30)
@@ -89,8 +92,13 @@ for n in range(5):
     while update is None:
         update = batch.getUpdatedBatchJob(5)
     codes.append(update.exitStatus)
+before = rounds["all"]
+time.sleep(0.5)  # nothing to do
+idle = rounds["all"] - before
+began = time.monotonic()
 batch.shutdown()
-print(json.dumps({"codes": codes, "woken": rounds["woken"], "time": type(module.time).__name__}))
+print(json.dumps({"codes": codes, "woken": rounds["woken"], "idle rounds": idle,
+                  "shutdown": time.monotonic() - began, "time": type(inner).__name__}))
 """
 
 
@@ -104,5 +112,9 @@ def test_toil_s_batch_system_runs_jobs_as_before_with_its_rounds_woken() -> None
     prompt = _probe("prompt")
     assert prompt["codes"] == [0, 1, 2, 3, 4] and prompt["time"] == "_ReapingTime"
     assert int(prompt["woken"]) >= 5  # type: ignore[call-overload]  # each issue and each exit
+    # With nothing to do its thread sleeps on (Toil's: 100 rounds a second), and its shutdown
+    # wakes it.
+    assert int(prompt["idle rounds"]) <= 2 and float(prompt["shutdown"]) < 0.5  # type: ignore[call-overload,arg-type]
     stock = _probe("stock")
     assert stock["codes"] == [0, 1, 2, 3, 4] and stock["time"] == "module"
+    assert int(stock["idle rounds"]) >= 10  # type: ignore[call-overload]

@@ -75,6 +75,10 @@ class Engine(Protocol):
     def run_leader(self, argv: list[str], paths: RunPaths) -> int:
         """Inside the leader process: run Toil's front end; return its exit code."""
 
+    def warm_workers(self) -> None:
+        """Inside the leader process, in the run's environment, just before it forks its worker
+        zygote: load what every one of its workers would otherwise load for itself."""
+
     def is_task(self, job_id: str) -> bool:
         """Whether a Toil job runs a workflow step (the rest is Toil's plumbing)."""
 

@@ -75,6 +75,9 @@ class CwlEngine:
             {f"warm-{v}.cwl": (_SAMPLE.format(version=v), {"message": "warm"}) for v in self.versions()},
         )
 
+    def warm_workers(self) -> None:
+        pass  # what a CWL worker loads (cwltool, its schemas) the forkserver has loaded
+
     def run_leader(self, argv: list[str], paths: RunPaths) -> int:
         import toil.cwl.cwltoil
 

@@ -269,6 +269,12 @@ def _run_engine(spec: LeaderSpec, paths: RunPaths, box: Sandbox | None) -> int:
     by_name = spec.warm_workers and spec.workflow_type == "CWL" and spec.pickle_schemas
     if by_name:
         toil_pickles.install()  # likewise; taken back below if the zygote does not start
+    if spec.warm_workers:
+        try:
+            engine.warm_workers()
+        except Exception:  # an optimisation: each worker still loads what it needs itself
+            print(f"wes-gateway: run {spec.run_id}: its workers start less warm:", file=sys.stderr)
+            traceback.print_exc()
     # Before anything below starts a thread: the zygote is a fork of this process. Either way
     # Toil's jobs, not this leader, are the OOM killer's picks at the run's memory limit.
     if not (spec.warm_workers and toil_workers.start()):
