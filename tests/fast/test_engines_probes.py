@@ -76,3 +76,18 @@ def test_a_walk_past_its_limit_leaves_the_size_to_du(tmp_path: Path) -> None:
     assert toil_probes.allocated_bytes(str(tmp_path)) == sum(
         p.lstat().st_blocks * 512 for p in [tmp_path, *tmp_path.iterdir()]
     )
+
+
+def test_df_s_line_for_a_wdl_task_is_made_without_starting_df(tmp_path: Path) -> None:
+    import re
+
+    real = subprocess.run(["df", "-k", "-P", str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    made = toil_probes.df_output(str(tmp_path))
+    # The pattern toil.wdl.wdltoil reads the free kilobytes with.
+    pattern = re.compile(r".+ \d+ +\d+ +(\d+) +\d+% +.+")
+    real_free, made_free = (int(re.match(pattern, text.split("\n")[1])[1]) for text in (real, made))  # type: ignore[index]
+    assert abs(real_free - made_free) <= 64 * 1024  # the same filesystem, written to meanwhile by others
+    assert real.split("\n")[1].split()[1] == made.split("\n")[1].split()[1]  # its size in 1024-blocks
+    proxy = toil_probes._DfInProcess()
+    assert proxy.check_output(["df", "-k", "-P", str(tmp_path)], encoding="utf-8") == made
+    assert proxy.check_output(["echo", "x"]) == b"x\n"  # anything else is subprocess's own

@@ -30,6 +30,8 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("toil.worker", "parse_args", "toil_workers: the worker's argv parsed by a parser the zygote built once"),
     Internal("toil.worker", "ArgParser", "toil_workers: the parser class, captured as Toil's parse_args builds it"),
     Internal("toil.lib.threading", "destroy_all_process_names", "toil_workers: the exit hook a fresh worker would register"),
+    Internal("toil.wdl.wdltoil", "subprocess", "toil_probes: the module whose check_output(['df', '-k', '-P', dir]) a WDL task job runs, ours there"),
+    Internal("toil.lib.accelerators", "get_individual_local_accelerators", "toil_workers: the memoized GPU probe, asked before the zygote forks"),
     Internal("toil.batchSystems.singleMachine", "SingleMachineBatchSystem.resource_sources", "toil_overcommit: the pools a job is booked against (cores second, disk fourth)", instance=True),
     Internal("toil.batchSystems.abstractBatchSystem", "ResourcePool", "toil_overcommit: larger cores and disk pools"),
     Internal("toil.common", "RealtimeLogger", "toil_realtime: the real-time log server replaced by one that never starts"),

@@ -80,6 +80,15 @@ def start() -> bool:
     except ImportError as exc:
         log.warning("warm Toil workers off: %s", exc)
         return False
+    try:
+        import toil.lib.accelerators
+
+        # Memoized, but only once Toil's batch system asks, after the zygote has forked: every
+        # WDL task's worker probed again (nvidia-smi, amd-smi, rocm-smi, each a fork of a large
+        # process). Asked here, the workers inherit the answer, and the batch system reuses it.
+        toil.lib.accelerators.get_individual_local_accelerators()
+    except Exception:  # the probe is Toil's to make again, as stock, wherever it fails here
+        pass
     # A pair, not a named socket: nothing but this leader can ask the zygote for a fork, and
     # the zygote ends when the leader's end closes, i.e. when the leader has gone, however.
     leader_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
