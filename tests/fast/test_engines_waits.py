@@ -118,3 +118,42 @@ def test_toil_s_batch_system_runs_jobs_as_before_with_its_rounds_woken() -> None
     stock = _probe("stock")
     assert stock["codes"] == [0, 1, 2, 3, 4] and stock["time"] == "module"
     assert int(stock["idle rounds"]) >= 10  # type: ignore[call-overload]
+
+
+WAIT_PROBE = """
+import json, subprocess, sys, time
+from wes_gateway.engines import toil_waits
+if sys.argv[1] == "prompt":
+    toil_waits.wake_process_waits()
+sleeps = []
+real_sleep = time.sleep
+subprocess.time = type("T", (), {"sleep": staticmethod(lambda s: (sleeps.append(s), real_sleep(s))),
+                                 "monotonic": staticmethod(time.monotonic)})
+quick = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(0.3); sys.exit(3)"])
+code = quick.wait(10)
+slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+try:
+    slow.wait(0.3)
+    timed_out = None
+except subprocess.TimeoutExpired as exc:
+    timed_out = str(exc)
+slow.kill()
+print(json.dumps({"code": code, "timed out": timed_out, "killed": slow.wait(10), "sleeps": len(sleeps)}))
+"""
+
+
+def test_a_process_wait_ends_when_the_process_does_not_at_the_next_poll() -> None:
+    def run(mode: str) -> dict[str, object]:
+        done = subprocess.run([sys.executable, "-c", WAIT_PROBE, mode], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+    prompt, stock = run("prompt"), run("stock")
+    for answer in (prompt, stock):  # the same answers and exception
+        assert answer["code"] == 3 and answer["killed"] == -9
+        assert (
+            answer["timed out"]
+            == "Command '['" + sys.executable + "', '-c', 'import time; time.sleep(30)']' timed out after 0.3 seconds"
+        )
+    assert prompt["sleeps"] == 0  # woken by the exit
+    assert int(stock["sleeps"]) > 5  # type: ignore[call-overload]  # CPython's polls, up to 50 ms apart

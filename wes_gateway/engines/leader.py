@@ -266,6 +266,8 @@ def _run_engine(spec: LeaderSpec, paths: RunPaths, box: Sandbox | None) -> int:
     sys.argv = [engine.program, *spec.argv]
     if spec.probes_in_process:
         toil_probes.install()  # before the zygote forks: its workers inherit it
+    if spec.prompt_shutdown:
+        toil_waits.wake_process_waits()  # likewise
     by_name = spec.warm_workers and spec.workflow_type == "CWL" and spec.pickle_schemas
     if by_name:
         toil_pickles.install()  # likewise; taken back below if the zygote does not start

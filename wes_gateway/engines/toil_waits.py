@@ -45,6 +45,7 @@ import logging
 import os
 import select
 import socketserver
+import subprocess
 import threading
 import time
 import types
@@ -294,3 +295,34 @@ def _reap_promptly(module: Any) -> None:
     system.daddy, system._startChild, system._handleChild = daddy, _startChild, _handleChild
     system.issueBatchJob, system.shutdown = issueBatchJob, shutdown
     module.time = clock
+
+
+def wake_process_waits() -> None:
+    """In a leader, before its worker zygote forks (so in every worker too): ``Popen.wait``
+    with a timeout returns when the process exits, not at CPython's next poll. CPython polls
+    with sleeps that double up to 50 ms, and miniwdl waits on each WDL task's container
+    process in one-second ``wait(1)`` calls, so a task's end was seen up to 50 ms late while
+    its worker held the task's booked core. Same answers and exceptions as CPython's."""
+    stock_wait = subprocess.Popen._wait  # type: ignore[attr-defined]
+    if getattr(stock_wait, "_wes_gateway_prompt", False):
+        return
+
+    def _wait(self: subprocess.Popen[Any], timeout: float | None) -> int | None:
+        if timeout is None or self.returncode is not None or timeout <= 0:
+            return stock_wait(self, timeout)  # type: ignore[no-any-return]
+        try:
+            exits = os.pidfd_open(self.pid)
+        except OSError:
+            return stock_wait(self, timeout)  # type: ignore[no-any-return]
+        try:
+            poller = select.poll()
+            poller.register(exits, select.POLLIN)
+            exited = bool(poller.poll(timeout * 1000))
+        finally:
+            os.close(exits)
+        if not exited:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return stock_wait(self, None)  # type: ignore[no-any-return]  # it has exited: reaped at once
+
+    _wait._wes_gateway_prompt = True  # type: ignore[attr-defined]
+    subprocess.Popen._wait = _wait  # type: ignore[attr-defined]
