@@ -15,42 +15,37 @@ import time
 from wes_gateway.engines.toil_waits import _Reaper
 
 
+def _took(reaper: _Reaper, seconds: float) -> float:
+    """How long the reaper's round sleep of ``seconds`` lasted."""
+    began = time.monotonic()
+    reaper.sleep(seconds)
+    return time.monotonic() - began
+
+
 def test_a_worker_s_exit_ends_the_round_sleep() -> None:
     reaper = _Reaper()
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"])
     try:
         reaper.started(child.pid)
-        began = time.monotonic()
-        reaper.sleep(20.0)
-        assert time.monotonic() - began < 10.0  # the exit, at about 0.2 s, ended it
+        assert _took(reaper, 20.0) < 10.0  # the exit, at about 0.2 s, ended it
         assert child.poll() is not None
         # Reported once and not reaped yet: the next sleep is a plain one, not a busy loop.
-        began = time.monotonic()
-        reaper.sleep(0.3)
-        assert time.monotonic() - began >= 0.25
+        assert _took(reaper, 0.3) >= 0.25
     finally:
         child.wait()
         reaper.reaped(child.pid)
     assert reaper.exits == {} and reaper.seen == set()
     # Toil's round starts jobs before it reaps: after a reap the next round comes at once,
     # to give the freed booking to a waiting job; the round after that sleeps again.
-    began = time.monotonic()
-    reaper.sleep(20.0)
-    assert time.monotonic() - began < 10.0
-    began = time.monotonic()
-    reaper.sleep(0.3)
-    assert time.monotonic() - began >= 0.25
+    assert _took(reaper, 20.0) < 10.0
+    assert _took(reaper, 0.3) >= 0.25
 
 
 def test_an_issued_job_ends_the_round_sleep() -> None:
     reaper = _Reaper()
     threading.Timer(0.2, reaper.issued).start()
-    began = time.monotonic()
-    reaper.sleep(20.0)
-    assert time.monotonic() - began < 10.0
-    began = time.monotonic()
-    reaper.sleep(0.3)  # the wake was used up
-    assert time.monotonic() - began >= 0.25
+    assert _took(reaper, 20.0) < 10.0
+    assert _took(reaper, 0.3) >= 0.25  # the wake was used up
 
 
 def test_what_is_not_a_started_worker_is_not_watched() -> None:
