@@ -25,7 +25,6 @@ own storage, which no other run sees (docs/containers-registry.md).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import socket
@@ -167,19 +166,33 @@ def registry_of(image: str) -> str:
     return "docker.io"
 
 
-@dataclasses.dataclass
 class Plan:
     """An allowed call: ``exec`` Podman with ``argv``; ``pull`` (the service pulls ``images``);
     or ``run`` (exec, with ``argv[image_at]``, the ``image``, replaced by the id of the image the
     service names). ``options_at``: where the command's own options start in ``argv`` (the
-    run's policy goes there), or 0."""
+    run's policy goes there), or 0. A plain class, not a dataclass: importing dataclasses
+    (and with it inspect) was 25 ms of the 35 that every call of the shim took, once per
+    WDL task and several times per CWL step in a container (issue 40)."""
 
-    kind: str
-    argv: list[str]
-    options_at: int = 0
-    images: tuple[str, ...] = ()
-    image: str = ""
-    image_at: int = 0
+    __slots__ = ("kind", "argv", "options_at", "images", "image", "image_at")
+
+    def __init__(
+        self,
+        kind: str,
+        argv: list[str],
+        options_at: int = 0,
+        images: tuple[str, ...] = (),
+        image: str = "",
+        image_at: int = 0,
+    ) -> None:
+        self.kind, self.argv, self.options_at = kind, argv, options_at
+        self.images, self.image, self.image_at = images, image, image_at
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Plan) and all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+    def __repr__(self) -> str:
+        return "Plan(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__) + ")"
 
 
 def parse(
