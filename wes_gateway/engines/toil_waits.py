@@ -101,8 +101,8 @@ class _PromptUDPServer(socketserver.ThreadingUDPServer):
 
 
 class _Reaper:
-    """One single-machine batch system's round sleep: until a worker of its own has exited
-    or a job was issued, and at most as long as Toil's sleep."""
+    """One single-machine batch system's round sleep: until a worker of its own has exited,
+    a job was issued or the batch system shuts down, ``seconds`` at most."""
 
     def __init__(self) -> None:
         self.woken, self.wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -136,10 +136,11 @@ class _Reaper:
             # whole sleep before the next round fills it. The next round comes at once.
             self.freed = False
             return
-        began = time.monotonic()
         poller = select.poll()
         poller.register(self.woken, select.POLLIN)
-        by_fd = {fd: pid for pid, fd in self.exits.items()}
+        # A worker already reported stays readable until Toil's round reaps it: not watched
+        # again, or the sleep would be a busy loop; an issue or a shutdown still wakes it.
+        by_fd = {fd: pid for pid, fd in self.exits.items() if pid not in self.seen}
         for fd in by_fd:
             poller.register(fd, select.POLLIN)
         ready = {fd for fd, _ in poller.poll(seconds * 1000)}
@@ -148,13 +149,7 @@ class _Reaper:
                 os.read(self.woken, 4096)
             except BlockingIOError:
                 pass
-            return
-        exited = {by_fd[fd] for fd in ready if fd in by_fd}
-        if exited - self.seen:
-            self.seen |= exited
-            return
-        # Only workers already reported (Toil's round has not reaped them yet): Toil's sleep.
-        time.sleep(max(0.0, seconds - (time.monotonic() - began)))
+        self.seen.update(by_fd[fd] for fd in ready if fd in by_fd)
 
 
 class _ReapingTime:
