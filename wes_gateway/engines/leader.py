@@ -268,7 +268,7 @@ def _run_engine(spec: LeaderSpec, paths: RunPaths, box: Sandbox | None) -> int:
         toil_probes.install()  # before the zygote forks: its workers inherit it
     if spec.prompt_shutdown:
         toil_waits.wake_process_waits()  # likewise
-    by_name = spec.warm_workers and spec.workflow_type == "CWL" and spec.pickle_schemas
+    by_name = spec.pickle_schemas and spec.workflow_type == "CWL"
     if by_name:
         toil_pickles.install()  # likewise; taken back below if the zygote does not start
     if spec.warm_workers:

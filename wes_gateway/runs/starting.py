@@ -97,8 +97,9 @@ def _spec(
         warm_workers=settings.toil_warm_workers,
         overcommit=settings.toil_overcommit,
         keep_schemas=settings.toil_keep_schemas,
-        # By name only where every worker is forked warm: a new interpreter would parse the schema.
-        pickle_schemas=settings.toil_pickle_schemas and settings.toil_warm_workers and not batch.is_remote(settings),
+        # Not where jobs run on other hosts, in new interpreters, which would parse the schema
+        # (the leader also turns it off where its own workers are not forked warm).
+        pickle_schemas=settings.toil_pickle_schemas and not batch.is_remote(settings),
         probes_in_process=settings.toil_probes_in_process,
         cgroup_procs=group.procs_files if group is not None else (),
         rlimits=limits.rlimits_for(settings) if group is None else (0, 0),
