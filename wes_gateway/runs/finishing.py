@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 
@@ -52,44 +51,29 @@ def finish(
         # Its own filesystem, and no other, is full: the run's doing, not the service's.
         over_limit = f"the run filled its disk space (run_disk_limit = {settings.run_disk_limit})"
     try:
-        _record_end(run_id, settings, engine, paths, end, code, exitcode, recorded, over_limit, oom_kills)
+        if over_limit:
+            store.append_system_log(run_id, over_limit)
+            end(store.EXECUTOR_ERROR, exit_code=code)
+        elif code == 0:
+            _record_checksums(settings, paths, run_id)
+            end(store.COMPLETE, exit_code=0, outputs=engine.present_outputs(paths.read_outputs(), paths))
+        elif recorded is not None:
+            # What the run's container shims said (an image it could not have), named for the user.
+            for problem in containers.problems(paths):
+                store.append_system_log(run_id, problem)
+            end(store.EXECUTOR_ERROR, exit_code=code)
+        else:
+            store.append_system_log(run_id, death_message(exitcode))
+            if killed_at_memory_limit(exitcode, oom_kills):
+                end(store.EXECUTOR_ERROR, exit_code=exitcode)
+            else:
+                store.transition(run_id, store.SYSTEM_ERROR, exit_code=exitcode)
     finally:
         # After its end is recorded, not before: the copy out of the run's filesystem took
         # 0.25 s of a 100-way scatter's 2.9 (issue 40), and the client waited for it. Until it
         # is done the outputs are served from the mount, and a settle that fails or is cut
         # short (a restart) is done again by the supervisor's settling thread.
         settle(settings, paths, run_id, keep_jobstore=bool(over_limit) or code != 0)
-
-
-def _record_end(
-    run_id: str,
-    settings: Settings,
-    engine: Engine,
-    paths: RunPaths,
-    end: Callable[..., None],
-    code: int | None,
-    exitcode: int | None,
-    recorded: int | None,
-    over_limit: str,
-    oom_kills: int,
-) -> None:
-    if over_limit:
-        store.append_system_log(run_id, over_limit)
-        end(store.EXECUTOR_ERROR, exit_code=code)
-    elif code == 0:
-        _record_checksums(settings, paths, run_id)
-        end(store.COMPLETE, exit_code=0, outputs=engine.present_outputs(paths.read_outputs(), paths))
-    elif recorded is not None:
-        # What the run's container shims said (an image it could not have), named for the user.
-        for problem in containers.problems(paths):
-            store.append_system_log(run_id, problem)
-        end(store.EXECUTOR_ERROR, exit_code=code)
-    else:
-        store.append_system_log(run_id, death_message(exitcode))
-        if killed_at_memory_limit(exitcode, oom_kills):
-            end(store.EXECUTOR_ERROR, exit_code=exitcode)
-        else:
-            store.transition(run_id, store.SYSTEM_ERROR, exit_code=exitcode)
 
 
 def _end(run_id: str, started: str, state: str, **fields: object) -> None:
