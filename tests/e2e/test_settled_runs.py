@@ -50,15 +50,6 @@ def run_mounts(data_dir: Path) -> list[str]:
     return [point for point in points if point.startswith(runs)]
 
 
-def mounts_gone(data_dir: Path, timeout: float = 30) -> list[str]:
-    """The run mounts still there once the last ended run's settle (which follows the record
-    of its end) has had ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while run_mounts(data_dir) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return run_mounts(data_dir)
-
-
 def run_loop_devices(data_dir: Path) -> list[str]:
     """Loop devices whose backing file is in the data directory."""
     found = []
@@ -92,7 +83,7 @@ def test_finished_runs_hold_no_mount_and_stay_served(served: Server) -> None:
         assert served.wait(run_id, timeout=max(300, 3 * RUNS)) == "COMPLETE", served.system_logs(run_id)
     took = time.monotonic() - began
     active = active_runs(served)
-    mounts = mounts_gone(served.data_dir)
+    mounts = run_mounts(served.data_dir)
     print(f"\n{RUNS} runs in {took:.0f} s; mounts under runs/ afterwards: {len(mounts)} (active runs: {active})")
     assert len(mounts) <= active == 0, mounts
     deadline = time.monotonic() + 10  # a loop device goes once the last namespace lets go of it
@@ -139,7 +130,7 @@ def test_a_finished_run_is_served_across_a_restart_and_an_unmount(
         url = server.get(f"/runs/{run_id}").json()["outputs"]["out"]["url"]
         assert requests.get(url, timeout=30).text == "kept\n"
         root = data_dir / "runs" / run_id
-        assert mounts_gone(data_dir) == [] and not os.path.ismount(root)
+        assert not os.path.ismount(root) and run_mounts(data_dir) == []
         # Read it all through a restart: every answer that comes is the output itself.
         answers: list[tuple[int, str]] = []
         stop = threading.Event()
